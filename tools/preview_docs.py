@@ -22,6 +22,7 @@ from nbdev.processors import FilterDefaults
 from nbdev.serve_drv import main as process_notebook
 
 DIRECTIVE = re.compile(r"^\s*#\|.*$\n?", re.MULTILINE)
+QUARTO_ATTRIBUTES = re.compile(r"\{target=[^}]*\}")
 # the packaged MathJax 2 ships only the STIX-Web fonts: tell it so, before it loads
 MATHJAX_FONTS = ('<script type="text/x-mathjax-config">MathJax.Hub.Config({"HTML-CSS": {availableFonts: ["STIX-Web"], '
                  'preferredFont: "STIX-Web", webFont: "STIX-Web", imageFont: null}});</script>')
@@ -56,6 +57,9 @@ def prepare(nb, pages: list[tuple[str, str]]) -> None:
         if re.search(r"^#\|\s*echo:\s*false", cell.source, re.MULTILINE):
             cell.metadata.setdefault("tags", []).append("remove_input")
         cell.source = DIRECTIVE.sub("", cell.source)
+        for output in cell.get("outputs", []):  # Quarto link attributes in show_doc output mean nothing to nbconvert
+            if "text/markdown" in output.get("data", {}):
+                output.data["text/markdown"] = QUARTO_ATTRIBUTES.sub("", output.data["text/markdown"])
 
 
 def page_name(path: Path, nb) -> str:
@@ -83,7 +87,7 @@ def main() -> None:
             failed.append(f"{source.name}: {str(error).splitlines()[0]}")
     loaded = [(path, nbformat.read(path, as_version=4)) for path in notebooks]
     pages = [(front_matter(nb).get("title", path.stem), page_name(path, nb)) for path, nb in loaded]
-    exporter = HTMLExporter(template_name="lab", mathjax_url=mathjax_url())
+    exporter = HTMLExporter(template_name="lab", mathjax_url=mathjax_url(), exclude_input_prompt=True, exclude_output_prompt=True)
     exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"remove_input"}, enabled=True), enabled=True)
     out.mkdir(parents=True, exist_ok=True)
     for (path, nb), (title, href) in zip(loaded, pages):
