@@ -185,3 +185,17 @@ def test_from_pretrained_overrides_and_errors(tmp_path):
         NomicBertModel.from_pretrained(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
         NomicBertModel.from_pretrained(tmp_path / "missing" / "model")
+
+
+def test_all_padding_row_is_zero_and_harmless(real_batch):
+    "A row with no tokens comes out as zeros and leaves the other rows unchanged, on both backends."
+    _, _, batch = real_batch
+    model = randomize_(NomicBertModel(NomicBertConfig(**TINY))).eval()
+    input_ids = torch.cat([batch["input_ids"], torch.zeros_like(batch["input_ids"][:1])])
+    mask = torch.cat([batch["attention_mask"], torch.zeros_like(batch["attention_mask"][:1])])
+    with torch.no_grad():
+        for backend in ("sdpa", "sdpa_unpadded"):
+            model.config.attention_backend = backend
+            out = model(input_ids, mask).last_hidden_state
+            assert torch.equal(out[-1], torch.zeros_like(out[-1])), backend
+            assert (out[:-1] - model(**batch).last_hidden_state).abs().max() <= 1e-6, backend
