@@ -1,0 +1,184 @@
+"""Stage-1 trainer tests that need real processes: kill -9 and exact resume, torchrun (gloo) parity,
+the console script's bad-input errors, and (slow) the tiny MLM run reaching well above the unigram baseline.
+
+All runs use the offline Wikipedia sample (gensim test data) and configs/mlm_tiny.yaml; the packed corpus is
+cached under $NOMIC_EMBED_CACHE (default ~/.cache/nomic_embed), so only the first run tokenises."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nomic_embed.train import main, read_metrics, run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "mlm_tiny.yaml"
+# a 1-layer, 32-wide model: fast enough that process start-up dominates
+MICRO = ["model.hidden_size=32", "model.num_hidden_layers=1", "model.num_attention_heads=2", "model.intermediate_size=64",
+         "logging.eval_every_steps=0", "logging.eval_max_chunks=64", "logging.progress_bar=false", "logging.plot=false"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def train_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nomic_embed.train", *args]
+
+
+def sets(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors")
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, str]]:
+    "Every file under `directory` with its mtime and content hash."
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def corpus_cache():
+    "Build the tiny config's packed corpus once (in-process) so subprocesses only read the cache."
+    from nomic_embed.corpus import packed_corpus
+    from nomic_embed.train import load_config
+    config = load_config(TINY)
+    packed_corpus(config.data, "train", progress=False)
+    packed_corpus(config.data, "validation", progress=False)
+
+
+def test_kill_and_resume_is_bitwise_exact(tmp_path):
+    steps, every = 24, 4
+    common = MICRO + [f"training.max_steps={steps}", f"checkpoint.every_steps={every}", "checkpoint.keep_last=10",
+                      "training.global_batch_size=8", "training.micro_batch_size=4"]
+    reference, victim = tmp_path / "reference", tmp_path / "victim"
+    subprocess.run(train_cli("--config", str(TINY), *sets(*common, f"output_dir={reference}")), env=ENV, check=True, capture_output=True)
+
+    process = subprocess.Popen(train_cli("--config", str(TINY), *sets(*common, f"output_dir={victim}")), env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = victim / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:  # kill once a checkpoint exists and training has moved past it
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= every + 3:
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed; raise max_steps"
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert every < max(logged) < steps and not (victim / "final").exists()
+    killed_at = max(logged)
+
+    resumed = subprocess.run(train_cli("--resume", str(victim)), env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = weights(reference, steps), weights(victim, steps)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "weights after kill + resume differ from the uninterrupted run"
+    ref_losses = [r["loss"] for r in read_metrics(reference)[0]]
+    res_losses = [r["loss"] for r in read_metrics(victim)[0]]
+    assert [r["step"] for r in read_metrics(victim)[0]] == list(range(1, steps + 1))  # no duplicated or missing steps
+    assert ref_losses == res_losses
+    print(f"killed after step {killed_at}, resumed from step {max(s for s in range(0, killed_at + 1, every))}: "
+          f"{len(a)} tensors bitwise equal, {steps} losses equal")
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    common = MICRO + ["training.max_steps=6", "training.global_batch_size=16", "training.micro_batch_size=4",
+                      "checkpoint.every_steps=100", "logging.eval_every_steps=3"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    subprocess.run(train_cli("--config", str(TINY), *sets(*common, f"output_dir={single}")), env=ENV, check=True, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nomic_embed.train"]
+    result = subprocess.run(torchrun + ["--config", str(TINY), *sets(*common, f"output_dir={double}", "distributed.backend=gloo")],
+                            env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (one_train, one_eval), (two_train, two_eval) = read_metrics(single), read_metrics(double)
+    assert [r["step"] for r in one_train] == [r["step"] for r in two_train] == list(range(1, 7))
+    differences = [abs(a["loss"] - b["loss"]) for a, b in zip(one_train, two_train)]
+    print("per-step |Δloss| 1 vs 2 processes:", [f"{d:.2e}" for d in differences])
+    assert max(differences) <= 1e-5
+    assert [r["tokens"] for r in one_train] == [r["tokens"] for r in two_train]
+    for a, b in zip(one_eval, two_eval):  # held-out evaluation is sharded over ranks and summed
+        assert a["eval_targets"] == b["eval_targets"] and abs(a["eval_loss"] - b["eval_loss"]) <= 1e-5
+    wa, wb = weights(single, 6), weights(double, 6)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def expect_error(capsys, argv: list[str], message: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    return err
+
+
+def test_unknown_config_key_fails_before_any_work(tmp_path, capsys):
+    run = tmp_path / "run"
+    expect_error(capsys, ["--config", str(TINY), *sets(f"output_dir={run}", "training.max_setps=5")], "training.max_setps")
+    expect_error(capsys, ["--config", str(TINY), *sets(f"output_dir={run}", "mlm.mlm_probabilty=0.2")], "mlm.mlm_probabilty")
+    expect_error(capsys, ["--config", str(TINY), *sets(f"output_dir={run}", "epochs=3")], "unknown top-level key(s) epochs")
+    expect_error(capsys, ["--config", str(TINY), *sets(f"output_dir={run}", "mlm.mlm_probability=1.5")], "mlm.mlm_probability must be in (0, 1)")
+    expect_error(capsys, ["--config", str(TINY), *sets(f"output_dir={run}", "training.precision=fp16")], "training.precision")
+    expect_error(capsys, ["--config", str(tmp_path / "missing.yaml")], "does not exist")
+    assert not run.exists(), "nothing may be written for an invalid config"
+
+
+def test_empty_and_whitespace_corpus(tmp_path, capsys):
+    empty, blank = tmp_path / "empty.txt", tmp_path / "blank.txt"
+    empty.write_text("")
+    blank.write_text("   \n\t\n \n")
+    for path in (empty, blank):
+        source = "data.sources=[{path: text, data_files: '%s'}]" % path
+        expect_error(capsys, ["--config", str(TINY), *sets(f"output_dir={tmp_path / 'run'}", source, f"data.cache_dir={tmp_path / 'cache'}")],
+                     "corpus is empty")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_resume_directory(tmp_path, capsys):
+    expect_error(capsys, ["--resume", str(tmp_path / "no-such-run")], "does not exist")
+    (tmp_path / "empty-run").mkdir()
+    expect_error(capsys, ["--resume", str(tmp_path / "empty-run")], "no complete checkpoint")
+
+
+def test_corrupted_checkpoint_is_detected_and_nothing_is_overwritten(tmp_path, capsys):
+    run = tmp_path / "run"
+    run_training(TINY, MICRO + ["training.max_steps=4", "checkpoint.every_steps=2", "training.global_batch_size=8",
+                                "training.micro_batch_size=4", f"output_dir={run}"])
+    for name in ("model.safetensors", "optimizer.pt"):
+        target = run / "checkpoints" / "step-000004" / name
+        original = target.read_bytes()
+        target.write_bytes(original[:50] + bytes([original[50] ^ 0xFF]) + original[51:])  # flip one byte
+        before = snapshot(run)
+        err = expect_error(capsys, ["--resume", str(run)], "is corrupted")
+        assert name in err
+        assert snapshot(run) == before, "a failed resume must not change the run directory"
+        target.write_bytes(original)
+    (run / "checkpoints" / "step-000004" / "scheduler.pt").unlink()
+    expect_error(capsys, ["--resume", str(run)], "is missing")
+
+
+@pytest.mark.slow
+def test_tiny_mlm_beats_unigram_baseline(tmp_path):
+    "configs/mlm_tiny.yaml as shipped (2 layers, hidden 128, 128-token chunks): a few CPU minutes."
+    run = tmp_path / "tiny"
+    started = time.time()
+    summary = run_training(TINY, [f"output_dir={run}", "logging.progress_bar=false"])
+    train_rows, eval_rows = read_metrics(run)
+    baseline = json.loads((run / "baseline.json").read_text())
+    first = sum(r["loss"] for r in train_rows[:10]) / 10
+    last = sum(r["loss"] for r in train_rows[-10:]) / 10
+    print(f"{summary['step']} steps in {time.time() - started:.0f} s; training loss {first:.3f} -> {last:.3f}; held-out accuracy "
+          f"{eval_rows[-1]['eval_accuracy']:.4f} vs unigram {baseline['accuracy']:.4f}; held-out loss {eval_rows[-1]['eval_loss']:.3f} "
+          f"vs unigram {baseline['loss']:.3f}")
+    assert last < first - 3.0
+    assert eval_rows[-1]["eval_accuracy"] > 2 * baseline["accuracy"]
+    assert eval_rows[-1]["eval_loss"] < baseline["loss"]
