@@ -200,7 +200,8 @@ def varlen_attention(query: Tensor, key: Tensor, value: Tensor, packed: PackedBa
     for start, end in zip(starts[:-1], starts[1:]):
         if end > start:  # an all-padding row has no tokens and nothing to attend
             q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))  # (heads, length, head_dim)
-            outs.append(F.scaled_dot_product_attention(q, k, v).transpose(0, 1))
+            # 4-D input selects the fused CPU kernel; 3-D falls back to one that materialises heads x L x L scores
+            outs.append(F.scaled_dot_product_attention(q[None], k[None], v[None])[0].transpose(0, 1))
     return torch.cat(outs) if outs else torch.empty_like(query)  # (tokens, heads, head_dim)
 
 # %% ../nbs/01_model.ipynb #3470e9bd
