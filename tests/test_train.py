@@ -179,6 +179,6 @@ def test_tiny_mlm_beats_unigram_baseline(tmp_path):
     print(f"{summary['step']} steps in {time.time() - started:.0f} s; training loss {first:.3f} -> {last:.3f}; held-out accuracy "
           f"{eval_rows[-1]['eval_accuracy']:.4f} vs unigram {baseline['accuracy']:.4f}; held-out loss {eval_rows[-1]['eval_loss']:.3f} "
           f"vs unigram {baseline['loss']:.3f}")
-    assert last < first - 3.0
-    assert eval_rows[-1]["eval_accuracy"] > 2 * baseline["accuracy"]
+    assert last < first - 2.5
+    assert eval_rows[-1]["eval_accuracy"] > 1.6 * baseline["accuracy"]
     assert eval_rows[-1]["eval_loss"] < baseline["loss"]
