@@ -8,6 +8,7 @@
 
     python benchmarks/bench_contrastive.py                      # CPU, tiny model, 1 thread
     python benchmarks/bench_contrastive.py --device cuda --model base --batch-sizes 64 256 1024 4096 --peer-batch 1024
+    python benchmarks/bench_contrastive.py --device cuda --model base --precision bf16 --data .gpu   # pairs from bench_gpu.py prepare
 
 Timings are medians over --repeats steps after a warm-up step, all taken before any memory measurement; memory is
 the peak of one step above the level before it (CUDA allocator on GPU; process resident memory on Linux CPU, see
@@ -16,9 +17,12 @@ gradcache.measure_peak_memory, which makes the C allocator return large blocks a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,9 +37,12 @@ MODELS = {"tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads
           "base": {}}  # base: the paper's 768/12/12 encoder
 
 
-def real_pairs(count: int) -> tuple[list[str], list[str]]:
-    "`count` (query, document) pairs from offline sources, cycling through them in a fixed order."
-    rows = [row for rows in offline_pairs(["manpages", "python_docstrings", "wikipedia_sections"]).values() for row in rows]
+def real_pairs(count: int, data: str | None = None) -> tuple[list[str], list[str]]:
+    "`count` (query, document) pairs from offline sources (or the folder `bench_gpu.py prepare` wrote), cycling in a fixed order."
+    if data:
+        rows = json.loads((Path(data) / "texts.json").read_text())["pairs"]
+    else:
+        rows = [row for rows in offline_pairs(["manpages", "python_docstrings", "wikipedia_sections"]).values() for row in rows]
     rows = [rows[i % len(rows)] for i in range(count)]
     return [f"search_query: {r['query']}" for r in rows], [f"search_document: {r['document']}" for r in rows]
 
@@ -82,16 +89,19 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--peer-batch", type=int, default=256, help="batch of the sentence-transformers comparison")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast around every step (CUDA)")
+    parser.add_argument("--data", help="folder written by `benchmarks/bench_gpu.py prepare` (pairs and tokenizer), for machines without the offline packages")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = NomicBertModel(NomicBertConfig(**MODELS[args.model])).to(device)
-    tokenizer = load_tokenizer()
+    tokenizer = load_tokenizer(str(Path(args.data) / "tokenizer") if args.data else None)
     largest = max(args.batch_sizes + args.gradcache_only + [args.peer_batch])
-    queries, documents = real_pairs(largest)
-    print(f"device {device} ({args.threads} CPU threads), {args.model} NomicBERT, queries ≤ {args.query_length} tokens, "
+    queries, documents = real_pairs(largest, args.data)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.precision == "bf16" else contextlib.nullcontext
+    print(f"device {device} ({args.threads} CPU threads), {args.precision}, {args.model} NomicBERT, queries ≤ {args.query_length} tokens, "
           f"documents ≤ {args.document_length} tokens, chunk {args.chunk_size}, median of {args.repeats} steps\n")
 
     def batch_of(size: int) -> dict:
@@ -106,7 +116,8 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            step()
+            with autocast():
+                step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if repeat:
@@ -116,7 +127,8 @@ def main() -> None:
     def mebibytes(encoder: nn.Module, step) -> float:
         "Peak MiB of one `step` (after the timing runs: on CPU the measurement changes how the C allocator works)."
         encoder.zero_grad(set_to_none=True)
-        return measure_peak_memory(step, device)[1] / 2**20
+        with autocast():
+            return measure_peak_memory(step, device)[1] / 2**20
 
     # the steps: plain and GradCache at every batch size, and ours versus sentence-transformers
     encoder = MeanPooledEncoder(model)
@@ -163,7 +175,8 @@ def main() -> None:
 
     ours.zero_grad(set_to_none=True)
     theirs.zero_grad(set_to_none=True)
-    our_loss, their_loss = our_step(), st_step()
+    with autocast():
+        our_loss, their_loss = our_step(), st_step()
     g_ours, g_theirs = gradient_vector(ours), gradient_vector(theirs)
     difference = ((g_ours - g_theirs).norm() / g_theirs.norm()).item()
     our_time, their_time = statistics.median(peer_times["ours"]), statistics.median(peer_times["theirs"])

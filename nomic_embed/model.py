@@ -179,6 +179,14 @@ def _flash_attn_varlen():
         return None
     return flash_attn_varlen_func
 
+def _torch_varlen_available() -> bool:
+    "Whether this PyTorch has its own varlen attention (`torch.nn.attention.varlen`, PyTorch 2.10+)."
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
 def varlen_attention(query: Tensor, key: Tensor, value: Tensor, packed: PackedBatch, backend: str = "sdpa_unpadded") -> Tensor:
     """Attention of packed `(tokens, heads, head_dim)` queries/keys/values, each sequence attending only to itself;
     returns `(tokens, heads, head_dim)`."""
@@ -266,7 +274,12 @@ class NomicBertModel(NomicBertPreTrainedModel):
             return backend
         if device.type == "cuda":
             half = torch.is_autocast_enabled("cuda") or self.dtype in (torch.float16, torch.bfloat16)
-            return "flash_attn" if half and has_padding and _flash_attn_varlen() is not None else "sdpa"
+            if half and has_padding:  # a varlen kernel skips the padding: 4-6x faster on padded batches (H100, bf16)
+                if _flash_attn_varlen() is not None:
+                    return "flash_attn"
+                if _torch_varlen_available():
+                    return "torch_varlen"
+            return "sdpa"
         return "sdpa_unpadded" if has_padding else "sdpa"
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,

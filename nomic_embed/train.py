@@ -20,25 +20,35 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from functools import partial
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from .corpus import CorpusConfig, load_tokenizer, packed_corpus
+from .contrastive import info_nce_loss
+from .corpus import CorpusConfig, default_cache_dir, load_tokenizer, packed_corpus
+from .gradcache import SIDES, MeanPooledEncoder, gradcache_step
 from .mlm import MaskingConfig, MLMBatches, SpecialTokens, evaluate_mlm, unigram_baseline
-from .model import NomicBertConfig, NomicBertForPreTraining
+from .model import NomicBertConfig, NomicBertForPreTraining, NomicBertModel
+from .pairs import (WEIGHTINGS, OneSourceBatchSampler, PairCollator, PairDataset, PairSource, read_pairs,
+                               split_pairs, with_prefix, write_pairs)
 
 # %% auto #0
-__all__ = ['CORE_SECTIONS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig', 'ScheduleConfig', 'TrainingConfig',
-           'CheckpointConfig', 'LoggingConfig', 'DistributedConfig', 'build_section', 'register_stage', 'DistInfo',
-           'Stage', 'TrainConfig', 'check_model_keys', 'apply_overrides', 'load_config', 'main_process_first',
-           'MLMStage', 'parameter_groups', 'build_optimizer', 'build_scheduler', 'setup_distributed', 'all_reduce_sum',
-           'resolve_precision', 'seed_everything', 'CheckpointError', 'atomic_write_text', 'list_checkpoints',
-           'find_checkpoint', 'verify_checkpoint', 'save_checkpoint', 'load_checkpoint', 'Trainer',
-           'check_resume_config', 'read_metrics', 'plot_metrics', 'run_training', 'resolve_resume_config', 'main']
+__all__ = ['CORE_SECTIONS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'NEGATIVE_MODES', 'PAIRS_CONFIG_KEYS',
+           'OptimizerConfig', 'ScheduleConfig', 'TrainingConfig', 'CheckpointConfig', 'LoggingConfig',
+           'DistributedConfig', 'build_section', 'register_stage', 'DistInfo', 'Stage', 'TrainConfig',
+           'check_model_keys', 'apply_overrides', 'load_config', 'main_process_first', 'MLMStage', 'parameter_groups',
+           'build_optimizer', 'build_scheduler', 'setup_distributed', 'all_reduce_sum', 'resolve_precision',
+           'seed_everything', 'CheckpointError', 'atomic_write_text', 'list_checkpoints', 'find_checkpoint',
+           'verify_checkpoint', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir', 'Trainer',
+           'check_resume_config', 'read_metrics', 'plot_metrics', 'run_training', 'resolve_resume_config', 'main',
+           'PairDataConfig', 'ContrastiveConfig', 'pair_splits', 'with_built_negatives', 'retrieval_metrics',
+           'held_out_corpus', 'embed_texts', 'ContrastiveStage', 'ContrastivePretrainStage', 'ContrastiveFinetuneStage',
+           'plot_contrastive_metrics']
 
 # %% ../nbs/09_train.ipynb #c59e3e15
 @dataclass
@@ -214,6 +224,7 @@ class Stage:
     (extra config sections → dataclass) and implement the methods below; the `Trainer` does the rest."""
     name: str = ""
     sections: dict[str, type] = {}
+    evaluate_at_start: bool = False  # evaluate the starting model before step 1 and log it as step 0
 
     def __init__(self, config: "TrainConfig", dist: DistInfo):
         self.config, self.dist = config, dist
@@ -242,6 +253,13 @@ class Stage:
         "Mean loss over the micro-batch's `batch_weight` terms (a scalar with a graph)."
         raise NotImplementedError
 
+    def backward(self, model: nn.Module, batch: dict[str, Tensor], loss_scale: float, autocast=contextlib.nullcontext) -> Tensor:
+        "Back-propagate `loss × loss_scale` of one micro-batch into `.grad` (forward under `autocast()`); return the detached loss."
+        with autocast():
+            loss = self.loss(model, batch)
+        (loss.float() * loss_scale).backward()
+        return loss.detach()
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         "Held-out sums on this rank (added over ranks by the trainer); `{}` for none."
         return {}
@@ -253,6 +271,10 @@ class Stage:
     def save_final(self, model: nn.Module, directory: Path) -> None:
         "Write the trained model (and what is needed to use it) to `directory`."
         model.save_pretrained(directory)
+
+    def plot_metrics(self, run_dir: str | Path):
+        "The run's figure (saved as `loss.png`)."
+        return plot_metrics(run_dir)
 
 # %% ../nbs/09_train.ipynb #9e062a13
 class TrainConfig:
@@ -577,6 +599,13 @@ def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer, scheduler, di
     return state
 
 # %% ../nbs/09_train.ipynb #754d692f
+def refuse_used_run_dir(run_dir: Path) -> None:
+    "Raise if `run_dir` already holds a run: a fresh start there would mix two runs' metrics and checkpoints."
+    used = [name for name in ("metrics.jsonl", "checkpoints", "final") if (run_dir / name).exists()]
+    if used:
+        raise FileExistsError(f"output_dir {str(run_dir)!r} already holds a run ({', '.join(used)}); continue it with "
+                              f"--resume {run_dir}, or choose a new output_dir (delete the old one to start over)")
+
 class Trainer:
     "The shared training loop: build everything from a `TrainConfig`, optionally resume, then `train()`."
 
@@ -587,6 +616,8 @@ class Trainer:
             self.resume_state = verify_checkpoint(self.resume_from)
             check_resume_config(self.resume_state["config"], config)
         self.run_dir = Path(config.output_dir)
+        if resume is None:
+            refuse_used_run_dir(self.run_dir)
         self.dist = setup_distributed(config.distributed)
         self.precision = resolve_precision(config.training.precision, self.dist.device)
         seed_everything(config.seed)
@@ -659,15 +690,15 @@ class Trainer:
             batch = {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()}
             last = i == len(batches) - 1
             sync = contextlib.nullcontext() if last or self.engine is not None or not self.dist.distributed else self.train_model.no_sync()
+            loss_scale = (weight / global_weight) * self.dist.world_size
             with sync:
-                with self.autocast():
-                    loss = self.stage.loss(self.train_model, batch)
-                scaled = loss.float() * (weight / global_weight) * self.dist.world_size
                 if self.engine is not None:
-                    self.engine.backward(scaled, scale_wrt_gas=False)
+                    with self.autocast():
+                        loss = self.stage.loss(self.train_model, batch)
+                    self.engine.backward(loss.float() * loss_scale, scale_wrt_gas=False)
                     self.engine.step()
-                else:
-                    scaled.backward()
+                else:  # the stage back-propagates: plain for MLM, GradCache for the contrastive stages
+                    loss = self.stage.backward(self.train_model, batch, loss_scale, self.autocast)
             step_loss += loss.detach().double() * (weight / global_weight)
             tokens += self.stage.batch_tokens(batch)
         lr = self.scheduler.get_last_lr()[0]
@@ -728,6 +759,10 @@ class Trainer:
                         disable=not (self.dist.is_main and log.progress_bar))
         self.model.train()
         last, last_eval = {}, {}
+        if self.step == 0 and self.stage.evaluate_at_start:  # the starting checkpoint's numbers, logged as step 0
+            start_eval = self.evaluate()
+            if start_eval:
+                self._log(start_eval)
         while self.step < self.total_steps:
             last = self.train_step(self.step)
             self.step += 1
@@ -747,7 +782,7 @@ class Trainer:
             if log.plot:
                 with contextlib.suppress(ImportError):
                     import matplotlib.pyplot as plt
-                    figure = plot_metrics(self.run_dir)
+                    figure = self.stage.plot_metrics(self.run_dir)
                     figure.savefig(self.run_dir / "loss.png", dpi=100, bbox_inches="tight")
                     plt.close(figure)
         return {"step": self.step, "run_dir": str(self.run_dir), **{k: v for k, v in last.items() if k != "step"}, **last_eval}
@@ -825,7 +860,7 @@ def resolve_resume_config(config_path: str | None, overrides: list[str] | None, 
 
 def main(argv: list[str] | None = None) -> None:
     "Console entry point `nomic_embed_train --config FILE [--set key=value ...] [--resume DIR]`."
-    parser = argparse.ArgumentParser(prog="nomic_embed_train", description="Train a Nomic Embed stage (MLM now; contrastive stages register later).")
+    parser = argparse.ArgumentParser(prog="nomic_embed_train", description="Train a Nomic Embed stage: mlm (stage 1), contrastive_pretrain (stage 2) or contrastive_finetune (stage 3).")
     parser.add_argument("--config", help="YAML config (see configs/); optional with --resume")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set training.max_steps=100 (repeatable)")
@@ -839,7 +874,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.print_config:
             print(yaml.safe_dump(config.to_dict(), sort_keys=False)); return
         trainer = Trainer(config, args.resume)
-    except (ValueError, FileNotFoundError, CheckpointError, ImportError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError, ImportError) as error:
         print(f"nomic_embed_train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     summary = trainer.train()
@@ -847,6 +882,352 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(summary))
     if trainer.dist.distributed:
         torch.distributed.destroy_process_group()
+
+# %% ../nbs/09_train.ipynb #5849940b
+NEGATIVE_MODES = ("mined", "random")
+PAIRS_CONFIG_KEYS = {"sources": [], "weighting": "proportional", "query_max_length": 512, "document_max_length": 512,
+                     "num_negatives": 0, "held_out_fraction": 0.0}  # what a configs/pairs_*.yaml may set, with its defaults
+
+@dataclass
+class PairDataConfig:
+    """Pairs for stages 2-3: sources (the pairs chapter's `PairSource` fields), batching, lengths, hard negatives and
+    the held-out split. `pairs_config` names a `configs/pairs_*.yaml` to start from; keys given here override it."""
+    pairs_config: str | None = None  # relative to the working directory (the repository root)
+    sources: list | None = None  # [{name, query_prefix, document_prefix, offline | data_files | path, ...}]
+    weighting: str | None = None  # proportional (default) or uniform: which source fills the next global batch
+    query_max_length: int | None = None  # default 512
+    document_max_length: int | None = None  # default 512
+    num_negatives: int | None = None  # H hard negatives per query (eq. 2); default 0 = eq. 1
+    held_out_fraction: float | None = None  # share of each source's pairs never trained on (retrieval evaluation); default 0
+    mine_negatives: str | None = None  # null: rows carry a `negatives` list; "mined" / "random": build it before training
+    negatives_pool: int = 20  # negatives kept per row when building them (the report's top 20)
+    random_negatives_sources: list = field(default_factory=list)  # sources given random instead of mined negatives
+    teacher: str | None = None  # sentence-transformers model for mining; null = the offline all-MiniLM-L6-v2
+    split_seed: int = 0  # seed of the held-out split (`split_pairs`)
+    tokenizer: str | None = None  # null = bert-base-uncased (offline copy)
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        unset = [key for key in PAIRS_CONFIG_KEYS if getattr(self, key) is None]
+        from_file = self._read_pairs_config() if self.pairs_config and unset else {}
+        for key in unset:  # explicit value > pairs config > default
+            setattr(self, key, from_file.get(key, PAIRS_CONFIG_KEYS[key]))
+        for key, kind in (("query_max_length", int), ("document_max_length", int), ("num_negatives", int), ("held_out_fraction", float)):
+            setattr(self, key, _coerce(getattr(self, key), kind.__name__, f"data.{key}"))
+        if not self.sources:
+            raise ValueError("data.sources must list at least one pair source, e.g. {name: wiki, offline: wikipedia_sections}, "
+                             "or data.pairs_config must name a configs/pairs_*.yaml that does")
+        names = []
+        for i, source in enumerate(self.sources):
+            if not isinstance(source, dict):
+                raise ValueError(f"data.sources[{i}] must be a mapping of PairSource fields; got {source!r}")
+            unknown = sorted(set(source) - set(PairSource.__dataclass_fields__))
+            if unknown:
+                raise ValueError(f"data.sources[{i}]: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(PairSource.__dataclass_fields__)}")
+            try:
+                names.append(PairSource(**source).name)  # checks the prefixes and where the rows are
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"data.sources[{i}]: {error}") from None
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sources names must be unique; got {names}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"data.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
+        if self.query_max_length < 3 or self.document_max_length < 3:
+            raise ValueError("data.query_max_length and data.document_max_length must be >= 3 tokens ([CLS] text [SEP])")
+        if self.num_negatives < 0:
+            raise ValueError(f"data.num_negatives must be >= 0; got {self.num_negatives}")
+        if self.mine_negatives is not None and self.mine_negatives not in NEGATIVE_MODES:
+            raise ValueError(f"data.mine_negatives must be null, mined or random; got {self.mine_negatives!r}")
+        if self.mine_negatives is not None and self.negatives_pool < max(self.num_negatives, 1):
+            raise ValueError(f"data.negatives_pool ({self.negatives_pool}) must be >= data.num_negatives ({self.num_negatives})")
+        missing = sorted(set(self.random_negatives_sources) - set(names))
+        if missing:
+            raise ValueError(f"data.random_negatives_sources names unknown source(s) {missing}; the sources are {names}")
+        if not 0 <= self.held_out_fraction < 1:
+            raise ValueError(f"data.held_out_fraction must be in [0, 1); got {self.held_out_fraction}")
+
+    def _read_pairs_config(self) -> dict:
+        "The keys of the `pairs_config` file that this section takes."
+        path = Path(self.pairs_config)
+        if not path.is_file():
+            raise ValueError(f"data.pairs_config {str(path)!r} does not exist (relative paths start at the working directory "
+                             f"{os.getcwd()}); run from the repository root or give an absolute path")
+        raw = yaml.safe_load(path.read_text()) or {}
+        unknown = sorted(set(raw) - set(PAIRS_CONFIG_KEYS) - {"defaults"})  # `defaults:` holds YAML anchors
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; a pairs config may set {', '.join(PAIRS_CONFIG_KEYS)}")
+        return raw
+
+    def pair_sources(self) -> list[PairSource]:
+        "The sources as `PairSource` objects."
+        return [PairSource(**source) for source in self.sources]
+
+@dataclass
+class ContrastiveConfig:
+    "The loss (contrastive chapter) and how a step embeds its batch (GradCache chapter)."
+    logit_scale: float = 50.0  # 1/τ, fixed (reference code)
+    bidirectional: bool = False  # the report: query → document only (eq. 1)
+    shared_negatives: bool = False  # also score every query against every hard negative of the global batch (reference code)
+    gradcache: bool = True  # embed in chunks of training.micro_batch_size rows; false = one forward over the rank's share
+
+    def __post_init__(self):
+        if not self.logit_scale > 0:
+            raise ValueError(f"contrastive.logit_scale must be > 0; got {self.logit_scale}")
+
+# %% ../nbs/09_train.ipynb #2bd98498
+def pair_splits(data: PairDataConfig) -> tuple[dict, dict, dict]:
+    "(training rows, held-out rows, (query prefix, document prefix)) per source; held-out only with `held_out_fraction > 0`."
+    train, held_out, prefixes = {}, {}, {}
+    for source in data.pair_sources():
+        rows = source.load()
+        prefixes[source.name] = (source.query_prefix, source.document_prefix)
+        if data.held_out_fraction > 0:
+            rows, held_out[source.name] = split_pairs(rows, data.held_out_fraction, data.split_seed)
+        train[source.name] = rows
+    return train, held_out, prefixes
+
+def _rows_digest(rows: Sequence[dict]) -> str:
+    "SHA-256 over the (query, document) texts of `rows`, in order."
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps([row["query"], row["document"]]).encode())
+    return digest.hexdigest()
+
+def with_built_negatives(rows: Sequence[dict], mode: str, pool: int = 20, teacher: str | None = None, seed: int = 0,
+                         cache_dir: str | Path | None = None) -> list[dict]:
+    "`rows` with a `negatives` list of `pool` texts each (top-`pool` by the teacher, or random), cached on disk by content."
+    if mode not in NEGATIVE_MODES:
+        raise ValueError(f"mode must be one of {', '.join(NEGATIVE_MODES)}; got {mode!r}")
+    key = hashlib.sha256(json.dumps([_rows_digest(rows), mode, pool, teacher if mode == "mined" else None, seed]).encode()).hexdigest()[:24]
+    path = Path(cache_dir or default_cache_dir()) / "negatives" / f"{mode}-{pool}-{key}.jsonl"
+    if path.exists():
+        return read_pairs(path)
+    import datasets
+    from nomic_embed.filter import sentence_transformer_encoder
+    from nomic_embed.negatives import add_negatives
+    encode = sentence_transformer_encoder(teacher) if mode == "mined" else None
+    table = datasets.Dataset.from_list([{"query": row["query"], "document": row["document"]} for row in rows])
+    built = add_negatives(table, encode, num_negatives=pool, mode=mode, seed=seed).to_list()
+    write_pairs(built, path)
+    return built
+
+# %% ../nbs/09_train.ipynb #a1f380bb
+def retrieval_metrics(query_embeddings: Tensor, corpus_embeddings: Tensor, relevant: Sequence[Sequence[int]],
+                      targets: Sequence[int] | None = None, k: int = 10, logit_scale: float = 50.0) -> dict[str, Tensor]:
+    """Per-query MRR@k, nDCG@k and recall@k of unit-vector queries `(n, dim)` against a corpus `(m, dim)` given the
+    relevant corpus ids of each query; with `targets` (each query's own document) also the cross-entropy over the corpus."""
+    scores = query_embeddings.double() @ corpus_embeddings.double().T  # (n, m) cosine similarities
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices  # (n, k), best first
+    discounts = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=torch.float64))  # 1/log2(rank + 1)
+    hits = torch.tensor([[index in set(relevant[row]) for index in ids] for row, ids in enumerate(top.tolist())], dtype=torch.float64)
+    counts = torch.tensor([len(set(r)) for r in relevant], dtype=torch.float64)
+    first = torch.where(hits.any(1), hits.argmax(1).double() + 1, torch.inf)  # rank of the first hit
+    ideal = torch.stack([discounts[:int(min(c, top.shape[1]))].sum() for c in counts.tolist()])
+    out = {"mrr": 1.0 / first, "ndcg": (hits * discounts).sum(1) / ideal, "recall": hits.sum(1) / counts}
+    if targets is not None:
+        out["cross_entropy"] = F.cross_entropy(logit_scale * scores, torch.as_tensor(list(targets)), reduction="none")
+    return out
+
+def held_out_corpus(train_rows: Sequence[dict], held_out_rows: Sequence[dict], queries: Sequence[dict]) -> tuple[list[str], list[list[int]], list[int]]:
+    """One source's retrieval task: the corpus (every distinct document, training and held-out), the relevant corpus ids of
+    each query in `queries` (every document paired with its query text) and each query's own document id."""
+    corpus_id: dict[str, int] = {}
+    by_query: dict[str, set[int]] = {}
+    for row in list(train_rows) + list(held_out_rows):
+        by_query.setdefault(row["query"], set()).add(corpus_id.setdefault(row["document"], len(corpus_id)))
+    return list(corpus_id), [sorted(by_query[r["query"]]) for r in queries], [corpus_id[r["document"]] for r in queries]
+
+@torch.no_grad()
+def embed_texts(encoder: nn.Module, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
+                device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> Tensor:
+    "Unit-length embeddings `(len(texts), dim)` (fp32, CPU) of already-prefixed texts from a `MeanPooledEncoder`, in input order."
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths together: less padding
+    out = torch.empty(len(texts), 0)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        encoded = tokenizer([texts[i] for i in chunk], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            pooled = encoder(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))  # (chunk, dim)
+        if out.shape[1] == 0:
+            out = torch.empty(len(texts), pooled.shape[-1])
+        out[chunk] = F.normalize(pooled.float(), dim=-1).cpu()
+    return out
+
+# %% ../nbs/09_train.ipynb #12610a8a
+class ContrastiveStage(Stage):
+    """Stages 2-3: InfoNCE (eq. 1; eq. 2 with hard negatives) over one-source global batches of prefixed pairs,
+    embedded with GradCache in chunks of `training.micro_batch_size` rows."""
+    sections = {"data": PairDataConfig, "contrastive": ContrastiveConfig}
+    evaluate_at_start = True  # the trainer logs the starting model's held-out retrieval as step 0
+
+    def __init__(self, config: "TrainConfig", dist: DistInfo):
+        super().__init__(config, dist)
+        t, data = config.training, config.data
+        share = t.global_batch_size // dist.world_size
+        if not config.contrastive.gradcache and t.micro_batch_size != share:
+            raise ValueError(f"without GradCache each rank embeds its whole share of the batch at once: set training.micro_batch_size "
+                             f"to global_batch_size / world size ({share}) or contrastive.gradcache: true")
+        if config.distributed.deepspeed:
+            raise ValueError("the contrastive stages run under DDP (GradCache drives the backward passes); set distributed.deepspeed: null")
+        self.tokenizer = load_tokenizer(data.tokenizer)
+        with main_process_first(dist):  # rank 0 mines and caches the negatives; the other ranks then read the cache
+            train, self.held_out, self.prefixes = pair_splits(data)
+            if data.mine_negatives is not None and data.num_negatives > 0:
+                train = {name: with_built_negatives(list(rows), "random" if name in data.random_negatives_sources else data.mine_negatives,
+                                                    data.negatives_pool, data.teacher, config.seed)
+                         for name, rows in train.items()}
+        self.dataset = PairDataset(train, self.prefixes, data.num_negatives, seed=config.seed)
+        self.sampler = OneSourceBatchSampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size, config.seed, data.weighting)
+        self.steps_per_epoch = len(self.sampler)
+        self.collator = PairCollator(self.tokenizer, data.query_max_length, data.document_max_length, data.pad_to_multiple_of)
+        self._plan, self._eval_sets = (None, None), None
+
+    def build_model(self) -> nn.Module:
+        "The encoder (from `init_from`, `model:` keys overriding its config, or fresh) inside a `MeanPooledEncoder`."
+        if self.config.init_from:
+            encoder = NomicBertModel.from_pretrained(self.config.init_from, **self.config.model)
+        else:
+            encoder = NomicBertModel(NomicBertConfig(**self.config.model))
+        return MeanPooledEncoder(encoder)
+
+    def num_samples(self) -> int:
+        return self.steps_per_epoch * self.config.training.global_batch_size  # incomplete batches are dropped
+
+    def global_batch(self, step: int) -> tuple[str, np.ndarray, int]:
+        "(source, global row indices, epoch) of optimiser step `step`: the sampler's plan, epoch after epoch."
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if self._plan[0] != epoch:
+            self._plan = (epoch, self.sampler.global_batches(epoch))
+        source, rows = self._plan[1][position]
+        return source, rows, epoch
+
+    def micro_batches(self, step: int) -> list[dict[str, Tensor]]:
+        "One micro-batch per rank: this rank's share of step `step`'s global batch, tokenised (GradCache chunks it in the step)."
+        _, rows, epoch = self.global_batch(step)
+        share = self.config.training.global_batch_size // self.dist.world_size
+        mine = rows[self.dist.rank * share:(self.dist.rank + 1) * share]
+        features = self.collator([self.dataset[(epoch, int(index))] for index in mine])
+        return [{f"{side}.{name}": value for side in SIDES if side in features for name, value in features[side].items()}]
+
+    @staticmethod
+    def features(batch: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+        "`{'query.input_ids': …}` → `{'query': {'input_ids': …}, …}`, the form `gradcache_step` takes."
+        nested: dict[str, dict[str, Tensor]] = {}
+        for key, value in batch.items():
+            side, name = key.split(".", 1)
+            nested.setdefault(side, {})[name] = value
+        return nested
+
+    def batch_weight(self, batch: dict[str, Tensor]) -> int:
+        return int(batch["query.input_ids"].shape[0])  # loss terms = queries
+
+    def batch_tokens(self, batch: dict[str, Tensor]) -> int:
+        return int(sum(int(value.sum()) for key, value in batch.items() if key.endswith(".attention_mask")))
+
+    def loss_fn(self, queries: Tensor, documents: Tensor, negatives: Tensor | None) -> Tensor:
+        "Eq. 1 (or eq. 2 with `negatives` `(batch, H, dim)`) with the config's logit scale and options."
+        c = self.config.contrastive
+        return info_nce_loss(queries, documents, negatives, logit_scale=c.logit_scale, bidirectional=c.bidirectional,
+                             shared_negatives=c.shared_negatives)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        "The loss of a micro-batch with one plain forward pass per side (for inspection; training goes through `backward`)."
+        embeddings = {side: model(**features) for side, features in self.features(batch).items()}
+        negatives = embeddings.get("negatives")
+        if negatives is not None:
+            negatives = negatives.view(embeddings["query"].shape[0], -1, negatives.shape[-1])  # (batch, H, dim)
+        return self.loss_fn(embeddings["query"], embeddings["document"], negatives)
+
+    def backward(self, model: nn.Module, batch: dict[str, Tensor], loss_scale: float, autocast=contextlib.nullcontext) -> Tensor:
+        "GradCache: back-propagate `loss × loss_scale` of the micro-batch in chunks of `micro_batch_size` rows; return the loss."
+        chunk_size = self.config.training.micro_batch_size if self.config.contrastive.gradcache else None
+        scaled = lambda queries, documents, negatives: self.loss_fn(queries, documents, negatives) * loss_scale
+        def encode(**features: Tensor) -> Tensor:  # forward passes under autocast, backward passes outside it
+            with autocast():
+                return model(**features)
+        return gradcache_step(encode, self.features(batch), scaled, chunk_size=chunk_size, no_sync=getattr(model, "no_sync", None)) / loss_scale
+
+    def _held_out_sets(self) -> list[tuple[list[str], list[str], list[list[int]], list[int]]]:
+        "Per source: this rank's prefixed held-out queries, the source's prefixed corpus, relevant ids and own-document ids."
+        sets = []
+        for name, rows in self.held_out.items():
+            mine = rows[self.dist.rank::self.dist.world_size]
+            if not mine:
+                continue
+            query_prefix, document_prefix = self.prefixes[name]
+            train_rows = self.dataset.tables[self.dataset.names.index(name)] if name in self.dataset.names else []
+            corpus, relevant, targets = held_out_corpus(train_rows, rows, mine)
+            sets.append(([with_prefix(r["query"], query_prefix) for r in mine], [with_prefix(text, document_prefix) for text in corpus],
+                         relevant, targets))
+        return sets
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        "Held-out retrieval sums: this rank's share of each source's held-out queries against all that source's documents."
+        if not self.held_out:
+            return {}
+        if self._eval_sets is None:
+            self._eval_sets = self._held_out_sets()
+        data = self.config.data
+        autocast = torch.bfloat16 if resolve_precision(self.config.training.precision, self.dist.device) == "bf16" else None
+        embed = partial(embed_texts, model, self.tokenizer, batch_size=self.config.logging.eval_batch_size,
+                        device=self.dist.device, autocast_dtype=autocast)
+        sums = dict.fromkeys(("mrr", "ndcg", "recall", "cross_entropy", "queries"), 0.0)
+        was_training = model.training
+        model.eval()
+        for queries, corpus, relevant, targets in self._eval_sets:
+            scores = retrieval_metrics(embed(queries, max_length=data.query_max_length), embed(corpus, max_length=data.document_max_length),
+                                       relevant, targets, k=10, logit_scale=self.config.contrastive.logit_scale)
+            for name, values in scores.items():
+                sums[name] += float(values.sum())
+            sums["queries"] += len(queries)
+        model.train(was_training)
+        return sums
+
+    def summarize_evaluation(self, sums: dict[str, float]) -> dict[str, float]:
+        n = max(sums["queries"], 1)
+        return {"eval_loss": sums["cross_entropy"] / n, "eval_mrr@10": sums["mrr"] / n, "eval_ndcg@10": sums["ndcg"] / n,
+                "eval_recall@10": sums["recall"] / n, "eval_queries": int(sums["queries"])}
+
+    def save_final(self, model: nn.Module, directory: Path) -> None:
+        "The bare encoder in the model chapter's format plus the tokenizer: what `Embedder.from_pretrained` loads."
+        encoder = model.model if isinstance(model, MeanPooledEncoder) else model
+        encoder.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    def plot_metrics(self, run_dir: str | Path):
+        return plot_contrastive_metrics(run_dir)
+
+@register_stage
+class ContrastivePretrainStage(ContrastiveStage):
+    "Stage 2, weakly-supervised contrastive pretraining (report §4.2.1-4.2.2): eq. 1 over one-source batches, GradCache."
+    name = "contrastive_pretrain"
+
+@register_stage
+class ContrastiveFinetuneStage(ContrastiveStage):
+    "Stage 3, supervised contrastive fine-tuning (report §4.2.3-4.2.5): eq. 2 with hard negatives sampled from the mined pool."
+    name = "contrastive_finetune"
+
+    def __init__(self, config: "TrainConfig", dist: DistInfo):
+        if config.data.num_negatives < 1:
+            raise ValueError("stage contrastive_finetune needs hard negatives: set data.num_negatives (the report uses 7), "
+                             "or use stage contrastive_pretrain for in-batch negatives only")
+        super().__init__(config, dist)
+
+def plot_contrastive_metrics(run_dir: str | Path):
+    "Training loss per step and held-out MRR@10 / nDCG@10 / recall@10 of a contrastive run, as a matplotlib figure."
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train_rows, eval_rows = [r for r in rows if "loss" in r], [r for r in rows if "eval_mrr@10" in r]
+    fig, (ax_loss, ax_retrieval) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], lw=0.8, label="training InfoNCE (global batch)")
+    ax_loss.set(xlabel="optimiser step", ylabel="loss (nats)", title="Contrastive loss")
+    ax_loss.legend(fontsize=8)
+    for key, label in (("eval_mrr@10", "MRR@10"), ("eval_ndcg@10", "nDCG@10"), ("eval_recall@10", "recall@10")):
+        ax_retrieval.plot([r["step"] for r in eval_rows], [r[key] for r in eval_rows], "o-", label=label)
+    ax_retrieval.set(xlabel="optimiser step (0 = starting checkpoint)", ylabel="score", title="Held-out retrieval (pairs never trained on)")
+    ax_retrieval.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/09_train.ipynb #b7b78ae7
 if __name__ == "__main__" and "__file__" in globals():  # python -m / torchrun -m nomic_embed.train (not in a notebook)

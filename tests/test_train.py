@@ -164,6 +164,10 @@ def test_corrupted_checkpoint_is_detected_and_nothing_is_overwritten(tmp_path, c
         target.write_bytes(original)
     (run / "checkpoints" / "step-000004" / "scheduler.pt").unlink()
     expect_error(capsys, ["--resume", str(run)], "is missing")
+    # a fresh start into a directory that holds a run is refused (it would mix two runs), and changes nothing
+    before = snapshot(run)
+    expect_error(capsys, ["--config", str(TINY), *sets(*MICRO, f"output_dir={run}")], "already holds a run")
+    assert snapshot(run) == before
 
 
 @pytest.mark.slow
