@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from .contrastive import info_nce_loss
+from .contrastive import LogitScale, info_nce_loss
 from .corpus import CorpusConfig, default_cache_dir, load_tokenizer, packed_corpus
 from .gradcache import SIDES, MeanPooledEncoder, gradcache_step
 from .mlm import MaskingConfig, MLMBatches, SpecialTokens, evaluate_mlm, unigram_baseline
@@ -275,6 +275,10 @@ class Stage:
     def plot_metrics(self, run_dir: str | Path):
         "The run's figure (saved as `loss.png`)."
         return plot_metrics(run_dir)
+
+    def step_metrics(self, model: nn.Module) -> dict[str, float]:
+        "Values the stage adds to each step's logged row (after the optimiser step)."
+        return {}
 
 # %% ../nbs/09_train.ipynb #9e062a13
 class TrainConfig:
@@ -641,6 +645,9 @@ class Trainer:
             self.step = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler, self.dist)["step"]
         if self.dist.distributed:
             device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            ignored = getattr(self.model, "ddp_ignored_parameters", None)  # parameters whose gradients the stage reduces itself
+            if ignored:
+                nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, ignored)
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
                                                                    find_unused_parameters=config.distributed.find_unused_parameters)
 
@@ -716,6 +723,7 @@ class Trainer:
                    "tokens_per_s": round(total_tokens / seconds, 1)}
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
+        metrics.update(self.stage.step_metrics(self.model))
         return metrics
 
     def evaluate(self) -> dict[str, float]:
@@ -965,7 +973,9 @@ class PairDataConfig:
 @dataclass
 class ContrastiveConfig:
     "The loss (contrastive chapter) and how a step embeds its batch (GradCache chapter)."
-    logit_scale: float = 50.0  # 1/τ, fixed (reference code)
+    logit_scale: float = 50.0  # 1/τ: fixed (reference code), or the starting value when learnable
+    learnable_scale: bool = False  # learn log(1/τ) (contrastive chapter's LogitScale, CLIP's rule) instead of fixing it
+    max_logit_scale: float = 100.0  # the learnable scale's clamp
     bidirectional: bool = False  # the report: query → document only (eq. 1)
     shared_negatives: bool = False  # also score every query against every hard negative of the global batch (reference code)
     gradcache: bool = True  # embed in chunks of training.micro_batch_size rows; false = one forward over the rank's share
@@ -973,6 +983,8 @@ class ContrastiveConfig:
     def __post_init__(self):
         if not self.logit_scale > 0:
             raise ValueError(f"contrastive.logit_scale must be > 0; got {self.logit_scale}")
+        if self.learnable_scale and not self.logit_scale <= self.max_logit_scale:
+            raise ValueError(f"contrastive.logit_scale ({self.logit_scale}) must not exceed contrastive.max_logit_scale ({self.max_logit_scale})")
 
 # %% ../nbs/09_train.ipynb #2bd98498
 def pair_splits(data: PairDataConfig) -> tuple[dict, dict, dict]:
@@ -1088,7 +1100,20 @@ class ContrastiveStage(Stage):
             encoder = NomicBertModel.from_pretrained(self.config.init_from, **self.config.model)
         else:
             encoder = NomicBertModel(NomicBertConfig(**self.config.model))
-        return MeanPooledEncoder(encoder)
+        model = MeanPooledEncoder(encoder)
+        c = self.config.contrastive
+        if c.learnable_scale:  # part of the model: optimised, clipped and checkpointed with it
+            model.logit_scale = LogitScale(c.logit_scale, c.max_logit_scale)
+            model.ddp_ignored_parameters = ["logit_scale.log_scale"]  # its gradient comes from the cached loss; averaged in `backward`
+        return model
+
+    def scale(self, model: nn.Module) -> float | Tensor:
+        "1/τ: the config's fixed value, or the model's learnable `LogitScale` (a tensor with a graph)."
+        inner = getattr(model, "module", model)  # DDP-wrapped or not
+        return inner.logit_scale() if self.config.contrastive.learnable_scale else self.config.contrastive.logit_scale
+
+    def step_metrics(self, model: nn.Module) -> dict[str, float]:
+        return {"logit_scale": float(self.scale(model))} if self.config.contrastive.learnable_scale else {}
 
     def num_samples(self) -> int:
         return self.steps_per_epoch * self.config.training.global_batch_size  # incomplete batches are dropped
@@ -1124,11 +1149,11 @@ class ContrastiveStage(Stage):
     def batch_tokens(self, batch: dict[str, Tensor]) -> int:
         return int(sum(int(value.sum()) for key, value in batch.items() if key.endswith(".attention_mask")))
 
-    def loss_fn(self, queries: Tensor, documents: Tensor, negatives: Tensor | None) -> Tensor:
-        "Eq. 1 (or eq. 2 with `negatives` `(batch, H, dim)`) with the config's logit scale and options."
+    def loss_fn(self, queries: Tensor, documents: Tensor, negatives: Tensor | None, scale: float | Tensor | None = None) -> Tensor:
+        "Eq. 1 (or eq. 2 with `negatives` `(batch, H, dim)`) with logit scale `scale` (default: the config's) and options."
         c = self.config.contrastive
-        return info_nce_loss(queries, documents, negatives, logit_scale=c.logit_scale, bidirectional=c.bidirectional,
-                             shared_negatives=c.shared_negatives)
+        return info_nce_loss(queries, documents, negatives, logit_scale=c.logit_scale if scale is None else scale,
+                             bidirectional=c.bidirectional, shared_negatives=c.shared_negatives)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         "The loss of a micro-batch with one plain forward pass per side (for inspection; training goes through `backward`)."
@@ -1136,16 +1161,22 @@ class ContrastiveStage(Stage):
         negatives = embeddings.get("negatives")
         if negatives is not None:
             negatives = negatives.view(embeddings["query"].shape[0], -1, negatives.shape[-1])  # (batch, H, dim)
-        return self.loss_fn(embeddings["query"], embeddings["document"], negatives)
+        return self.loss_fn(embeddings["query"], embeddings["document"], negatives, self.scale(model))
 
     def backward(self, model: nn.Module, batch: dict[str, Tensor], loss_scale: float, autocast=contextlib.nullcontext) -> Tensor:
         "GradCache: back-propagate `loss × loss_scale` of the micro-batch in chunks of `micro_batch_size` rows; return the loss."
         chunk_size = self.config.training.micro_batch_size if self.config.contrastive.gradcache else None
-        scaled = lambda queries, documents, negatives: self.loss_fn(queries, documents, negatives) * loss_scale
+        scale = self.scale(model)
+        scaled = lambda queries, documents, negatives: self.loss_fn(queries, documents, negatives, scale) * loss_scale
         def encode(**features: Tensor) -> Tensor:  # forward passes under autocast, backward passes outside it
             with autocast():
                 return model(**features)
-        return gradcache_step(encode, self.features(batch), scaled, chunk_size=chunk_size, no_sync=getattr(model, "no_sync", None)) / loss_scale
+        loss = gradcache_step(encode, self.features(batch), scaled, chunk_size=chunk_size, no_sync=getattr(model, "no_sync", None))
+        if self.config.contrastive.learnable_scale and self.dist.distributed:  # DDP ignores it: average its gradient over ranks
+            grad = getattr(model, "module", model).logit_scale.log_scale.grad
+            torch.distributed.all_reduce(grad)
+            grad /= self.dist.world_size
+        return loss / loss_scale
 
     def _held_out_sets(self) -> list[tuple[list[str], list[str], list[list[int]], list[int]]]:
         "Per source: this rank's prefixed held-out queries, the source's prefixed corpus, relevant ids and own-document ids."
@@ -1176,7 +1207,7 @@ class ContrastiveStage(Stage):
         model.eval()
         for queries, corpus, relevant, targets in self._eval_sets:
             scores = retrieval_metrics(embed(queries, max_length=data.query_max_length), embed(corpus, max_length=data.document_max_length),
-                                       relevant, targets, k=10, logit_scale=self.config.contrastive.logit_scale)
+                                       relevant, targets, k=10, logit_scale=float(self.scale(model)))
             for name, values in scores.items():
                 sums[name] += float(values.sum())
             sums["queries"] += len(queries)

@@ -97,7 +97,8 @@ def test_contrastive_resume_is_bitwise_exact(tmp_path):
     common = MICRO + QUIET + ["data.sources=[{name: pydoc_topics, offline: pydoc_topics}]", "data.query_max_length=16",
                               "data.document_max_length=32", "data.held_out_fraction=0", "training.max_steps=4",
                               "training.num_epochs=null", "training.global_batch_size=8", "training.micro_batch_size=4",
-                              "checkpoint.every_steps=2", "checkpoint.keep_last=5", "schedule.warmup_steps=1"]
+                              "checkpoint.every_steps=2", "checkpoint.keep_last=5", "schedule.warmup_steps=1",
+                              "contrastive.learnable_scale=true"]  # the learned scale is checkpointed with the model
     straight, split = tmp_path / "straight", tmp_path / "split"
     run_training(CONFIGS / "contrastive_pretrain_tiny.yaml", common + [f"output_dir={straight}"])
     first = Trainer(load_config(CONFIGS / "contrastive_pretrain_tiny.yaml", common + [f"output_dir={split}"]))
@@ -108,6 +109,7 @@ def test_contrastive_resume_is_bitwise_exact(tmp_path):
     resumed.train()
     a, b = (load_file(run / "checkpoints/step-000004/model.safetensors") for run in (straight, split))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    assert "logit_scale.log_scale" in a
     assert [r["loss"] for r in read_metrics(straight)[0]] == [r["loss"] for r in read_metrics(split)[0]]
 
 
@@ -129,14 +131,19 @@ def torchrun_matches_single_process(tmp_path: Path, config: Path, extra: list[st
     print("per-step |Δloss| 1 vs 2 processes:", [f"{d:.1e}" for d in differences], "losses:", [round(r["loss"], 4) for r in one_rows])
     assert max(differences) <= 1e-5
     assert [r["tokens"] for r in one_rows] == [r["tokens"] for r in two_rows]
+    if "contrastive.learnable_scale=true" in extra:  # the learned 1/τ moves, identically in both runs
+        scales = [(a["logit_scale"], b["logit_scale"]) for a, b in zip(one_rows, two_rows)]
+        print("learned logit scale per step (1 vs 2 processes):", scales)
+        assert all(abs(a - b) < 1e-4 for a, b in scales) and abs(scales[-1][0] - 50.0) > 1e-3
     wa, wb = load_file(single / "checkpoints/step-000003/model.safetensors"), load_file(double / "checkpoints/step-000003/model.safetensors")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
 def test_torchrun_finetune_matches_single_process(tmp_path):
-    "Eq. 2 with 2 random negatives per query, GradCache chunks of 2: 2 gloo processes × 4 queries = 1 process × 8."
+    "Eq. 2 with 2 random negatives per query, GradCache chunks of 2, learnable logit scale: 2 gloo processes × 4 queries = 1 process × 8."
     torchrun_matches_single_process(tmp_path, CONFIGS / "contrastive_finetune_tiny.yaml",
-                                    ["data.mine_negatives=random", "data.num_negatives=2", "data.random_negatives_sources=[]"])
+                                    ["data.mine_negatives=random", "data.num_negatives=2", "data.random_negatives_sources=[]",
+                                     "contrastive.learnable_scale=true", "optimizer.lr=0.05"])
 
 
 @pytest.mark.slow
