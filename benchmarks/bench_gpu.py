@@ -14,7 +14,8 @@ Sections of `run` (each runs on its own; a failure is reported and the next sect
   mlm       stage-1 training step (forward + backward + AdamW, bf16 autocast) on 8 x 2,048 packed tokens with 30%
             masking: ours vs transformers' NomicBertForMaskedLM; MFU.
   embed     Embedder.encode (bf16) vs sentence-transformers over transformers' NomicBertModel, same weights.
-Contrastive steps on the GPU: benchmarks/bench_contrastive.py --device cuda --model base --precision bf16 --data .gpu
+Contrastive steps on the GPU: benchmarks/bench_contrastive.py --device cuda --model base --precision bf16 --data .gpu;
+benchmarks/gpu_checks.sh runs all of it plus a short stage-2 training run of the full model on the prepared pairs.
 
 Timings: CUDA events around whole calls, medians after warm-up. MFU uses 989 TFLOP/s (H100/H200 dense bf16).
 Not a test: nothing about speed is asserted.
@@ -54,7 +55,12 @@ def prepare(folder: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_embed import build_texts
     paragraphs, long_texts = build_texts(2000, 8, 8000)
-    rows = [row for rows in offline_pairs(["python_docstrings", "wikipedia_sections", "pydoc_topics"]).values() for row in rows]
+    by_source = offline_pairs(["python_docstrings", "wikipedia_sections", "pydoc_topics"])
+    (folder / "pairs").mkdir(exist_ok=True)
+    for name, source_rows in by_source.items():  # JSONL shards for a trainer run (benchmarks/gpu_checks.sh)
+        lines = (json.dumps({"query": r["query"], "document": r["document"]}) for r in source_rows)
+        (folder / "pairs" / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    rows = [row for source_rows in by_source.values() for row in source_rows]
     random.Random(0).shuffle(rows)
     pairs = [{"query": r["query"], "document": r["document"]} for r in rows[:4096]]
     (folder / "texts.json").write_text(json.dumps({"lee": lee, "paragraphs": paragraphs, "long": long_texts, "pairs": pairs}))
