@@ -1112,8 +1112,13 @@ class ContrastiveStage(Stage):
         inner = getattr(model, "module", model)  # DDP-wrapped or not
         return inner.logit_scale() if self.config.contrastive.learnable_scale else self.config.contrastive.logit_scale
 
+    def scale_value(self, model: nn.Module) -> float:
+        "1/τ as a number (no graph)."
+        with torch.no_grad():
+            return float(self.scale(model))
+
     def step_metrics(self, model: nn.Module) -> dict[str, float]:
-        return {"logit_scale": float(self.scale(model))} if self.config.contrastive.learnable_scale else {}
+        return {"logit_scale": self.scale_value(model)} if self.config.contrastive.learnable_scale else {}
 
     def num_samples(self) -> int:
         return self.steps_per_epoch * self.config.training.global_batch_size  # incomplete batches are dropped
@@ -1207,7 +1212,7 @@ class ContrastiveStage(Stage):
         model.eval()
         for queries, corpus, relevant, targets in self._eval_sets:
             scores = retrieval_metrics(embed(queries, max_length=data.query_max_length), embed(corpus, max_length=data.document_max_length),
-                                       relevant, targets, k=10, logit_scale=float(self.scale(model)))
+                                       relevant, targets, k=10, logit_scale=self.scale_value(model))
             for name, values in scores.items():
                 sums[name] += float(values.sum())
             sums["queries"] += len(queries)
