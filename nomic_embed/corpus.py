@@ -36,7 +36,13 @@ def offline_tokenizer_path() -> str:
 def load_tokenizer(name_or_path: str | None = None, model_max_length: int = 8192):
     "bert-base-uncased as a fast tokenizer: `None` = the offline copy in the all-MiniLM package, else a hub name or local dir."
     from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path or offline_tokenizer_path(), model_max_length=model_max_length)
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # in a model directory AutoTokenizer reads config.json, whose model_type it does not know
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path or offline_tokenizer_path(), model_max_length=model_max_length)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if not tokenizer.is_fast:
         raise ValueError(f"{name_or_path!r} gave a slow tokenizer; packing needs a fast (Rust) tokenizer")
     missing = [name for name in ("cls_token_id", "sep_token_id", "pad_token_id", "mask_token_id") if getattr(tokenizer, name) is None]

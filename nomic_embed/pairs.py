@@ -85,18 +85,26 @@ def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
 SKIPPED_SECTIONS = {"See also", "External links", "Further reading", "References", "Notes", "Bibliography", "Sources", "Footnotes", "Citations"}
 
 def wikipedia_pairs(min_chars: int = 200) -> dict[str, list[dict[str, str]]]:
-    "Two sources from the offline Wikipedia dump: `wikipedia_title_lead` (title → lead) and `wikipedia_sections` (title — heading → body)."
+    """Three sources from the offline Wikipedia dump: `wikipedia_title_lead` (title → lead), `wikipedia_sections`
+    (title — heading → body) and the long-context `wikipedia_title_body` (title → the whole article)."""
     from nomic_embed.corpus import wikipedia_articles
-    title_lead, sections = [], []
+    title_lead, sections, title_body = [], [], []
     for article in wikipedia_articles():
+        kept = []  # the article's text, reference sections left out
         for index, (heading, body) in enumerate(article["sections"]):
+            lead = index == 0 and heading == "Introduction"
+            if not lead and heading in SKIPPED_SECTIONS:
+                continue
+            kept.append(body if lead else f"{heading}\n{body}")
             if len(body) < min_chars:
                 continue
-            if index == 0 and heading == "Introduction":
+            if lead:
                 title_lead.append({"query": article["title"], "document": body})
-            elif heading not in SKIPPED_SECTIONS:
+            else:
                 sections.append({"query": f"{article['title']} — {heading}", "document": body})
-    return {"wikipedia_title_lead": title_lead, "wikipedia_sections": sections}
+        if len(whole := "\n".join(kept)) >= min_chars:
+            title_body.append({"query": article["title"], "document": whole})
+    return {"wikipedia_title_lead": title_lead, "wikipedia_sections": sections, "wikipedia_title_body": title_body}
 
 # %% ../nbs/06_pairs.ipynb #7c146a36
 STDLIB_MODULES = (
@@ -279,6 +287,7 @@ def with_prefix(text: str, prefix: str | None) -> str:
 OFFLINE_SOURCES: dict[str, tuple[str, str]] = {  # source → (query prefix, document prefix)
     "wikipedia_title_lead": ("search_query", "search_document"),
     "wikipedia_sections": ("search_query", "search_document"),
+    "wikipedia_title_body": ("search_query", "search_document"),  # long-context pairs
     "python_docstrings": ("search_query", "search_document"),
     "python_code": ("search_query", "search_document"),
     "pydoc_topics": ("search_query", "search_document"),
