@@ -652,7 +652,7 @@ class Trainer:
                                                                    find_unused_parameters=config.distributed.find_unused_parameters)
 
     def _deepspeed_engine(self):
-        "Wrap model/optimiser/scheduler in a DeepSpeed engine (ZeRO-2 config from `distributed.deepspeed`). Untested here: no DeepSpeed on CPU."
+        "Wrap model/optimiser/scheduler in a DeepSpeed engine (ZeRO-2 config from `distributed.deepspeed`). Not covered by the tests (DeepSpeed needs CUDA)."
         try:
             import deepspeed
         except ImportError as error:
@@ -796,7 +796,7 @@ class Trainer:
         return {"step": self.step, "run_dir": str(self.run_dir), **{k: v for k, v in last.items() if k != "step"}, **last_eval}
 
     def save(self) -> Path:
-        "Write a checkpoint of the current step (with DeepSpeed: its own partitioned optimiser files under `deepspeed/`; untested here)."
+        "Write a checkpoint of the current step (with DeepSpeed: its own partitioned optimiser files under `deepspeed/`)."
         extra = None
         if self.engine is not None:
             extra = lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")  # every rank writes its partition
