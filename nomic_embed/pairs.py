@@ -136,8 +136,11 @@ def _stdlib_objects() -> Iterator[tuple[str, Any]]:
             yield f"{module_name}.{name}", obj
             if inspect.isclass(obj):
                 for method_name, method in sorted(vars(obj).items()):
-                    if not method_name.startswith("_") and (inspect.isfunction(method) or inspect.ismethoddescriptor(method)):
-                        yield f"{module_name}.{name}.{method_name}", method
+                    if method_name.startswith("_") or not (inspect.isfunction(method) or inspect.ismethoddescriptor(method)):
+                        continue
+                    if getattr(method, "__module__", None) not in (None, module.__name__):
+                        continue  # patched in by another library at import time (e.g. logging.Logger.warning_once)
+                    yield f"{module_name}.{name}.{method_name}", method
 
 def python_docstring_pairs(min_chars: int = 80) -> list[dict[str, str]]:
     "(qualified name → docstring) for the standard library modules in `STDLIB_MODULES`; each docstring used once."
