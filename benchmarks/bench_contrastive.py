@@ -52,15 +52,6 @@ def tokenised(tokenizer, texts: list[str], max_length: int, device: torch.device
     return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
 
 
-def timed_step(step, device: torch.device) -> tuple[float, int]:
-    "Seconds and peak bytes of one call of `step()`."
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    _, peak = measure_peak_memory(step, device)
-    return time.perf_counter() - start, peak
-
-
 class SentenceEmbedding(nn.Module):
     "A sentence-transformers module around our encoder: features → features['sentence_embedding']."
 

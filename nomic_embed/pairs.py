@@ -77,8 +77,8 @@ def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as lines:
             rows = [json.loads(line) for line in lines if line.strip()]
-    for i, row in enumerate(rows[:1]):
-        _check_row(row, f"{path} row {i}")
+    if rows:
+        _check_row(rows[0], f"{path} row 0")
     return rows
 
 # %% ../nbs/06_pairs.ipynb #10045d58

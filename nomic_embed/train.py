@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .contrastive import LogitScale, info_nce_loss
 from .corpus import CorpusConfig, default_cache_dir, load_tokenizer, packed_corpus
+from .embed import length_sorted_batches
 from .gradcache import SIDES, MeanPooledEncoder, gradcache_step
 from .mlm import MaskingConfig, MLMBatches, SpecialTokens, evaluate_mlm, unigram_baseline
 from .model import NomicBertConfig, NomicBertForPreTraining, NomicBertModel
@@ -280,6 +281,10 @@ class Stage:
         "Values the stage adds to each step's logged row (after the optimiser step)."
         return {}
 
+    def baseline(self) -> dict[str, float] | None:
+        "Reference numbers written once to `baseline.json` before training (None: no baseline)."
+        return None
+
 # %% ../nbs/09_train.ipynb #9e062a13
 class TrainConfig:
     "A validated training config: top-level keys as attributes and one dataclass per section (`config.training.max_steps`)."
@@ -406,8 +411,10 @@ class MLMStage(Stage):
         return {"eval_loss": sums["loss_sum"] / max(sums["targets"], 1), "eval_accuracy": sums["correct"] / max(sums["targets"], 1),
                 "eval_targets": int(sums["targets"])}
 
-    def baseline(self) -> dict[str, float]:
-        "The unigram baseline on the same held-out targets `evaluate` uses."
+    def baseline(self) -> dict[str, float] | None:
+        "The unigram baseline on the same held-out targets `evaluate` uses (None without a validation split)."
+        if self.val_corpus is None:
+            return None
         return unigram_baseline(self.train_corpus, self.val_corpus, self.special, self.config.mlm.val_mlm_probability,
                                 self.config.seed, self.config.logging.eval_max_chunks)
 
@@ -694,6 +701,7 @@ class Trainer:
         step_loss = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         tokens = 0
         for i, (batch, weight) in enumerate(zip(batches, weights)):
+            tokens += self.stage.batch_tokens(batch)  # on the host copy: no device sync
             batch = {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()}
             last = i == len(batches) - 1
             sync = contextlib.nullcontext() if last or self.engine is not None or not self.dist.distributed else self.train_model.no_sync()
@@ -707,7 +715,6 @@ class Trainer:
                 else:  # the stage back-propagates: plain for MLM, GradCache for the contrastive stages
                     loss = self.stage.backward(self.train_model, batch, loss_scale, self.autocast)
             step_loss += loss.detach().double() * (weight / global_weight)
-            tokens += self.stage.batch_tokens(batch)
         lr = self.scheduler.get_last_lr()[0]
         grad_norm = None
         if self.engine is None:
@@ -761,8 +768,8 @@ class Trainer:
         from tqdm.auto import tqdm
         cfg, log = self.config, self.config.logging
         self._prepare_run_dir()
-        if self.dist.is_main and self.step == 0 and hasattr(self.stage, "baseline") and getattr(self.stage, "val_corpus", None) is not None:
-            atomic_write_text(self.run_dir / "baseline.json", json.dumps(self.stage.baseline(), indent=1))
+        if self.dist.is_main and self.step == 0 and (baseline := self.stage.baseline()) is not None:
+            atomic_write_text(self.run_dir / "baseline.json", json.dumps(baseline, indent=1))
         progress = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.stage} training", unit="step",
                         disable=not (self.dist.is_main and log.progress_bar))
         self.model.train()
@@ -862,7 +869,7 @@ def resolve_resume_config(config_path: str | None, overrides: list[str] | None, 
     if config_path is not None:
         return load_config(config_path, overrides)
     checkpoint = find_checkpoint(resume)
-    saved = verify_checkpoint(checkpoint)["config"]
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())["config"]  # Trainer(…, resume) verifies the checkpoint
     saved["output_dir"] = str(checkpoint.parent.parent)
     return load_config(raw=saved, overrides=overrides)
 
@@ -1053,10 +1060,8 @@ def held_out_corpus(train_rows: Sequence[dict], held_out_rows: Sequence[dict], q
 def embed_texts(encoder: nn.Module, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
                 device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> Tensor:
     "Unit-length embeddings `(len(texts), dim)` (fp32, CPU) of already-prefixed texts from a `MeanPooledEncoder`, in input order."
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths together: less padding
     out = torch.empty(len(texts), 0)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    for chunk in length_sorted_batches([len(text) for text in texts], batch_size):  # similar lengths together: less padding
         encoded = tokenizer([texts[i] for i in chunk], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             pooled = encoder(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))  # (chunk, dim)
@@ -1134,7 +1139,7 @@ class ContrastiveStage(Stage):
     def micro_batches(self, step: int) -> list[dict[str, Tensor]]:
         "One micro-batch per rank: this rank's share of step `step`'s global batch, tokenised (GradCache chunks it in the step)."
         _, rows, epoch = self.global_batch(step)
-        share = self.config.training.global_batch_size // self.dist.world_size
+        share = self.sampler.local_batch_size
         mine = rows[self.dist.rank * share:(self.dist.rank + 1) * share]
         features = self.collator([self.dataset[(epoch, int(index))] for index in mine])
         return [{f"{side}.{name}": value for side in SIDES if side in features for name, value in features[side].items()}]
@@ -1154,19 +1159,11 @@ class ContrastiveStage(Stage):
     def batch_tokens(self, batch: dict[str, Tensor]) -> int:
         return int(sum(int(value.sum()) for key, value in batch.items() if key.endswith(".attention_mask")))
 
-    def loss_fn(self, queries: Tensor, documents: Tensor, negatives: Tensor | None, scale: float | Tensor | None = None) -> Tensor:
-        "Eq. 1 (or eq. 2 with `negatives` `(batch, H, dim)`) with logit scale `scale` (default: the config's) and options."
+    def loss_fn(self, queries: Tensor, documents: Tensor, negatives: Tensor | None, scale: float | Tensor) -> Tensor:
+        "Eq. 1 (or eq. 2 with `negatives` `(batch, H, dim)`) with logit scale `scale` and the config's options."
         c = self.config.contrastive
-        return info_nce_loss(queries, documents, negatives, logit_scale=c.logit_scale if scale is None else scale,
-                             bidirectional=c.bidirectional, shared_negatives=c.shared_negatives)
-
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        "The loss of a micro-batch with one plain forward pass per side (for inspection; training goes through `backward`)."
-        embeddings = {side: model(**features) for side, features in self.features(batch).items()}
-        negatives = embeddings.get("negatives")
-        if negatives is not None:
-            negatives = negatives.view(embeddings["query"].shape[0], -1, negatives.shape[-1])  # (batch, H, dim)
-        return self.loss_fn(embeddings["query"], embeddings["document"], negatives, self.scale(model))
+        return info_nce_loss(queries, documents, negatives, logit_scale=scale, bidirectional=c.bidirectional,
+                             shared_negatives=c.shared_negatives)
 
     def backward(self, model: nn.Module, batch: dict[str, Tensor], loss_scale: float, autocast=contextlib.nullcontext) -> Tensor:
         "GradCache: back-propagate `loss × loss_scale` of the micro-batch in chunks of `micro_batch_size` rows; return the loss."
@@ -1252,8 +1249,7 @@ class ContrastiveFinetuneStage(ContrastiveStage):
 def plot_contrastive_metrics(run_dir: str | Path):
     "Training loss per step and held-out MRR@10 / nDCG@10 / recall@10 of a contrastive run, as a matplotlib figure."
     import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train_rows, eval_rows = [r for r in rows if "loss" in r], [r for r in rows if "eval_mrr@10" in r]
+    train_rows, eval_rows = read_metrics(run_dir)
     fig, (ax_loss, ax_retrieval) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax_loss.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], lw=0.8, label="training InfoNCE (global batch)")
     ax_loss.set(xlabel="optimiser step", ylabel="loss (nats)", title="Contrastive loss")

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from nomic_embed import embed
 from nomic_embed.corpus import load_tokenizer
 from nomic_embed.embed import Embedder, embed_file, load_embeddings, main
 from nomic_embed.model import NomicBertConfig, NomicBertModel

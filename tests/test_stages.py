@@ -6,20 +6,15 @@ give the losses of one process holding the global batch; the full-scale configs 
 Run: python -m pytest tests/test_stages.py  (add -m slow for the tiny configs end to end, mined negatives included)."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
+from conftest import ENV, ROOT, TORCHRUN, expect_error, sets, train_cli, weights
 from nomic_embed.train import load_config, read_metrics, run_training, Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 QUIET = ["logging.progress_bar=false", "logging.plot=false", "checkpoint.every_steps=1000"]
 # the fast end-to-end run: three offline sources (Wikipedia heading → section, language-reference heading → text,
 # news lead → story), short sequences, 16 pairs per batch
@@ -34,10 +29,6 @@ MARGIN = 0.05  # absolute gain in held-out MRR@10 over the MLM checkpoint that t
 
 def eval_rows(run_dir: Path) -> list[dict]:
     return [r for r in read_metrics(run_dir)[1] if "eval_mrr@10" in r]
-
-
-def sets(*items: str) -> list[str]:
-    return [arg for item in items for arg in ("--set", item)]
 
 
 def held_out_mrr(model_dir: Path, data) -> float:
@@ -107,7 +98,7 @@ def test_contrastive_resume_is_bitwise_exact(tmp_path):
     resumed = Trainer(load_config(CONFIGS / "contrastive_pretrain_tiny.yaml", common + [f"output_dir={split}"]), resume=split)
     assert resumed.step == 2
     resumed.train()
-    a, b = (load_file(run / "checkpoints/step-000004/model.safetensors") for run in (straight, split))
+    a, b = weights(straight, 4), weights(split, 4)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     assert "logit_scale.log_scale" in a
     assert [r["loss"] for r in read_metrics(straight)[0]] == [r["loss"] for r in read_metrics(split)[0]]
@@ -119,11 +110,10 @@ def torchrun_matches_single_process(tmp_path: Path, config: Path, extra: list[st
                                       "training.num_epochs=null", "training.global_batch_size=8", "training.micro_batch_size=2",
                                       "schedule.warmup_steps=1", "distributed.backend=gloo"]
     single, double = tmp_path / "single", tmp_path / "double"
-    cli = ["-m", "nomic_embed.train", "--config", str(config)]
-    one = subprocess.run([sys.executable, *cli, *sets(*common, f"output_dir={single}")], env=ENV, capture_output=True, text=True)
+    one = subprocess.run(train_cli("--config", str(config), *sets(*common, f"output_dir={single}")), env=ENV, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    two = subprocess.run([*torchrun, *cli, *sets(*common, f"output_dir={double}")], env=ENV, capture_output=True, text=True)
+    two = subprocess.run([*TORCHRUN, "-m", "nomic_embed.train", "--config", str(config), *sets(*common, f"output_dir={double}")],
+                         env=ENV, capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-3000:]
     one_rows, two_rows = read_metrics(single)[0], read_metrics(double)[0]
     assert [r["step"] for r in one_rows] == [r["step"] for r in two_rows] == [1, 2, 3]
@@ -135,7 +125,7 @@ def torchrun_matches_single_process(tmp_path: Path, config: Path, extra: list[st
         scales = [(a["logit_scale"], b["logit_scale"]) for a, b in zip(one_rows, two_rows)]
         print("learned logit scale per step (1 vs 2 processes):", scales)
         assert all(abs(a - b) < 1e-4 for a, b in scales) and abs(scales[-1][0] - 50.0) > 1e-3
-    wa, wb = load_file(single / "checkpoints/step-000003/model.safetensors"), load_file(double / "checkpoints/step-000003/model.safetensors")
+    wa, wb = weights(single, 3), weights(double, 3)
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
@@ -182,11 +172,7 @@ def test_full_scale_configs_carry_the_report_settings(monkeypatch):
     (["distributed.deepspeed=configs/deepspeed_zero2_mlm.json"], "distributed.deepspeed: null"),
 ])
 def test_bad_contrastive_configs_fail_before_any_work(tmp_path, capsys, overrides, message):
-    from nomic_embed.train import main
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--config", str(CONFIGS / "contrastive_finetune_tiny.yaml"), *sets(f"output_dir={tmp_path / 'run'}", *overrides)])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    expect_error(capsys, ["--config", str(CONFIGS / "contrastive_finetune_tiny.yaml"), *sets(f"output_dir={tmp_path / 'run'}", *overrides)], message)
     assert not (tmp_path / "run").exists()
 
 

@@ -7,37 +7,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from nomic_embed.train import main, read_metrics, run_training
+from conftest import ENV, ROOT, TORCHRUN, expect_error, sets, train_cli, weights
+from nomic_embed.train import read_metrics, run_training
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "mlm_tiny.yaml"
 # a 1-layer, 32-wide model: fast enough that process start-up dominates
 MICRO = ["model.hidden_size=32", "model.num_hidden_layers=1", "model.num_attention_heads=2", "model.intermediate_size=64",
          "logging.eval_every_steps=0", "logging.eval_max_chunks=64", "logging.progress_bar=false", "logging.plot=false"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def train_cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "nomic_embed.train", *args]
-
-
-def sets(*items: str) -> list[str]:
-    return [arg for item in items for arg in ("--set", item)]
-
-
-def weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors")
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, str]]:
@@ -96,7 +80,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
                       "checkpoint.every_steps=100", "logging.eval_every_steps=3"]
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run(train_cli("--config", str(TINY), *sets(*common, f"output_dir={single}")), env=ENV, check=True, capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nomic_embed.train"]
+    torchrun = [*TORCHRUN, "-m", "nomic_embed.train"]
     result = subprocess.run(torchrun + ["--config", str(TINY), *sets(*common, f"output_dir={double}", "distributed.backend=gloo")],
                             env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -110,15 +94,6 @@ def test_torchrun_two_processes_match_one(tmp_path):
         assert a["eval_targets"] == b["eval_targets"] and abs(a["eval_loss"] - b["eval_loss"]) <= 1e-5
     wa, wb = weights(single, 6), weights(double, 6)
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
-
-
-def expect_error(capsys, argv: list[str], message: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err, err
-    return err
 
 
 def test_unknown_config_key_fails_before_any_work(tmp_path, capsys):
