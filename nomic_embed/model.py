@@ -5,6 +5,7 @@
 # %% ../nbs/01_model.ipynb #80dec9d7
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -12,6 +13,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +29,8 @@ __all__ = ['ATTENTION_BACKENDS', 'CHECKPOINT_FORMATS', 'NomicBertConfig', 'Nomic
            'varlen_attention', 'NomicBertPreTrainedModel', 'NomicBertModel', 'count_parameters', 'mean_pool',
            'NomicBertHeadTransform', 'NomicBertLMPredictions', 'NomicBertMLMHead', 'NomicBertForPreTraining',
            'from_transformers_state_dict', 'to_transformers_state_dict', 'config_from_nomic', 'config_to_nomic',
-           'config_from_transformers', 'config_to_transformers', 'detect_format', 'read_checkpoint', 'write_checkpoint',
-           'canonical_state_dict', 'load_canonical_state_dict', 'forward_flops_per_token']
+           'config_from_transformers', 'config_to_transformers', 'detect_format', 'read_checkpoint', 'atomic_file',
+           'write_checkpoint', 'canonical_state_dict', 'load_canonical_state_dict', 'forward_flops_per_token']
 
 # %% ../nbs/01_model.ipynb #d3cbfbc7
 ATTENTION_BACKENDS = ("auto", "sdpa", "sdpa_unpadded", "flash_attn", "torch_varlen")
@@ -598,19 +600,28 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[NomicBertConfig, dict[str,
         raise ValueError("cls.predictions.decoder.weight differs from embeddings.word_embeddings.weight, but NomicBERT ties them; this checkpoint cannot be loaded exactly")
     return config, canonical, fmt
 
-# %% ../nbs/01_model.ipynb #8fae1c15
-def _atomic_write(path: Path, write) -> None:
-    "Call `write(temporary_path)`, then move the file to `path` in one step."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+# %% ../nbs/01_model.ipynb #856b8641
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block succeeds, fsync the file, give it the permissions the umask
+    allows (0644 typically) and rename it to `path`, so `path` is complete or absent, never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(temporary)
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        yield temporary  # the caller writes the file (by name; np.save needs an open file: it appends .npy to names)
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())  # the data is on disk before the rename makes it visible
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
+# %% ../nbs/01_model.ipynb #8fae1c15
 def write_checkpoint(directory: str | os.PathLike, config: NomicBertConfig, canonical: dict[str, Tensor],
                      format: str = "nomic_embed") -> Path:
     "Write canonical tensors + config to `directory` in one of `CHECKPOINT_FORMATS`; returns the directory."
@@ -633,8 +644,10 @@ def write_checkpoint(directory: str | os.PathLike, config: NomicBertConfig, cano
         else:
             config_dict = config.to_dict() | {"architectures": [architecture]}
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    _atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n"))
+    with atomic_file(directory / "model.safetensors") as temporary:
+        save_file(tensors, temporary, metadata={"format": "pt"})
+    with atomic_file(directory / "config.json") as temporary:
+        temporary.write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
     return directory
 
 # %% ../nbs/01_model.ipynb #34e84964
