@@ -24,14 +24,14 @@ from tqdm.auto import tqdm
 
 from .contrastive import cosine_logits
 from .corpus import load_tokenizer
-from .model import NomicBertModel, mean_pool
+from .model import NomicBertModel, embed_texts, length_sorted_batches, tokenize
 from .pairs import TASK_PREFIXES, with_prefix
 
 # %% auto #0
 __all__ = ['TASKS', 'MTEB_PREFIXES', 'MTEB_UNNORMALIZED', 'INPUT_SUFFIXES', 'OUTPUT_SUFFIXES', 'check_task', 'add_prefix',
-           'normalize_by_default', 'check_texts', 'tokenize', 'length_sorted_batches', 'Embedder',
-           'save_sentence_transformers', 'mteb_task', 'MTEBEncoder', 'in_memory_task', 'read_texts', 'count_texts',
-           'check_output_path', 'partial_dir', 'load_embeddings', 'embed_file', 'main']
+           'normalize_by_default', 'check_texts', 'Embedder', 'save_sentence_transformers', 'mteb_task', 'MTEBEncoder',
+           'in_memory_task', 'read_texts', 'count_texts', 'check_output_path', 'partial_dir', 'load_embeddings',
+           'embed_file', 'main']
 
 # %% ../nbs/10_embed.ipynb #61f744ac
 TASKS = TASK_PREFIXES  # the four task prefixes (report §4.2.2), as the pairs chapter defines them
@@ -66,33 +66,6 @@ def check_texts(texts: Iterable[str]) -> list[str]:
         if not text.strip():
             raise ValueError(f"texts[{index}] is empty or whitespace only; drop it or replace it with the text to embed")
     return texts
-
-# %% ../nbs/10_embed.ipynb #c66f88fe
-def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
-    "Token ids `[CLS] … [SEP]` of each text, cut to `max_length`, and how many texts were cut."
-    if max_length < 3:
-        raise ValueError(f"max_length must be at least 3 tokens ([CLS], one token, [SEP]); got {max_length}")
-    pieces = tokenizer(list(texts), add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False)["input_ids"]
-    keep = max_length - 2
-    ids = [[tokenizer.cls_token_id, *p[:keep], tokenizer.sep_token_id] for p in pieces]
-    return ids, sum(len(p) > keep for p in pieces)
-
-# %% ../nbs/10_embed.ipynb #d5a819dc
-def length_sorted_batches(lengths: Sequence[int], batch_size: int = 32, max_batch_tokens: int | None = None) -> list[list[int]]:
-    "Indices grouped into batches of similar length, longest first: ≤ `batch_size` texts and ≤ `max_batch_tokens` padded tokens each."
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: equal lengths keep input order
-    batches: list[list[int]] = []
-    for index in order:
-        if batches:
-            batch = batches[-1]
-            longest = lengths[batch[0]]  # the first is the longest: the batch pads to it
-            if len(batch) < batch_size and (max_batch_tokens is None or (len(batch) + 1) * longest <= max_batch_tokens):
-                batch.append(index)
-                continue
-        batches.append([index])
-    return batches
 
 # %% ../nbs/10_embed.ipynb #f5439aca
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -151,40 +124,16 @@ class Embedder:
         check_task(task)
         texts = check_texts(texts)
         normalize = normalize_by_default(task) if normalize is None else normalize
-        return self._embed(add_prefix(texts, task), batch_size=batch_size, normalize=normalize,
-                           show_progress=show_progress, max_length=max_length)
+        return self.embed_prefixed(add_prefix(texts, task), batch_size=batch_size, normalize=normalize,
+                                   show_progress=show_progress, max_length=max_length)
 
-    def _embed(self, texts: list[str], *, batch_size: int, normalize: bool, show_progress: bool | None, max_length: int | None) -> np.ndarray:
-        "Embed texts that already carry their prefix (no checks)."
-        max_length = max_length or self.max_length
-        embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return embeddings
-        ids, n_cut = tokenize(self.tokenizer, texts, max_length)
-        if n_cut:
-            warnings.warn(f"{n_cut} of {len(texts)} texts were longer than max_length={max_length} tokens and were truncated", stacklevel=3)
-        batches = length_sorted_batches([len(x) for x in ids], batch_size, self.max_batch_tokens)
-        show = len(batches) > 16 if show_progress is None else show_progress
-        autocast = self.dtype != torch.float32
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
-            for batch in tqdm(batches, desc="embedding", unit="batch", disable=not show):
-                input_ids, attention_mask = self._pad([ids[i] for i in batch])
-                hidden = self.model(input_ids, attention_mask=attention_mask).last_hidden_state  # (batch, seq, dim)
-                pooled = mean_pool(hidden.float(), attention_mask)  # (batch, dim)
-                if normalize:
-                    pooled = F.normalize(pooled, dim=-1)
-                embeddings[batch] = pooled.cpu().numpy()
-        return embeddings
-
-    def _pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        "Right-pad token id lists into `input_ids` and `attention_mask` tensors `(batch, longest)` on the device."
-        longest = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), longest), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            input_ids[row, : len(sequence)] = torch.tensor(sequence)
-            attention_mask[row, : len(sequence)] = 1
-        return input_ids.to(self.device), attention_mask.to(self.device)
+    def embed_prefixed(self, texts: list[str], *, batch_size: int = 32, normalize: bool = True, show_progress: bool | None = None,
+                       max_length: int | None = None) -> np.ndarray:
+        "Embed texts that already carry their prefix (no checks) with the `model` chapter's `embed_texts`."
+        show = len(texts) > 16 * batch_size if show_progress is None else show_progress
+        return embed_texts(self.model, self.tokenizer, texts, max_length or self.max_length, batch_size=batch_size,
+                           max_batch_tokens=self.max_batch_tokens, normalize=normalize,
+                           autocast_dtype=None if self.dtype == torch.float32 else self.dtype, show_progress=show)
 
 # %% ../nbs/10_embed.ipynb #125c7dbf
 def save_sentence_transformers(embedder: Embedder, path: str | os.PathLike) -> Path:
@@ -262,9 +211,9 @@ class MTEBEncoder:
         "Embed every text of mteb's DataLoader with the prefix and normalisation the report uses for this task type."
         task = mteb_task(task_metadata.type, prompt_type, self.prefixes)
         texts = [text if isinstance(text, str) else "" for batch in inputs for text in batch["text"]]  # benchmark data may hold empty texts
-        return self.embedder._embed(add_prefix(texts, task), batch_size=kwargs.get("batch_size", 32),
-                                    normalize=task_metadata.type not in self.unnormalized,
-                                    show_progress=kwargs.get("show_progress_bar", False), max_length=self.max_length)
+        return self.embedder.embed_prefixed(add_prefix(texts, task), batch_size=kwargs.get("batch_size", 32),
+                                            normalize=task_metadata.type not in self.unnormalized,
+                                            show_progress=kwargs.get("show_progress_bar", False), max_length=self.max_length)
 
     def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
         "Cosine similarity of every row of `embeddings1` with every row of `embeddings2`."

@@ -11,10 +11,12 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,10 +29,11 @@ from .rope import RotaryEmbedding, apply_rope, rope_cos_sin
 __all__ = ['ATTENTION_BACKENDS', 'CHECKPOINT_FORMATS', 'NomicBertConfig', 'NomicBertEmbeddings', 'NomicBertAttention',
            'NomicBertMLP', 'NomicBertBlock', 'NomicBertEncoder', 'PackedBatch', 'pack_batch', 'unpack_hidden',
            'varlen_attention', 'NomicBertPreTrainedModel', 'NomicBertModel', 'count_parameters', 'mean_pool',
-           'NomicBertHeadTransform', 'NomicBertLMPredictions', 'NomicBertMLMHead', 'NomicBertForPreTraining',
-           'from_transformers_state_dict', 'to_transformers_state_dict', 'config_from_nomic', 'config_to_nomic',
-           'config_from_transformers', 'config_to_transformers', 'detect_format', 'read_checkpoint', 'atomic_file',
-           'write_checkpoint', 'canonical_state_dict', 'load_canonical_state_dict', 'forward_flops_per_token']
+           'tokenize', 'length_sorted_batches', 'pad_token_ids', 'embed_texts', 'NomicBertHeadTransform',
+           'NomicBertLMPredictions', 'NomicBertMLMHead', 'NomicBertForPreTraining', 'from_transformers_state_dict',
+           'to_transformers_state_dict', 'config_from_nomic', 'config_to_nomic', 'config_from_transformers',
+           'config_to_transformers', 'detect_format', 'read_checkpoint', 'atomic_file', 'write_checkpoint',
+           'canonical_state_dict', 'load_canonical_state_dict', 'forward_flops_per_token']
 
 # %% ../nbs/01_model.ipynb #d3cbfbc7
 ATTENTION_BACKENDS = ("auto", "sdpa", "sdpa_unpadded", "flash_attn", "torch_varlen")
@@ -363,6 +366,66 @@ def mean_pool(last_hidden_state: Tensor, attention_mask: Tensor) -> Tensor:
     "Masked mean over the sequence: `(batch, seq, hidden)`, `(batch, seq)` → `(batch, hidden)` (not normalised)."
     mask = attention_mask.to(last_hidden_state.dtype).unsqueeze(-1)  # (batch, seq, 1)
     return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+# %% ../nbs/01_model.ipynb #f873d8d5
+def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
+    "Token ids `[CLS] … [SEP]` of each text, cut to `max_length`, and how many texts were cut."
+    if max_length < 3:
+        raise ValueError(f"max_length must be at least 3 tokens ([CLS], one token, [SEP]); got {max_length}")
+    pieces = tokenizer(list(texts), add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False)["input_ids"]
+    keep = max_length - 2
+    ids = [[tokenizer.cls_token_id, *p[:keep], tokenizer.sep_token_id] for p in pieces]
+    return ids, sum(len(p) > keep for p in pieces)
+
+# %% ../nbs/01_model.ipynb #123349bf
+def length_sorted_batches(lengths: Sequence[int], batch_size: int = 32, max_batch_tokens: int | None = None) -> list[list[int]]:
+    "Indices grouped into batches of similar length, longest first: ≤ `batch_size` texts and ≤ `max_batch_tokens` padded tokens each."
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: equal lengths keep input order
+    batches: list[list[int]] = []
+    for index in order:
+        if batches:
+            batch = batches[-1]
+            longest = lengths[batch[0]]  # the first is the longest: the batch pads to it
+            if len(batch) < batch_size and (max_batch_tokens is None or (len(batch) + 1) * longest <= max_batch_tokens):
+                batch.append(index)
+                continue
+        batches.append([index])
+    return batches
+
+# %% ../nbs/01_model.ipynb #efcf4214
+def pad_token_ids(sequences: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    "Right-pad token id lists into `input_ids` and `attention_mask` `(batch, longest)` on `device`."
+    longest = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.as_tensor(sequence)
+        attention_mask[row, : len(sequence)] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+# %% ../nbs/01_model.ipynb #2fc90153
+def embed_texts(model: NomicBertModel, tokenizer, texts: Sequence[str], max_length: int, *, batch_size: int = 32,
+                max_batch_tokens: int | None = None, normalize: bool = True, autocast_dtype: torch.dtype | None = None,
+                show_progress: bool = False, warn_truncation: bool = True) -> np.ndarray:
+    "Float32 vectors `(len(texts), hidden)`, in input order, of texts that already carry their prefix: tokenise, batch by length, encode, mean-pool, normalise."
+    vectors = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    if not len(texts):
+        return vectors
+    ids, n_cut = tokenize(tokenizer, texts, max_length)
+    if n_cut and warn_truncation:
+        warnings.warn(f"{n_cut} of {len(texts)} texts were longer than max_length={max_length} tokens and were truncated", stacklevel=2)
+    device = next(model.parameters()).device
+    batches = length_sorted_batches([len(x) for x in ids], batch_size, max_batch_tokens)
+    from tqdm.auto import tqdm
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        for batch in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress):
+            input_ids, attention_mask = pad_token_ids([ids[i] for i in batch], tokenizer.pad_token_id, device)
+            hidden = model(input_ids, attention_mask=attention_mask).last_hidden_state  # (batch, seq, hidden)
+            pooled = mean_pool(hidden.float(), attention_mask)  # (batch, hidden)
+            vectors[batch] = (F.normalize(pooled, dim=-1) if normalize else pooled).cpu().numpy()
+    return vectors
 
 # %% ../nbs/01_model.ipynb #667be59d
 class NomicBertHeadTransform(nn.Module):
