@@ -12,7 +12,7 @@
 
 Timings are medians over --repeats steps after a warm-up step, all taken before any memory measurement; memory is
 the peak of one step above the level before it (CUDA allocator on GPU; process resident memory on Linux CPU, see
-gradcache.measure_peak_memory, which makes the C allocator return large blocks at once and so slows later steps).
+benchtools.measure_peak_memory, which makes the C allocator return large blocks at once and so slows later steps).
 """
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ from torch import nn
 
 from nomic_embed.contrastive import info_nce_loss
 from nomic_embed.corpus import load_tokenizer
-from nomic_embed.gradcache import MeanPooledEncoder, gradcache_step, measure_peak_memory
+from nomic_embed.gradcache import MeanPooledEncoder, gradcache_step
 from nomic_embed.model import NomicBertConfig, NomicBertModel
 from nomic_embed.pairs import offline_pairs
+
+from benchtools import gradient_vector, measure_peak_memory
 
 MODELS = {"tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
           "base": {}}  # base: the paper's 768/12/12 encoder
@@ -62,10 +64,6 @@ class SentenceEmbedding(nn.Module):
     def forward(self, features: dict) -> dict:
         features["sentence_embedding"] = self.encoder(input_ids=features["input_ids"], attention_mask=features["attention_mask"])
         return features
-
-
-def gradient_vector(module: nn.Module) -> torch.Tensor:
-    return torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
 
 
 def main() -> None:

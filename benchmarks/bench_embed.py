@@ -31,27 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchtools import matmul_gflops, reset_peak_rss, status_kib, useful_flops
+
 TASK = "search_document"
-
-
-def matmul_gflops(size: int = 2048, repeats: int = 3, trials: int = 5) -> float:
-    "The machine's fp32 matmul rate in GFLOP/s: the best of `trials` timings of `repeats` square matmuls (after a warm-up)."
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(2):
-        a @ b
-    best = 0.0
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9)
-    return best
-
-
-def model_flops(lengths: list[int]) -> float:
-    "Forward FLOPs of the full-size encoder over sequences of `lengths` tokens (the `model` chapter's per-token count)."
-    from nomic_embed.model import forward_flops_per_token
-    return float(sum(n * sum(forward_flops_per_token(n).values()) for n in lengths))
 
 
 def build_texts(n_paragraphs: int, n_long: int, long_tokens: int) -> tuple[list[str], list[str]]:
@@ -75,14 +57,6 @@ def build_texts(n_paragraphs: int, n_long: int, long_tokens: int) -> tuple[list[
     return mixed, long_texts
 
 
-def _status_mib(field: str) -> float:
-    "A memory figure of this process from /proc/self/status (VmRSS: now; VmHWM: peak since the last reset), in MiB."
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(engine: str, text_file: str, model_dir: str, out_file: str) -> None:
     "Run one engine on one text set in this (fresh) process; write timing, memory and vectors."
     import gc
@@ -99,12 +73,12 @@ def child(engine: str, text_file: str, model_dir: str, out_file: str) -> None:
         model.encode(warm, prompt_name=TASK)
         encode = lambda: model.encode(texts, prompt_name=TASK, batch_size=32, show_progress_bar=False, convert_to_numpy=True)
     gc.collect()
-    rss_loaded = _status_mib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark: measure the encode call alone
+    rss_loaded = status_kib("VmRSS") / 1024
+    reset_peak_rss()  # reset the peak-RSS mark: measure the encode call alone
     start = time.perf_counter()
     vectors = encode()
     seconds = time.perf_counter() - start
-    rss_peak = _status_mib("VmHWM")
+    rss_peak = status_kib("VmHWM") / 1024
     np.save(out_file + ".npy", np.asarray(vectors, dtype=np.float32))
     Path(out_file).write_text(json.dumps({"seconds": seconds, "rss_loaded_mib": rss_loaded, "rss_peak_mib": rss_peak}))
 
@@ -152,7 +126,7 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, *threads, "--child", engine, str(work / f"{name}.json"), str(work), str(out)], check=True)
             result = json.loads(out.read_text())
             result.update(docs_per_s=len(texts) / result["seconds"], tokens_per_s=sum(lengths) / result["seconds"],
-                          gflops=model_flops(lengths) / result["seconds"] / 1e9)
+                          gflops=useful_flops(lengths) / result["seconds"] / 1e9)
             results[name, engine] = result
             print(f"  {engine:>22}: {result['seconds']:8.1f} s  {result['docs_per_s']:8.2f} docs/s  {result['tokens_per_s']:8.0f} tokens/s  "
                   f"{result['gflops']:5.1f} model GFLOP/s  peak RSS {result['rss_peak_mib']:7.0f} MiB "

@@ -33,7 +33,9 @@ from pathlib import Path
 
 import torch
 
-from nomic_embed.model import mean_pool
+from nomic_embed.model import NomicBertConfig, mean_pool
+
+from benchtools import useful_flops
 
 PEAK_BF16 = 989e12
 FULL = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
@@ -91,13 +93,6 @@ def mixed_batch(tokenizer, docs: list[str], batch: int, max_length: int, device,
     texts = random.Random(seed).sample(docs, batch) if batch <= len(docs) else [docs[i % len(docs)] for i in range(batch)]
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
-
-
-def forward_flops(mask: torch.Tensor) -> float:
-    "Forward FLOPs on real tokens: projections + SwiGLU per token, attention per sequence at its own length."
-    from nomic_embed.model import NomicBertConfig, forward_flops_per_token
-    lengths = mask.sum(1).double()
-    return float((lengths * sum(forward_flops_per_token(lengths, NomicBertConfig(**FULL)).values())).sum())
 
 
 def cuda_time(fn, warmup: int = 2, repeats: int = 7) -> float:
@@ -236,7 +231,7 @@ def section_forward(tokenizer, data, device, results):
         else:
             model_o, model_p = ours if ours_long is None else ours_long, peer if peer_long is None else peer_long
         real = int(batch["attention_mask"].sum())
-        flops = forward_flops(batch["attention_mask"])
+        flops = useful_flops(batch["attention_mask"].sum(1), NomicBertConfig(**FULL))
         row = {}
         with torch.inference_mode(), bf16():
             for backend in backends():
@@ -284,7 +279,7 @@ def section_mlm(tokenizer, data, device, results):
         out[f"{name} peak MiB"] = peak_mib(step)
         del optimizer
     # train FLOPs per token: 3 x forward (encoder at 2,048 tokens) + masked-only head for ours
-    per_token = 3 * forward_flops(batch["attention_mask"]) / ids.numel()
+    per_token = 3 * useful_flops(batch["attention_mask"].sum(1), NomicBertConfig(**FULL)) / ids.numel()
     h = FULL["hidden_size"]
     head = 3 * 0.3 * 2 * (h * h + h * 30528)
     out["ours/transformers"] = out["ours tokens/s"] / out["transformers tokens/s"]

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from benchtools import matmul_gflops, reset_peak_rss, status_kib, useful_flops
+
 CASES = {
     "a": "32 x 128 tokens",
     "b": "8 x 512 tokens",
@@ -54,26 +56,6 @@ def real_inputs(case: str) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
-def useful_flops(attention_mask: torch.Tensor, hidden: int = 768, layers: int = 12, intermediate: int = 3072) -> float:
-    "Forward FLOPs on the real tokens only: projections + SwiGLU per token, attention per sequence at its own length."
-    lengths = attention_mask.sum(1).double()
-    linear = 2 * layers * (4 * hidden * hidden + 3 * hidden * intermediate) * lengths.sum()
-    attention = 2 * 2 * layers * hidden * (lengths**2).sum()
-    return float(linear + attention)
-
-
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    "Best fp32 matmul rate of this machine (GFLOP/s) with torch's current thread count."
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
-
-
 def load_model(directory: Path, case: str, name: str):
     "`ours` (auto backend), `ours_padded` (forced padded SDPA) or `transformers` (its NomicBertModel), same weights."
     from transformers import AutoModel
@@ -91,22 +73,14 @@ def forward(model, inputs) -> torch.Tensor:
         return model(**inputs).last_hidden_state
 
 
-def _status_kib(field: str) -> int:
-    "A memory field (VmRSS, VmHWM, ...) of this process from /proc/self/status, in KiB."
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def child_memory(directory: Path, case: str, name: str) -> None:
     "Run in a fresh process: print the peak-RSS rise (MiB) during one forward of one model."
     inputs = real_inputs(case)
     model = load_model(directory, case, name)
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS: loading peaks higher
-    before = _status_kib("VmRSS")
+    reset_peak_rss()  # reset the peak (VmHWM) to the current RSS: loading peaks higher
+    before = status_kib("VmRSS")
     forward(model, inputs)
-    print(json.dumps({"peak_rise_mib": (_status_kib("VmHWM") - before) / 1024}))
+    print(json.dumps({"peak_rise_mib": (status_kib("VmHWM") - before) / 1024}))
 
 
 def peak_memory(directory: Path, case: str, name: str) -> float:
@@ -152,7 +126,7 @@ def main() -> None:
             names = ["ours", "transformers"] + (["ours_padded"] if case == "d" else [])
             models = {name: load_model(directory, case, name) for name in names}
             real_tokens = int(inputs["attention_mask"].sum())
-            flops = useful_flops(inputs["attention_mask"])
+            flops = useful_flops(inputs["attention_mask"].sum(1))
             mask = inputs["attention_mask"].bool()
             times = {name: [] for name in names}
             ratios = {name: [] for name in names}

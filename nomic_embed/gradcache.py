@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,8 +15,7 @@ from torch import Tensor, nn
 from .model import mean_pool
 
 # %% auto #0
-__all__ = ['Features', 'SIDES', 'MeanPooledEncoder', 'split_features', 'RandomState', 'embed_chunks', 'gradcache_step',
-           'measure_peak_memory']
+__all__ = ['Features', 'SIDES', 'MeanPooledEncoder', 'split_features', 'RandomState', 'embed_chunks', 'gradcache_step']
 
 # %% ../nbs/05_gradcache.ipynb #9ebccdeb
 class MeanPooledEncoder(nn.Module):
@@ -82,7 +79,7 @@ def embed_chunks(encode: Callable[..., Tensor], chunks: list[dict[str, Tensor]])
     embeddings = torch.cat(embeddings)
     return embeddings.to(torch.promote_types(embeddings.dtype, torch.float32)), states
 
-# %% ../nbs/05_gradcache.ipynb #65e4975a
+# %% ../nbs/05_gradcache.ipynb #84786b5e
 SIDES = ("query", "document", "negatives")
 
 def _loss_inputs(embeddings: Mapping[str, Tensor], batch_size: int) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -99,18 +96,24 @@ def _pad_to(features: Features, width: int) -> dict[str, Tensor]:
     "Right-pad every (rows, seq) tensor of `features` with zeros to `width` columns."
     return {name: nn.functional.pad(value, (0, width - value.shape[1])) if value.dim() == 2 else value for name, value in features.items()}
 
+def _check_batch(batch: Mapping[str, Any]) -> list[str]:
+    "The sides present in `batch` (query and document are required)."
+    for side in ("query", "document"):
+        if batch.get(side) is None:
+            raise ValueError(f"the batch needs tokenised '{side}' features (input_ids, attention_mask); it has keys {sorted(batch)}")
+    return [side for side in SIDES if batch.get(side) is not None]
+
+# %% ../nbs/05_gradcache.ipynb #65e4975a
 def gradcache_step(
     encode: Callable[..., Tensor],  # tokenised features → (rows, dim); an nn.Module, DDP-wrapped or not
     batch: Mapping[str, Any],  # {"query": features, "document": features, optional "negatives": features with batch × H rows}
     loss_fn: Callable[[Tensor, Tensor, Tensor | None], Tensor],  # (queries, documents, hard negatives or None) → scalar loss
     chunk_size: int | None = None,  # rows per chunk; None = plain back-propagation of the whole batch
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,  # default: `encode.no_sync` when it exists (DDP)
+    backward: Callable[[Tensor], None] = Tensor.backward,  # back-propagates a scalar into the encoder (the trainer's: autograd or DeepSpeed)
 ) -> Tensor:
     "Back-propagate `loss_fn` over the embeddings of `batch` into the encoder's `.grad`, GradCache-style in chunks; returns the detached loss."
-    for side in ("query", "document"):
-        if batch.get(side) is None:
-            raise ValueError(f"the batch needs tokenised '{side}' features (input_ids, attention_mask); it has keys {sorted(batch)}")
-    sides = [side for side in SIDES if batch.get(side) is not None]
+    sides = _check_batch(batch)
     batch_size = batch["query"]["input_ids"].shape[0]
     if chunk_size is None:  # plain back-propagation: one forward over every row, one backward
         width = max(batch[side]["input_ids"].shape[1] for side in sides)
@@ -118,7 +121,7 @@ def gradcache_step(
         everything = {name: torch.cat([features[name] for features in padded]) for name in padded[0]}
         embeddings = encode(**everything).split([batch[side]["input_ids"].shape[0] for side in sides])
         loss = loss_fn(*_loss_inputs(dict(zip(sides, embeddings)), batch_size))
-        loss.backward()
+        backward(loss)
         return loss.detach()
     # (1) embed every chunk without a graph, remembering the random state of each
     chunks, states, cache = {}, {}, {}
@@ -128,8 +131,9 @@ def gradcache_step(
         cache[side] = embeddings.detach().requires_grad_()  # (rows, dim): a leaf to collect ∂L/∂e
     # (2) the loss on the cached embeddings; its backward fills cache[side].grad (and any loss parameters' .grad)
     loss = loss_fn(*_loss_inputs(cache, batch_size))
-    loss.backward()
+    loss.backward()  # the encoder is not in this graph: plain autograd
     # (3) re-embed chunk by chunk with a graph, replaying the random state, and back-propagate the cached gradient
+    #     through the scalar surrogate Σ e·(∂L/∂e), whose gradient with respect to the encoder is exactly Jᵀ ∂L/∂e
     work = [(chunk, state, gradient) for side in sides
             for chunk, state, gradient in zip(chunks[side], states[side], cache[side].grad.split(chunk_size))]
     no_sync = no_sync if no_sync is not None else getattr(encode, "no_sync", None)
@@ -138,35 +142,5 @@ def gradcache_step(
         with no_sync() if no_sync is not None and not is_last else contextlib.nullcontext():
             with state:
                 embedding = encode(**chunk)  # (chunk, dim), with a graph
-            embedding.backward(gradient.to(embedding.dtype))
+            backward((embedding.to(gradient.dtype) * gradient).sum())  # fp32 (or wider) like the cache
     return loss.detach()
-
-# %% ../nbs/05_gradcache.ipynb #2dc0e622
-def _status_kib(field: str) -> int:
-    "A memory field of /proc/self/status in KiB."
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field} field")
-
-def measure_peak_memory(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[Any, int]:
-    "Run `fn()`; return its result and the peak memory in bytes above the level at the start (CUDA allocator, or process RSS on Linux CPU)."
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        result = fn()
-        torch.cuda.synchronize(device)
-        return result, torch.cuda.max_memory_allocated(device) - start
-    if not sys.platform.startswith("linux"):
-        raise RuntimeError("CPU peak memory is read from /proc/self (Linux only); measure on Linux or on a CUDA device")
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: blocks ≥ 64 KiB are mmap-ed, so freeing returns them to the OS
-    libc.malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # reset the high-water mark VmHWM to the current RSS
-    start = _status_kib("VmRSS")
-    result = fn()
-    return result, (_status_kib("VmHWM") - start) * 1024

@@ -20,6 +20,9 @@ from nomic_embed.contrastive import info_nce_loss
 from nomic_embed.gradcache import MeanPooledEncoder, gradcache_step
 from nomic_embed.model import NomicBertConfig, NomicBertModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the measuring helpers the benchmarks share
+from benchtools import gradient_vector, relative_error  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
 NUM_NEGATIVES = 2
@@ -74,14 +77,6 @@ def rows(batch: dict, start: int, stop: int) -> dict:
     return out
 
 
-def gradient_vector(module: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
 # ---------------------------------------------------------------- GradCache equals plain back-propagation
 @pytest.mark.parametrize("with_negatives", [False, True])
 def test_gradcache_matches_full_batch(with_negatives):
@@ -98,9 +93,11 @@ def test_gradcache_matches_full_batch(with_negatives):
 # ---------------------------------------------------------------- peak memory does not grow with the batch
 MEMORY_SCRIPT = r"""
 import json, sys, torch
+sys.path.insert(0, "benchmarks")
+from benchtools import measure_peak_memory
 from nomic_embed.contrastive import info_nce_loss
 from nomic_embed.corpus import load_tokenizer, wikipedia_articles
-from nomic_embed.gradcache import MeanPooledEncoder, gradcache_step, measure_peak_memory
+from nomic_embed.gradcache import MeanPooledEncoder, gradcache_step
 from nomic_embed.model import NomicBertConfig, NomicBertModel
 torch.set_num_threads(1)
 torch.manual_seed(0)
