@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .contrastive import cosine_logits
 from .corpus import load_tokenizer
-from .model import NomicBertModel, embed_texts, length_sorted_batches, tokenize
+from .model import NomicBertModel, atomic_file, embed_texts, length_sorted_batches, tokenize
 from .pairs import TASK_PREFIXES, with_prefix
 
 # %% auto #0
@@ -347,22 +347,16 @@ def partial_dir(output: str | os.PathLike) -> Path:
     return output.with_name(output.name + ".partial")
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    "Write `array` to `path` through a temporary file and a rename, so `path` is complete or absent."
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:
+    "Write `array` to `path` as `.npy`, complete or absent (`atomic_file`)."
+    with atomic_file(path) as temporary, open(temporary, "wb") as file:
         np.save(file, array)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
 
 def _chunk_path(partial: Path, index: int) -> Path:
     return partial / f"chunk-{index:06d}.npy"
 
 def _assemble(partial: Path, n_chunks: int, n_texts: int, dim: int, output: Path) -> None:
-    "Stream the chunk files into a temporary file beside `output`, then rename it to `output`."
-    handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    "Stream the chunk files into `output` (`.npy` or `.parquet`), written through `atomic_file`."
+    with atomic_file(output) as temporary:
         if output.suffix.lower() == ".npy":
             matrix = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=(n_texts, dim))
             row = 0
@@ -381,10 +375,6 @@ def _assemble(partial: Path, n_chunks: int, n_texts: int, dim: int, output: Path
                     chunk = np.load(_chunk_path(partial, index))
                     column = pa.FixedSizeListArray.from_arrays(pa.array(chunk.reshape(-1), pa.float32()), dim)
                     writer.write_table(pa.Table.from_arrays([column], schema=schema))
-        os.replace(temporary, output)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 def load_embeddings(path: str | os.PathLike) -> np.ndarray:
     "Read a `.npy` or `.parquet` file written by `nomic_embed_embed` as a float32 matrix `(texts, dim)`."

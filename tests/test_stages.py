@@ -31,7 +31,7 @@ def eval_rows(run_dir: Path) -> list[dict]:
     return [r for r in read_metrics(run_dir)[1] if "eval_mrr@10" in r]
 
 
-def held_out_mrr(model_dir: Path, data) -> float:
+def held_out_mrr(model_dir: Path, data, batch_size: int = 32) -> float:
     "MRR@10 of the held-out pairs of the config section `data`, embedded by `Embedder.from_pretrained(model_dir)` with the source prefixes."
     from nomic_embed.embed import Embedder
     from nomic_embed.train import held_out_corpus, pair_splits, retrieval_metrics
@@ -41,8 +41,8 @@ def held_out_mrr(model_dir: Path, data) -> float:
     for name, rows in held_out.items():
         corpus, relevant, _ = held_out_corpus(train[name], rows, rows)
         query_task, document_task = prefixes[name]
-        queries = embedder.encode([r["query"] for r in rows], query_task, max_length=data.query_max_length)
-        documents = embedder.encode(corpus, document_task, max_length=data.document_max_length)
+        queries = embedder.encode([r["query"] for r in rows], query_task, batch_size=batch_size, max_length=data.query_max_length)
+        documents = embedder.encode(corpus, document_task, batch_size=batch_size, max_length=data.document_max_length)
         total += float(retrieval_metrics(torch.from_numpy(queries), torch.from_numpy(documents), relevant)["mrr"].sum())
         count += len(rows)
     return total / count
@@ -61,11 +61,11 @@ def test_pretrain_and_finetune_improve_held_out_retrieval(mlm_checkpoint, tmp_pa
     pretrain, finetune = tmp_path / "pretrain", tmp_path / "finetune"
     run_training(CONFIGS / "contrastive_pretrain_tiny.yaml", FAST_DATA + QUIET + [
         f"output_dir={pretrain}", f"init_from={mlm_checkpoint}", "training.max_steps=30", "training.num_epochs=null",
-        "training.global_batch_size=16", "training.micro_batch_size=8", "schedule.warmup_steps=5", "logging.eval_every_steps=0"])
+        "training.global_batch_size=16", "contrastive.gradcache_chunk_size=8", "schedule.warmup_steps=5", "logging.eval_every_steps=0"])
     run_training(CONFIGS / "contrastive_finetune_tiny.yaml", FAST_DATA + QUIET + [
         f"output_dir={finetune}", f"init_from={pretrain / 'final'}", "data.mine_negatives=random", "data.num_negatives=3",
         "data.random_negatives_sources=[]", "training.max_steps=8", "training.num_epochs=null", "training.global_batch_size=16",
-        "training.micro_batch_size=16", "schedule.warmup_steps=2"])
+        "contrastive.gradcache_chunk_size=16", "schedule.warmup_steps=2"])
     (mlm, pretrained), (start, finetuned) = eval_rows(pretrain), eval_rows(finetune)
     for name, row in (("MLM checkpoint", mlm), ("after pretraining", pretrained), ("after fine-tuning", finetuned)):
         print(f"{name:>18}: MRR@10 {row['eval_mrr@10']:.3f}  nDCG@10 {row['eval_ndcg@10']:.3f}  recall@10 {row['eval_recall@10']:.3f}"
@@ -82,12 +82,16 @@ def test_pretrain_and_finetune_improve_held_out_retrieval(mlm_checkpoint, tmp_pa
     embedder_mrr = held_out_mrr(finetune / "final", load_config(finetune / "config.yaml").data)
     print(f"Embedder.from_pretrained(final): MRR@10 {embedder_mrr:.4f} (the trainer's evaluation: {finetuned['eval_mrr@10']:.4f})")
     assert abs(embedder_mrr - finetuned["eval_mrr@10"]) < 2e-3
+    # with the trainer's evaluation batch size the Embedder runs the very same batches: the same number to 1e-6
+    config = load_config(finetune / "config.yaml")
+    exact_mrr = held_out_mrr(finetune / "final", config.data, batch_size=config.logging.eval_batch_size)
+    assert abs(exact_mrr - finetuned["eval_mrr@10"]) < 1e-6, (exact_mrr, finetuned["eval_mrr@10"])
 
 
 def test_contrastive_resume_is_bitwise_exact(tmp_path):
     common = MICRO + QUIET + ["data.sources=[{name: pydoc_topics, offline: pydoc_topics}]", "data.query_max_length=16",
                               "data.document_max_length=32", "data.held_out_fraction=0", "training.max_steps=4",
-                              "training.num_epochs=null", "training.global_batch_size=8", "training.micro_batch_size=4",
+                              "training.num_epochs=null", "training.global_batch_size=8", "contrastive.gradcache_chunk_size=4",
                               "checkpoint.every_steps=2", "checkpoint.keep_last=5", "schedule.warmup_steps=1",
                               "contrastive.learnable_scale=true"]  # the learned scale is checkpointed with the model
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -107,7 +111,7 @@ def test_contrastive_resume_is_bitwise_exact(tmp_path):
 def torchrun_matches_single_process(tmp_path: Path, config: Path, extra: list[str]) -> None:
     common = MICRO + QUIET + extra + ["data.sources=[{name: pydoc_topics, offline: pydoc_topics}]", "data.query_max_length=16",
                                       "data.document_max_length=32", "data.held_out_fraction=0", "training.max_steps=3",
-                                      "training.num_epochs=null", "training.global_batch_size=8", "training.micro_batch_size=2",
+                                      "training.num_epochs=null", "training.global_batch_size=8", "contrastive.gradcache_chunk_size=2",
                                       "schedule.warmup_steps=1", "distributed.backend=gloo"]
     single, double = tmp_path / "single", tmp_path / "double"
     one = subprocess.run(train_cli("--config", str(config), *sets(*common, f"output_dir={single}")), env=ENV, capture_output=True, text=True)
@@ -146,7 +150,7 @@ def test_full_scale_configs_carry_the_report_settings(monkeypatch):
     monkeypatch.chdir(ROOT)  # pairs_config paths start at the repository root
     pretrain = load_config(CONFIGS / "contrastive_pretrain.yaml")
     assert pretrain.stage == "contrastive_pretrain" and pretrain.init_from
-    assert (pretrain.training.global_batch_size, pretrain.training.micro_batch_size, pretrain.contrastive.gradcache) == (16384, 64, True)
+    assert (pretrain.training.global_batch_size, pretrain.contrastive.gradcache_chunk_size) == (16384, 64)
     assert (pretrain.optimizer.lr, pretrain.optimizer.betas, pretrain.optimizer.weight_decay) == (2e-4, [0.9, 0.999], 0.01)
     assert (pretrain.schedule.name, pretrain.schedule.warmup_steps, pretrain.training.max_grad_norm) == ("inverse_sqrt", 700, 1.0)
     assert (pretrain.data.query_max_length, pretrain.data.document_max_length, pretrain.training.num_epochs) == (2048, 2048, 1)
