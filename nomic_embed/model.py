@@ -10,11 +10,13 @@ import functools
 import json
 import os
 import re
+import sys
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,11 +31,11 @@ from .rope import RotaryEmbedding, apply_rope, rope_cos_sin
 __all__ = ['ATTENTION_BACKENDS', 'CHECKPOINT_FORMATS', 'NomicBertConfig', 'NomicBertEmbeddings', 'NomicBertAttention',
            'NomicBertMLP', 'NomicBertBlock', 'NomicBertEncoder', 'PackedBatch', 'pack_batch', 'unpack_hidden',
            'varlen_attention', 'NomicBertPreTrainedModel', 'NomicBertModel', 'count_parameters', 'mean_pool',
-           'tokenize', 'length_sorted_batches', 'pad_token_ids', 'embed_texts', 'NomicBertHeadTransform',
-           'NomicBertLMPredictions', 'NomicBertMLMHead', 'NomicBertForPreTraining', 'from_transformers_state_dict',
-           'to_transformers_state_dict', 'config_from_nomic', 'config_to_nomic', 'config_from_transformers',
-           'config_to_transformers', 'detect_format', 'read_checkpoint', 'atomic_file', 'write_checkpoint',
-           'canonical_state_dict', 'load_canonical_state_dict', 'forward_flops_per_token']
+           'tokenize', 'length_sorted_batches', 'LogProgress', 'progress_bar', 'pad_token_ids', 'embed_texts',
+           'NomicBertHeadTransform', 'NomicBertLMPredictions', 'NomicBertMLMHead', 'NomicBertForPreTraining',
+           'from_transformers_state_dict', 'to_transformers_state_dict', 'config_from_nomic', 'config_to_nomic',
+           'config_from_transformers', 'config_to_transformers', 'detect_format', 'read_checkpoint', 'atomic_file',
+           'write_checkpoint', 'canonical_state_dict', 'load_canonical_state_dict', 'forward_flops_per_token']
 
 # %% ../nbs/01_model.ipynb #d3cbfbc7
 ATTENTION_BACKENDS = ("auto", "sdpa", "sdpa_unpadded", "flash_attn", "torch_varlen")
@@ -394,6 +396,60 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int = 32, max_batc
         batches.append([index])
     return batches
 
+# %% ../nbs/01_model.ipynb #b95840df
+class LogProgress:
+    "Progress for logs: one plain line (`desc: n/total unit, elapsed, rate, time left, postfix`) every `every_seconds` and at the end."
+
+    def __init__(self, iterable: Any = None, total: int | None = None, desc: str = "", unit: str = "it", initial: int = 0,
+                 every_seconds: float = 30.0, disable: bool = False, file: Any = None):
+        self.iterable, self.desc, self.unit, self.every_seconds, self.disable = iterable, desc, unit, every_seconds, disable
+        self.total = total if total is not None or iterable is None or not hasattr(iterable, "__len__") else len(iterable)
+        self.n, self.start_n, self.postfix, self.file = initial, initial, "", file
+        self.started = self.last_print = time.monotonic()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, n: int = 1) -> None:
+        "Count `n` more; print a line if `every_seconds` passed since the last one."
+        self.n += n
+        if not self.disable and time.monotonic() - self.last_print >= self.every_seconds:
+            self.print_line()
+
+    def set_postfix(self, **values: Any) -> None:
+        "Values shown at the end of each line (e.g. loss, lr)."
+        self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())
+
+    def line(self) -> str:
+        "The current progress as one line of text."
+        elapsed = time.monotonic() - self.started
+        rate = (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
+        count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+        left = f", ~{(self.total - self.n) / rate:.0f} s left" if self.total and rate > 0 else ""
+        return f"{self.desc}: {count} {self.unit}, {elapsed:.0f} s, {rate:.3g} {self.unit}/s{left}" + (f"; {self.postfix}" if self.postfix else "")
+
+    def print_line(self) -> None:
+        print(self.line(), file=self.file or sys.stderr, flush=True)
+        self.last_print = time.monotonic()
+
+    def close(self) -> None:
+        "Print the final line (unless disabled)."
+        if not self.disable:
+            self.print_line()
+            self.disable = True
+
+# %% ../nbs/01_model.ipynb #432edf9c
+def progress_bar(iterable: Any = None, *, total: int | None = None, desc: str = "", unit: str = "it", initial: int = 0,
+                 disable: bool = False, every_seconds: float = 30.0):
+    "tqdm on a terminal or in a notebook; a `LogProgress` (a plain line every `every_seconds`) when stderr is a log."
+    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+    if interactive or disable:
+        from tqdm.auto import tqdm
+        return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable)
+    return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, every_seconds=every_seconds)
+
 # %% ../nbs/01_model.ipynb #efcf4214
 def pad_token_ids(sequences: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     "Right-pad token id lists into `input_ids` and `attention_mask` `(batch, longest)` on `device`."
@@ -418,9 +474,8 @@ def embed_texts(model: NomicBertModel, tokenizer, texts: Sequence[str], max_leng
         warnings.warn(f"{n_cut} of {len(texts)} texts were longer than max_length={max_length} tokens and were truncated", stacklevel=2)
     device = next(model.parameters()).device
     batches = length_sorted_batches([len(x) for x in ids], batch_size, max_batch_tokens)
-    from tqdm.auto import tqdm
     with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-        for batch in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress):
+        for batch in progress_bar(batches, desc="embedding", unit="batch", disable=not show_progress):
             input_ids, attention_mask = pad_token_ids([ids[i] for i in batch], tokenizer.pad_token_id, device)
             hidden = model(input_ids, attention_mask=attention_mask).last_hidden_state  # (batch, seq, hidden)
             pooled = mean_pool(hidden.float(), attention_mask)  # (batch, hidden)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -161,3 +162,56 @@ def test_tiny_mlm_beats_unigram_baseline(tmp_path):
     assert last < first - 2.5
     assert eval_rows[-1]["eval_accuracy"] > 1.6 * baseline["accuracy"]
     assert eval_rows[-1]["eval_loss"] < baseline["loss"]
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(tmp_path):
+    "SIGTERM (a scheduler's preemption notice) mid-run: the step in flight finishes, is checkpointed, the run exits 143 with the resume command."
+    steps = 40
+    common = MICRO + [f"training.max_steps={steps}", "checkpoint.every_steps=1000", "training.global_batch_size=8",
+                      "training.micro_batch_size=4"]
+    reference, victim = tmp_path / "reference", tmp_path / "victim"
+    subprocess.run(train_cli("--config", str(TINY), *sets(*common, f"output_dir={reference}")), env=ENV, check=True, capture_output=True)
+    process = subprocess.Popen(train_cli("--config", str(TINY), *sets(*common, f"output_dir={victim}")), env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = victim / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("nomic_embed_train: stopped by SIGTERM after step") and f"--resume {victim}" in message, message
+    assert "Traceback" not in err
+    stopped_at = int(message.split("after step ")[1].split()[0])
+    assert 5 <= stopped_at < steps and (victim / "checkpoints" / f"step-{stopped_at:06d}" / "manifest.json").exists()
+    assert max(json.loads(line)["step"] for line in metrics.read_text().splitlines()) == stopped_at  # nothing lost
+    resumed = subprocess.run(train_cli("--resume", str(victim)), env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = weights(reference, steps), weights(victim, steps)
+    assert all(torch.equal(a[k], b[k]) for k in a), "weights after SIGTERM + resume differ from the uninterrupted run"
+    assert [r["loss"] for r in read_metrics(reference)[0]] == [r["loss"] for r in read_metrics(victim)[0]]
+    print(f"SIGTERM after step {stopped_at}: checkpointed, resumed, {len(a)} tensors bitwise equal")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    "Files a run writes get the permissions the umask allows (0644 under the usual 022), not mkstemp's 0600."
+    import os
+    run = tmp_path / "run"
+    run_training(TINY, MICRO + ["training.max_steps=2", "checkpoint.every_steps=2", "training.global_batch_size=8",
+                                "training.micro_batch_size=4", f"output_dir={run}"])
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert {"config.yaml", "manifest.json", "model.safetensors", "config.json"} <= {p.name for p in files}
+    modes = {p.relative_to(run).as_posix(): p.stat().st_mode & 0o777 for p in files}
+    assert all(mode == 0o666 & ~umask for mode in modes.values()), modes
+
+
+def test_help_loads_no_torch():
+    "`nomic_embed_train --help` and a bad flag answer before PyTorch loads."
+    probe = ("import sys\nfrom nomic_embed.train_cli import main\nfor argv in (['--help'], ['--no-such-flag']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\nprint('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV)
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr
+    assert "unrecognized arguments: --no-such-flag" in done.stderr
