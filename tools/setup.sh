@@ -15,4 +15,9 @@ if [ "$TORCH_SPEC" = skip ]; then
 else
   .venv/bin/python -m pip install --quiet "$TORCH_SPEC" -e ".[dev]"
 fi
+# the Debian packages of offline real text (training and evaluation sources), where this user may install them
+if [ "$(id -u)" = 0 ]; then bash tools/offline_data.sh
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo bash tools/offline_data.sh
+else echo "note: run 'sudo bash tools/offline_data.sh' once for the offline text packages (WordNet, Python docs, dictionaries, man pages, fortunes)"
+fi
 .venv/bin/python -c "import torch, nomic_embed; print(f'nomic_embed {nomic_embed.__version__} installed in .venv (torch {torch.__version__})')"
