@@ -39,7 +39,7 @@ def weights(run_dir: Path, step: int) -> dict:
 
 def expect_error(capsys, argv: list[str], message: str) -> str:
     "Run `nomic_embed_train` with `argv`; it must exit with status 2 and name `message` on stderr."
-    from nomic_embed.train import main
+    from nomic_embed.cli import train as main
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2

@@ -210,7 +210,7 @@ def test_written_files_follow_the_umask(tmp_path):
 
 def test_help_loads_no_torch():
     "`nomic_embed_train --help` and a bad flag answer before PyTorch loads."
-    probe = ("import sys\nfrom nomic_embed.train_cli import main\nfor argv in (['--help'], ['--no-such-flag']):\n"
+    probe = ("import sys\nfrom nomic_embed.cli import train as main\nfor argv in (['--help'], ['--no-such-flag']):\n"
              "    try:\n        main(argv)\n    except SystemExit:\n        pass\nprint('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV)
     assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def run_one(notebook: str, flags: list[str]) -> tuple[str, bool, float]:
     "Test one notebook in this (worker) process the way nbdev_test does."
     from nbdev.config import get_config
     from nbdev.test import test_nb
+    multiprocessing.set_start_method("fork", force=True)  # what a notebook's own subprocesses expect (gensim forks workers)
     os.chdir(ROOT / "nbs")
     skip = get_config().tst_flags.split()
     passed, seconds = test_nb(Path(notebook).absolute(), skip_flags=skip, force_flags=flags, basepath=get_config().config_path)
@@ -40,7 +42,10 @@ def main() -> None:
     flags = ["slow"] if args.slow else []
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the workers (torch reads it at import)
     start, failed = time.time(), []
-    with ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:
+    # a fresh process per notebook: running a notebook replaces the process's __main__ (IPython), and one notebook's
+    # imports and global state must not leak into the next
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(args.workers, 1), mp_context=context, max_tasks_per_child=1) as pool:
         futures = [pool.submit(run_one, notebook, flags) for notebook in notebooks]
         for done, future in enumerate(as_completed(futures), 1):
             notebook, passed, seconds = future.result()
