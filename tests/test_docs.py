@@ -1,14 +1,31 @@
-"""The docs preview renders the RoPE chapter: title, typeset equations and plots, checked in headless Chromium."""
+"""The docs as a reader meets them: every chapter's stored outputs are clean (no warnings, errors or machine paths);
+the preview renders a chapter with its title, typeset equations, plots and the code of the functions that implement the
+paper, and its links stay inside the preview (checked in headless Chromium)."""
+import html
 import io
+import json
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from run_notebooks import output_problems  # noqa: E402  the check run_notebooks reports with
+
 BROWSERS = ("chromium-headless-shell", "chromium")
 browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
-pytestmark = pytest.mark.skipif(browser is None, reason="no headless Chromium (apt-get install chromium-headless-shell)")
+needs_browser = pytest.mark.skipif(browser is None, reason="no headless Chromium (apt-get install chromium-headless-shell)")
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb")))
+def test_stored_outputs_show_no_warnings_errors_or_machine_paths(notebook):
+    from execnb.nbio import read_nb
+    problems = output_problems(read_nb(ROOT / "nbs" / notebook))
+    assert not problems, f"{notebook}: refresh with tools/run_notebooks.py after fixing: " + "; ".join(problems)
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
@@ -26,6 +43,24 @@ def rope_page(tmp_path_factory, request):
     return out / "rope.html"
 
 
+def page_text(page: Path) -> str:
+    "The visible text of a rendered page (tags removed, entities decoded)."
+    return html.unescape(re.sub(r"<[^>]+>", "", page.read_text(encoding="utf-8")))
+
+
+def test_rope_page_shows_the_code_and_links_only_to_itself(rope_page):
+    text = page_text(rope_page)
+    for function in ("def inv_frequencies", "def dynamic_ntk_base", "def apply_rope", "class RotaryEmbedding"):
+        assert function in text, f"the page does not show the code of {function}"
+    assert "Traceback" not in text and not re.search(r"(/work/|/tmp/|/home/|/root/)", text)
+    links = re.findall(r'href="([^"]+)"', rope_page.read_text(encoding="utf-8"))
+    outside = [link for link in links if link.startswith("http") and "github.com" in link or "github.io" in link]
+    assert not outside, f"links out of the preview: {outside[:3]}"
+    sources = [link for link in links if link.startswith("source/")]
+    assert sources and all((rope_page.parent / link.split("#")[0]).exists() for link in sources)
+
+
+@needs_browser
 def test_rope_page_has_title_equations_and_plots(rope_page):
     dom = chromium("--dump-dom", rope_page.as_uri()).stdout  # the page after MathJax has typeset it
     assert "<h1" in dom and "RoPE and context extension" in dom
@@ -35,6 +70,7 @@ def test_rope_page_has_title_equations_and_plots(rope_page):
     assert "dynamic_ntk_base" in dom  # the API section rendered by show_doc
 
 
+@needs_browser
 def test_rope_page_screenshot_is_not_blank(rope_page, tmp_path):
     from PIL import Image
     shot = tmp_path / "rope.png"

@@ -5,10 +5,15 @@ tables, hidden cells removed, front matter from the title cell) into `_proc/`, t
 processed chapter to HTML with `jupyter nbconvert` into `_site_preview/`, with MathJax served from the
 local `jupyter-server-mathjax` package so equations render offline. Open `_site_preview/index.html`.
 
+Links are made local: show_doc's "source" links (built by nbdev from settings.ini's `git_url` and `branch`) point
+to pages of the library's source rendered here (`source/<module>.py.html#L<line>`), and links to the published site
+(`doc_host` + `doc_baseurl`) point to the pages beside them.
+
 Where Quarto is installed, `nbdev_docs` builds the real site from the same notebooks.
 Usage: python tools/preview_docs.py [nbs/00_rope.ipynb ...] [--out _site_preview]
 """
 import argparse
+import html as html_escape
 import re
 import shutil
 from pathlib import Path
@@ -62,6 +67,27 @@ def prepare(nb, pages: list[tuple[str, str]]) -> None:
                 output.data["text/markdown"] = QUARTO_ATTRIBUTES.sub("", output.data["text/markdown"])
 
 
+def local_links(page: str, config) -> str:
+    "Point the page's source links and published-site links at this preview's own pages."
+    source_url = f"{config.git_url.rstrip('/')}/blob/{config.branch}/{config.lib_path.name}/"
+    site_url = f"{config.doc_host.rstrip('/')}/{config.doc_baseurl.strip('/')}/"
+    page = re.sub(re.escape(source_url) + r"([\w/]+)\.py#L(\d+)", lambda m: f"source/{m[1]}.py.html#L{m[2]}", page)
+    return page.replace(site_url, "")
+
+
+def write_source_pages(config, out: Path) -> None:
+    "Each module of the library as a page with one anchor per line (`#L12`), the target of the local source links."
+    (out / "source").mkdir(parents=True, exist_ok=True)
+    for module in sorted(Path(config.lib_path).glob("*.py")):
+        lines = module.read_text(encoding="utf-8").splitlines()
+        body = "\n".join(f'<span id="L{n}"><a href="#L{n}" class="lineno">{n:>4}</a>  {html_escape.escape(line)}</span>'
+                         for n, line in enumerate(lines, 1))
+        (out / "source" / f"{module.name}.html").write_text(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{module.name}</title>"
+            "<style>body{font:13px/1.45 monospace;margin:1em} .lineno{color:#999;text-decoration:none} :target{background:#ffa}</style>"
+            f"</head><body><h1>{config.lib_path.name}/{module.name}</h1><pre>{body}</pre></body></html>", encoding="utf-8")
+
+
 def page_name(path: Path, nb) -> str:
     "The HTML file name Quarto would give this page."
     return "index.html" if path.stem == "index" else front_matter(nb).get("output-file", path.stem + ".html")
@@ -72,7 +98,8 @@ def main() -> None:
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to render (default: all of nbs/)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: _site_preview at the project root)")
     args = parser.parse_args()
-    root = get_config().config_path
+    config = get_config()
+    root = config.config_path
     out = args.out or root / "_site_preview"
     proc = root / "_proc"
     notebooks, failed = [], []
@@ -93,10 +120,11 @@ def main() -> None:
     for (path, nb), (title, href) in zip(loaded, pages):
         prepare(nb, pages)
         html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
-        html = html.replace("<head>", "<head>\n" + MATHJAX_FONTS, 1)
+        html = local_links(html.replace("<head>", "<head>\n" + MATHJAX_FONTS, 1), config)
         (out / href).write_text(html, encoding="utf-8")
         print(f"{path.name} -> {out / href}")
     shutil.copy(root / "nbs" / "styles.css", out / "styles.css")
+    write_source_pages(config, out)
     if failed:
         raise SystemExit("nbdev could not process these notebooks (a cell that mixes imports with other code is run "
                          "out of order by nbdev's docs processing; keep imports in cells of their own):\n  " + "\n  ".join(failed))
