@@ -344,7 +344,7 @@ class Workers:
             return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
         return requested
 
-# %% ../nbs/08a_curate.ipynb #c3c5f505
+# %% ../nbs/08a_curate.ipynb #a2be3821
 class Progress:
     "A tqdm bar on a terminal, else a plain line every `every` seconds; silent when `enabled` is false."
 
@@ -370,8 +370,8 @@ class Progress:
 
     def _line(self) -> None:
         elapsed = time.time() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        print(f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({rate:,.1f} {self.unit}/s, {elapsed:,.0f}s)", file=self.stream, flush=True)
+        rate = f", {self.done / elapsed:,.1f} {self.unit}/s" if elapsed >= 1 else ""
+        print(f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({elapsed:,.0f}s{rate})", file=self.stream, flush=True)
         self.last = time.time()
 
     def close(self) -> None:
@@ -381,7 +381,7 @@ class Progress:
         elif self.enabled:
             self._line()
 
-# %% ../nbs/08a_curate.ipynb #1caa3c1f
+# %% ../nbs/08a_curate.ipynb #a28e8354
 @dataclass
 class Plan:
     "One run: the command, its config, the output directory and every source's shards (and corpus shards for mining)."
@@ -403,9 +403,11 @@ class Plan:
                 continue
             fields_ = {k: v for k, v in spec.items() if k not in CURATE_SOURCE_KEYS}
             try:
-                source = PairSource(**fields_)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"source {spec['name']!r}: {error}") from None
+                source = PairSource(**fields_)  # its errors name the source
+            except TypeError:
+                unknown = sorted(set(fields_) - set(PairSource.__dataclass_fields__))
+                raise ValueError(f"source {spec['name']!r}: unknown key(s) {', '.join(unknown)}; allowed: "
+                                 f"{', '.join([*PairSource.__dataclass_fields__, *CURATE_SOURCE_KEYS])}") from None
             sources[source.name] = source
             shards[source.name] = list_shards(source.name, fields_, config.rows_per_shard)
             modes[source.name] = "filter" if command == "filter" else spec.get("negatives", config.negatives)
@@ -585,7 +587,7 @@ def write_filtered_shard(plan: Plan, shard: Shard, samples: Samples) -> dict:
     mark_done(marker, info)
     return info
 
-# %% ../nbs/08a_curate.ipynb #b9cef5ab
+# %% ../nbs/08a_curate.ipynb #b4c254c7
 @dataclass
 class Corpus:
     "A source's corpus on disk: its shards' work files, the text column, row offsets and every text's hash."
@@ -610,7 +612,7 @@ class Corpus:
         for index in range(len(self.offsets) - 1):
             vectors = np.load(self.plan.work(self.name, index, "document.npy"), mmap_mode="r")
             for start in range(0, len(vectors), block_size):
-                yield int(self.offsets[index]) + start, np.asarray(vectors[start:start + block_size])
+                yield int(self.offsets[index]) + start, np.array(vectors[start:start + block_size])  # a copy: torch wants writable memory
 
     def texts(self, ids: np.ndarray) -> list[str]:
         "The texts of corpus ids (any shape; returned flat, in order)."
@@ -905,7 +907,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines when not on a terminal")
     return parser
 
-# %% ../nbs/08a_curate.ipynb #6391cd14
+# %% ../nbs/08a_curate.ipynb #21b78f47
 def _interrupted(signum, frame):
     raise KeyboardInterrupt
 
@@ -933,8 +935,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"nomic_embed_curate: interrupted; finished shards are kept in {args.output}: run the same command again to resume",
               file=sys.stderr)
         sys.exit(130)
+    finally:
+        _leave_process_group()
     if report is not None and int(os.environ.get("RANK", 0)) == 0:
         print(_report_table(report))
+
+def _leave_process_group() -> None:
+    "Leave torch.distributed's process group, if this process joined one."
+    if "torch.distributed" in sys.modules:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 # %% ../nbs/08a_curate.ipynb #7c817801
 def _report_table(report: Mapping) -> str:
@@ -946,3 +957,7 @@ def _report_table(report: Mapping) -> str:
         else:
             lines.append(f"{name:36} {row['pairs']:>12,} pairs  {row['negatives']:6}  built {row['built']:>10,}  short {row['short']:,}")
     return "\n".join(lines)
+
+# %% ../nbs/08a_curate.ipynb #8343498f
+if __name__ == "__main__" and "__file__" in globals():  # python -m / torchrun -m nomic_embed.curate (not in a notebook)
+    main()

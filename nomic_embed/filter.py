@@ -18,7 +18,7 @@ from .corpus import offline_tokenizer_path
 __all__ = ['Encoder', 'FULL_SCALE_TEACHER', 'offline_teacher_path', 'sentence_transformer_encoder', 'top_k_neighbours',
            'sample_assignment', 'sample_keep', 'consistency_filter', 'threshold_filter', 'filter_pairs']
 
-# %% ../nbs/07_filter.ipynb #ab7f5a53
+# %% ../nbs/07_filter.ipynb #e40520b5
 Encoder = Callable[[Sequence[str]], np.ndarray]
 
 FULL_SCALE_TEACHER = "thenlper/gte-base"  # report §4.2.1 (and §4.2.4 for mining)
@@ -32,7 +32,15 @@ def sentence_transformer_encoder(name_or_path: str | None = None, batch_size: in
                                  dtype: torch.dtype | None = None) -> Encoder:
     "An `Encoder` backed by a sentence-transformers model (default: the offline all-MiniLM-L6-v2), returning unit vectors."
     from sentence_transformers import SentenceTransformer
-    model = SentenceTransformer(name_or_path or offline_teacher_path(), device=device)
+    from transformers.utils import logging as hf_logging
+    bar = hf_logging.is_progress_bar_enabled()
+    if not show_progress:
+        hf_logging.disable_progress_bar()  # and no "Loading weights" bar either
+    try:
+        model = SentenceTransformer(name_or_path or offline_teacher_path(), device=device)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length  # texts are truncated to this many tokens
     if dtype is not None:
