@@ -122,7 +122,7 @@ def load_curate_config(config: str | os.PathLike | Mapping, overrides: Mapping |
         raise ValueError(f"unknown config key(s) {', '.join(unknown)}; allowed: pairs_config, {', '.join(f.name for f in fields(CurateConfig))}")
     return CurateConfig(**raw)
 
-# %% ../nbs/08a_curate.ipynb #20cd80fc
+# %% ../nbs/08a_curate.ipynb #9657c890
 @dataclass(frozen=True)
 class Shard:
     "One unit of work: one file of a source, or rows `start:stop` of an offline source (`location` = `offline:NAME`)."
@@ -177,7 +177,7 @@ def list_shards(name: str, spec: Mapping, rows_per_shard: int) -> list[Shard]:
         raise ValueError(f"source {name!r} has no rows (spec {dict(spec)})")
     return shards
 
-# %% ../nbs/08a_curate.ipynb #b7fb2ff8
+# %% ../nbs/08a_curate.ipynb #e6903ef9
 def _file_kind(location: str) -> str:
     "The `datasets` builder for a data file: parquet or json (JSONL, optionally gzipped)."
     name = location.split("?")[0].lower()
@@ -211,7 +211,7 @@ def _check_columns(location: str, names: Sequence[str], required: Sequence[str],
         raise ValueError(f"{location}: no column {', '.join(map(repr, missing))} (it has {sorted(names)}); map the "
                          "source's columns with `columns:`, e.g. columns: {document: pos, negatives: neg}")
 
-# %% ../nbs/08a_curate.ipynb #525e06ca
+# %% ../nbs/08a_curate.ipynb #166a227f
 def read_pair_shard(shard: Shard, renames: Mapping[str, str] | None = None):
     "The shard as a `pyarrow.Table` of string `query`, `document` and, when present, list-of-string `negatives`."
     import pyarrow as pa
@@ -247,7 +247,7 @@ def read_corpus_shard(shard: Shard, text_columns: Sequence[str] = ("text",)):
         raise ValueError(f"{shard.location}: the corpus shard is empty; remove it from the corpus's data_files")
     return pa.table({"text": pa.array(texts, pa.string())})
 
-# %% ../nbs/08a_curate.ipynb #31dc5115
+# %% ../nbs/08a_curate.ipynb #1ec1c816
 def check_shard(shard: Shard, renames: Mapping[str, str] | None = None, required: Sequence[str] = ("query", "document")) -> None:
     "Raise on a local shard that is empty or lacks a required column, reading only its header (hub files are checked as they are read)."
     location, renames = shard.location, dict(renames or {})
@@ -265,7 +265,7 @@ def check_shard(shard: Shard, renames: Mapping[str, str] | None = None, required
         raise ValueError(f"{location}: the shard is empty; remove it from the source's data_files")
     _check_columns(location, names, required, renames)
 
-# %% ../nbs/08a_curate.ipynb #0336d8df
+# %% ../nbs/08a_curate.ipynb #ecb3a87b
 def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
     "Write `array` to `path` (.npy) atomically."
     from nomic_embed.model import atomic_file
@@ -302,13 +302,13 @@ def read_done(path: str | os.PathLike) -> dict | None:
     path = Path(path)
     return json.loads(path.read_text()) if path.exists() else None
 
-# %% ../nbs/08a_curate.ipynb #a5866f10
+# %% ../nbs/08a_curate.ipynb #5e0f5bdb
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
     "64-bit BLAKE2b of each text (`uint64`): equal texts, equal hashes."
     return np.fromiter((int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") for text in texts),
                        dtype=np.uint64, count=len(texts))
 
-# %% ../nbs/08a_curate.ipynb #b319d80c
+# %% ../nbs/08a_curate.ipynb #4446a62a
 @dataclass
 class Workers:
     "This process's rank among `world_size` processes (torchrun's environment; 1 process without it) and its device."
@@ -344,7 +344,7 @@ class Workers:
             return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
         return requested
 
-# %% ../nbs/08a_curate.ipynb #a2be3821
+# %% ../nbs/08a_curate.ipynb #e9ffd7d5
 class Progress:
     "A tqdm bar on a terminal, else a plain line every `every` seconds; silent when `enabled` is false."
 
@@ -381,7 +381,7 @@ class Progress:
         elif self.enabled:
             self._line()
 
-# %% ../nbs/08a_curate.ipynb #a28e8354
+# %% ../nbs/08a_curate.ipynb #11d0fe2a
 @dataclass
 class Plan:
     "One run: the command, its config, the output directory and every source's shards (and corpus shards for mining)."
@@ -434,7 +434,7 @@ class Plan:
             for shard in shards:
                 check_shard(shard, {}, columns)
 
-# %% ../nbs/08a_curate.ipynb #2ab9efc8
+# %% ../nbs/08a_curate.ipynb #a482c03f
 def ingest_shard(plan: Plan, shard: Shard) -> dict:
     "Read a pair shard into `NNNNN.texts.arrow` + query/document hashes; returns (and marks done) its row counts."
     marker = plan.work(shard.source, shard.index, "ingested.done")
@@ -469,7 +469,7 @@ def _rows_without_negatives(table) -> np.ndarray:
     import pyarrow.compute as pc
     return np.flatnonzero(pc.fill_null(pc.list_value_length(table.column("negatives")), 0).to_numpy(zero_copy_only=False) == 0)
 
-# %% ../nbs/08a_curate.ipynb #55d43146
+# %% ../nbs/08a_curate.ipynb #d46c89bb
 class Teacher:
     "The config's sentence-transformers teacher, loaded on first use; `embed` returns fp16 unit vectors."
 
@@ -513,7 +513,7 @@ def embed_corpus_shard(plan: Plan, name: str, shard: Shard, teacher: Teacher) ->
         _embed_file(teacher, plan.work(corpus, shard.index, "document.npy"), texts, plan.config.document_prompt)
         mark_done(marker, {"documents": True})
 
-# %% ../nbs/08a_curate.ipynb #0983cf78
+# %% ../nbs/08a_curate.ipynb #bae6be07
 @dataclass
 class Samples:
     "How a source's pairs fall into samples: shard row offsets, the number of samples, members per (shard, sample)."
@@ -541,7 +541,7 @@ class Samples:
         "Position, within sample `sample`'s pair order, of the first member that shard `shard` holds."
         return int(self.counts[:shard, sample].sum())
 
-# %% ../nbs/08a_curate.ipynb #a33078ee
+# %% ../nbs/08a_curate.ipynb #74c93fa5
 def filter_sample(plan: Plan, name: str, sample: int, samples: Samples, device: str = "cpu") -> None:
     "Judge sample `sample` of source `name` with the filter chapter's `sample_keep`; writes `sample-NNNNN.keep.npy`."
     import torch
@@ -563,7 +563,7 @@ def filter_sample(plan: Plan, name: str, sample: int, samples: Samples, device: 
     save_array(plan.work(name, f"sample-{sample:05d}", "keep.npy"), keep)
     mark_done(marker, {"pairs": int(len(keep)), "kept": int(keep.sum())})
 
-# %% ../nbs/08a_curate.ipynb #33d40035
+# %% ../nbs/08a_curate.ipynb #f851baa4
 def shard_keep(plan: Plan, name: str, index: int, samples: Samples) -> np.ndarray:
     "The keep-mask of shard `index` of source `name`, gathered from the masks of the samples its rows belong to."
     assignment = samples.of_shard(index)
@@ -587,7 +587,7 @@ def write_filtered_shard(plan: Plan, shard: Shard, samples: Samples) -> dict:
     mark_done(marker, info)
     return info
 
-# %% ../nbs/08a_curate.ipynb #b4c254c7
+# %% ../nbs/08a_curate.ipynb #6cf6fd52
 @dataclass
 class Corpus:
     "A source's corpus on disk: its shards' work files, the text column, row offsets and every text's hash."
@@ -625,7 +625,7 @@ class Corpus:
             out[where] = column.take(ids[where] - self.offsets[index]).to_pylist()
         return out.tolist()
 
-# %% ../nbs/08a_curate.ipynb #ca35e558
+# %% ../nbs/08a_curate.ipynb #dbe68c64
 def corpus_top_k(query_vectors: np.ndarray, corpus: Corpus, k: int, block_size: int = 1024,
                  corpus_block_size: int = 262_144, device: str = "cpu") -> np.ndarray:
     "Corpus ids `(n_queries, min(k, corpus size))` of each query's most cosine-similar corpus texts, best first, the corpus streamed in blocks."
@@ -645,7 +645,7 @@ def corpus_top_k(query_vectors: np.ndarray, corpus: Corpus, k: int, block_size: 
             best_ids[start:start + block_size] = merged_ids.gather(1, order)
     return best_ids.cpu().numpy()
 
-# %% ../nbs/08a_curate.ipynb #e0288fa7
+# %% ../nbs/08a_curate.ipynb #bf06f4cc
 @dataclass
 class Positives:
     "Every (query hash, document hash) of a source, sorted by query: the positives of any query text."
@@ -679,7 +679,7 @@ def pick_negatives(candidates: np.ndarray, corpus_hashes: np.ndarray, positives:
         picked.append(chosen)
     return picked
 
-# %% ../nbs/08a_curate.ipynb #da9cba41
+# %% ../nbs/08a_curate.ipynb #fb1f9ac1
 def random_candidates(n_rows: int, corpus_size: int, width: int, rng: np.random.Generator) -> np.ndarray:
     "Uniform corpus ids `(n_rows, width)` (with repeats: `pick_negatives` skips them)."
     return rng.integers(corpus_size, size=(n_rows, width))
@@ -697,7 +697,7 @@ def draw_negatives(corpus: Corpus, positives: Sequence[set], pool: int, rng: np.
             chosen += more
     return picked
 
-# %% ../nbs/08a_curate.ipynb #c80c8234
+# %% ../nbs/08a_curate.ipynb #aa933835
 def mine_shard(plan: Plan, shard: Shard, corpus: Corpus | None, positives: Positives | None, device: str = "cpu") -> dict:
     "Write a shard with its `negatives` column to `OUTPUT/SOURCE/NNNNN.parquet`: mined, random or kept, per the source's mode."
     import pyarrow as pa
@@ -719,9 +719,9 @@ def mine_shard(plan: Plan, shard: Shard, corpus: Corpus | None, positives: Posit
         else:
             source_number = [s["name"] for s in c.sources].index(shard.source)  # stable whatever --sources selects
             picked = draw_negatives(corpus, own, c.negatives_pool, np.random.default_rng([c.seed, source_number, shard.index]))
-        flat = corpus.texts(np.array([i for row in picked for i in row], dtype=np.int64))
+        texts = iter(corpus.texts(np.array([i for row in picked for i in row], dtype=np.int64)))
         for row, chosen in zip(todo.tolist(), picked):
-            negatives[row], flat = flat[:len(chosen)], flat[len(chosen):]
+            negatives[row] = [next(texts) for _ in chosen]
     out = pa.table({"query": table.column("query"), "document": table.column("document"),
                     "negatives": pa.array(negatives, pa.list_(pa.string()))})
     save_parquet(plan.output(shard.source, shard.index), out)
@@ -730,7 +730,7 @@ def mine_shard(plan: Plan, shard: Shard, corpus: Corpus | None, positives: Posit
     mark_done(marker, info)
     return info
 
-# %% ../nbs/08a_curate.ipynb #fe2e62eb
+# %% ../nbs/08a_curate.ipynb #b164067b
 def run_fingerprint(command: str, config: CurateConfig, names: Sequence[str] | None) -> dict:
     "What decides a run's outputs: the command, the config and the chosen sources (not the device or the number of processes)."
     return json.loads(json.dumps({"command": command, "sources": sorted(names) if names else None, "config": asdict(config)}))
@@ -754,7 +754,7 @@ def _remove_leftovers(root: Path) -> None:
     for leftover in root.rglob(".*.tmp"):
         leftover.unlink(missing_ok=True)
 
-# %% ../nbs/08a_curate.ipynb #efcd1dac
+# %% ../nbs/08a_curate.ipynb #563857c7
 def _phase(workers: Workers, units: Sequence, desc: str, work, enabled: bool, every: float, weight=lambda unit: 1, unit: str = "rows") -> None:
     "Run `work(unit)` on this process's share of `units` with progress, then wait for the other processes."
     mine = workers.share(units)
@@ -786,7 +786,7 @@ def run_curate(command: str, config: CurateConfig, output: str | os.PathLike, na
     runner = _filter_phases if command == "filter" else _mine_phases
     return runner(plan, workers, device, stop_after, lambda desc: dict(enabled=progress, every=log_every))
 
-# %% ../nbs/08a_curate.ipynb #ea107982
+# %% ../nbs/08a_curate.ipynb #8a4ffbbf
 def _needs(plan: Plan, info: Mapping[Shard, dict]) -> dict[str, tuple[bool, bool]]:
     "Per source, (embed it?, read its corpus?): filter embeds everything; mine embeds what it mines, random needs only the corpus."
     needs = {}
@@ -816,7 +816,7 @@ def _ingest_and_embed(plan: Plan, workers: Workers, device: str, stop_after: str
            unit="rows", **show("embed"))
     return info, needs, stop_after == "embed"
 
-# %% ../nbs/08a_curate.ipynb #5eed5da7
+# %% ../nbs/08a_curate.ipynb #95b0d40e
 def _filter_phases(plan: Plan, workers: Workers, device: str, stop_after: str | None, show) -> dict | None:
     "Phases 3-4 of `filter`, and the report."
     info, _, stop = _ingest_and_embed(plan, workers, device, stop_after, show)
@@ -840,7 +840,7 @@ def _filter_phases(plan: Plan, workers: Workers, device: str, stop_after: str | 
     files = {name: [s for s in shards if written[s]["kept"]] for name, shards in plan.shards.items()}
     return _finish(plan, workers, report, files, num_negatives=0)
 
-# %% ../nbs/08a_curate.ipynb #7778c9ed
+# %% ../nbs/08a_curate.ipynb #4a46f080
 def _mine_phases(plan: Plan, workers: Workers, device: str, stop_after: str | None, show) -> dict | None:
     "Phase 3 of `mine`, and the report."
     info, needs, stop = _ingest_and_embed(plan, workers, device, stop_after, show)
@@ -865,7 +865,7 @@ def _mine_phases(plan: Plan, workers: Workers, device: str, stop_after: str | No
                                    "corpus": int(len(corpora[name].hashes)) if name in corpora else None}
     return _finish(plan, workers, report, {name: list(shards) for name, shards in plan.shards.items()}, plan.config.num_negatives)
 
-# %% ../nbs/08a_curate.ipynb #849be1c4
+# %% ../nbs/08a_curate.ipynb #6925ff34
 def _finish(plan: Plan, workers: Workers, report: dict, files: Mapping[str, Sequence[Shard]], num_negatives: int) -> dict:
     "Write `report.json` and `pairs.yaml` (the trainer's pairs config of the written shards) from the first process."
     if workers.rank == 0:
@@ -883,9 +883,12 @@ def _finish(plan: Plan, workers: Workers, report: dict, files: Mapping[str, Sequ
     workers.barrier()
     return report
 
-# %% ../nbs/08a_curate.ipynb #26705971
+# %% ../nbs/08a_curate.ipynb #3441afc6
 _OVERRIDES = {"teacher": str, "teacher_max_length": int, "batch_size": int, "rows_per_shard": int, "top_k": int,
               "sample_size": int, "block_size": int, "corpus_block_size": int, "negatives_pool": int, "num_negatives": int, "seed": int}
+_COMMAND_OVERRIDES = {"filter": ("teacher", "teacher_max_length", "batch_size", "rows_per_shard", "top_k", "sample_size", "block_size", "seed"),
+                      "mine": ("teacher", "teacher_max_length", "batch_size", "rows_per_shard", "block_size", "corpus_block_size",
+                               "negatives_pool", "num_negatives", "seed")}
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nomic_embed_curate", description="Consistency-filter pairs (report §4.2.1) or mine "
@@ -898,8 +901,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", required=True, help="curate YAML (configs/curate_pretrain.yaml, configs/curate_finetune.yaml)")
         sub.add_argument("--output", required=True, help="directory for the work files, the shards, report.json and pairs.yaml")
         sub.add_argument("--sources", help="comma-separated source names to process (default: all in the config)")
-        for key, kind in _OVERRIDES.items():
-            sub.add_argument(f"--{key.replace('_', '-')}", type=kind, help=f"override the config's {key}")
+        for key in _COMMAND_OVERRIDES[command]:
+            sub.add_argument(f"--{key.replace('_', '-')}", type=_OVERRIDES[key], help=f"override the config's {key}")
         sub.add_argument("--device", default="auto", help="torch device; auto = cuda:LOCAL_RANK when there is a GPU, else cpu")
         sub.add_argument("--stop-after", choices=PHASES[command], help="stop after this phase (a later run resumes)")
         sub.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -907,7 +910,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines when not on a terminal")
     return parser
 
-# %% ../nbs/08a_curate.ipynb #21b78f47
+# %% ../nbs/08a_curate.ipynb #18cc4697
 def _interrupted(signum, frame):
     raise KeyboardInterrupt
 
@@ -915,7 +918,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     "The `nomic_embed_curate` console script."
     parser = _parser()
     args = parser.parse_args(argv)
-    overrides = {key: getattr(args, key) for key in _OVERRIDES if getattr(args, key) is not None}
+    overrides = {key: getattr(args, key) for key in _COMMAND_OVERRIDES[args.command] if getattr(args, key) is not None}
     names = [n.strip() for n in args.sources.split(",") if n.strip()] if args.sources else None
     try:
         config = load_curate_config(args.config, overrides)
@@ -947,7 +950,7 @@ def _leave_process_group() -> None:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
-# %% ../nbs/08a_curate.ipynb #7c817801
+# %% ../nbs/08a_curate.ipynb #f53b0f4a
 def _report_table(report: Mapping) -> str:
     "The report as a few aligned lines: kept fraction per source (filter), or how negatives were built (mine)."
     lines = []
@@ -958,6 +961,6 @@ def _report_table(report: Mapping) -> str:
             lines.append(f"{name:36} {row['pairs']:>12,} pairs  {row['negatives']:6}  built {row['built']:>10,}  short {row['short']:,}")
     return "\n".join(lines)
 
-# %% ../nbs/08a_curate.ipynb #8343498f
+# %% ../nbs/08a_curate.ipynb #63f811f0
 if __name__ == "__main__" and "__file__" in globals():  # python -m / torchrun -m nomic_embed.curate (not in a notebook)
     main()
