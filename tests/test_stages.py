@@ -161,7 +161,7 @@ def test_full_scale_configs_carry_the_report_settings(monkeypatch):
     assert (finetune.training.global_batch_size, finetune.data.num_negatives, finetune.data.negatives_pool) == (256, 7, 20)
     assert (finetune.optimizer.lr, finetune.optimizer.betas, finetune.optimizer.weight_decay) == (2e-5, [0.9, 0.999], 0.01)
     assert (finetune.schedule.name, finetune.schedule.warmup_steps, finetune.training.max_grad_norm) == ("linear", 400, 1.0)
-    assert (finetune.data.query_max_length, finetune.data.document_max_length, finetune.training.num_epochs) == (512, 512, 1)
+    assert (finetune.data.query_max_length, finetune.data.document_max_length, finetune.training.num_epochs) == (2048, 2048, 1)
     assert len(finetune.data.sources) == 10
 
 
