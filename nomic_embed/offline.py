@@ -24,21 +24,21 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['OFFLINE_FORMAT_VERSION', 'MANPAGE_ROOT', 'FORTUNE_ROOT', 'GENSIM_EVALUATION_FILES', 'MIN_UNIT_WORDS',
-           'WIKI_DUMP_NAME', 'SKIPPED_SECTIONS', 'STDLIB_MODULES', 'PYTHON_DOC_ROOTS', 'SKIPPED_DOC_PAGES',
-           'WORDNET_ROOTS', 'WORDNET_PARTS', 'DICTD_ROOTS', 'DICTIONARIES', 'TEXT_SOURCES', 'PAIR_SOURCES',
-           'default_cache_dir', 'input_key', 'cached_build', 'roff_text', 'manpage_sections', 'manpage_files',
-           'read_manpage', 'manpage_pairs', 'gensim_test_file', 'mini_newsgroup_posts', 'fortune_files',
-           'evaluation_side_files', 'evaluation_side_texts', 'text_units', 'unit_hashes', 'evaluation_key',
-           'evaluation_unit_hashes', 'overlaps_evaluation', 'without_evaluation_lines', 'clean_wiki_text',
-           'offline_wikipedia_path', 'wikipedia_articles', 'wikipedia_pairs', 'python_docstring_pairs',
-           'python_docstring_documents', 'python_code_pairs', 'pydoc_topic_pairs', 'PythonDocParser', 'python_doc_root',
-           'python_doc_files', 'python_doc_pages', 'python_doc_documents', 'python_doc_section_pairs',
-           'python_doc_api_pairs', 'python_faq_pairs', 'python_glossary_pairs', 'wordnet_files', 'wordnet_synsets',
-           'wordnet_documents', 'wordnet_definition_pairs', 'wordnet_usage_pairs', 'wordnet_synonym_pairs',
-           'wordnet_hypernym_pairs', 'dictd_files', 'dictd_entries', 'dictionary_entry', 'dictionary_documents',
-           'dictionary_pairs', 'TextSource', 'OfflinePairSource', 'offline_documents', 'text_source_key',
-           'offline_pair_rows', 'training_texts', 'source_statistics']
+__all__ = ['OFFLINE_FORMAT_VERSION', 'MANPAGE_ROOT', 'FORTUNE_ROOT', 'GENSIM_EVALUATION_FILES', 'EVALUATION_SOURCES',
+           'MIN_UNIT_WORDS', 'WIKI_DUMP_NAME', 'SKIPPED_SECTIONS', 'STDLIB_MODULES', 'PYTHON_DOC_ROOTS',
+           'SKIPPED_DOC_PAGES', 'Pages', 'WORDNET_ROOTS', 'WORDNET_PARTS', 'DICTD_ROOTS', 'DICTIONARIES',
+           'TEXT_SOURCES', 'PAIR_SOURCES', 'default_cache_dir', 'input_key', 'cached_build', 'roff_text',
+           'manpage_sections', 'manpage_files', 'read_manpage', 'manpage_pairs', 'gensim_test_file',
+           'mini_newsgroup_posts', 'fortune_files', 'evaluation_side_files', 'evaluation_side_texts', 'text_units',
+           'unit_hashes', 'evaluation_key', 'evaluation_unit_hashes', 'overlaps_evaluation', 'without_evaluation_lines',
+           'clean_wiki_text', 'offline_wikipedia_path', 'wikipedia_articles', 'wikipedia_pairs',
+           'python_docstring_pairs', 'python_docstring_documents', 'python_code_pairs', 'pydoc_topic_pairs',
+           'PythonDocParser', 'python_doc_root', 'python_doc_files', 'parse_python_doc_page', 'python_doc_pages',
+           'python_doc_documents', 'python_doc_section_pairs', 'python_doc_api_pairs', 'python_faq_pairs',
+           'python_glossary_pairs', 'wordnet_files', 'wordnet_synsets', 'wordnet_documents', 'wordnet_definition_pairs',
+           'wordnet_usage_pairs', 'wordnet_synonym_pairs', 'wordnet_hypernym_pairs', 'dictd_files', 'dictd_entries',
+           'dictionary_entry', 'dictionary_documents', 'dictionary_pairs', 'TextSource', 'OfflinePairSource',
+           'offline_documents', 'text_source_key', 'offline_pair_rows', 'training_texts', 'source_statistics']
 
 # %% ../nbs/01a_offline.ipynb #6a2dc7e6
 OFFLINE_FORMAT_VERSION = 1  # raise when a builder changes what it returns: every cached source is rebuilt
@@ -149,7 +149,7 @@ def manpage_pairs(sections: str = "23457", limit: int | None = None, min_chars: 
             rows.append({"query": summary, "document": description[:max_chars]})
     return rows
 
-# %% ../nbs/01a_offline.ipynb #62961f2d
+# %% ../nbs/01a_offline.ipynb #d612c688
 FORTUNE_ROOT = "/usr/share/games/fortunes"
 GENSIM_EVALUATION_FILES = ("lee.cor", "lee_background.cor", "pang_lee_polarity.cor", "mini_newsgroup")
 
@@ -182,20 +182,25 @@ def evaluation_side_files() -> list[str]:
     "Every file the evaluation side is read from."
     return manpage_files() + [gensim_test_file(name) for name in GENSIM_EVALUATION_FILES] + fortune_files()
 
-def evaluation_side_texts() -> Iterator[tuple[str, str]]:
-    "(source, text) for every text of the evaluation side: manual pages (by section), gensim's corpora, fortunes."
-    for path in manpage_files():
+EVALUATION_SOURCES = ("manpages", "lee", "lee_background", "pang_lee_polarity", "mini_newsgroup", "fortunes")
+
+def evaluation_side_texts(sources: Sequence[str] = EVALUATION_SOURCES) -> Iterator[tuple[str, str]]:
+    "(source, text) for every text of the evaluation side (or of `sources`): manual pages by section, gensim's corpora, fortunes."
+    unknown = set(sources) - set(EVALUATION_SOURCES)
+    if unknown:
+        raise ValueError(f"unknown evaluation-side sources {sorted(unknown)}; choose from {', '.join(EVALUATION_SOURCES)}")
+    for path in manpage_files() if "manpages" in sources else []:
         for text in read_manpage(path).values():
             yield "manpages", text
-    for name in GENSIM_EVALUATION_FILES[:3]:
+    for name in [n for n in GENSIM_EVALUATION_FILES[:3] if n.split(".")[0] in sources]:
         with open(gensim_test_file(name), encoding="latin-1") as lines:
             for line in lines:
                 text = line.split(" ", 1)[1] if line.startswith("__label__") else line
                 if text.strip():
                     yield name.split(".")[0], text.strip()
-    for post in mini_newsgroup_posts():
+    for post in mini_newsgroup_posts() if "mini_newsgroup" in sources else []:
         yield "mini_newsgroup", post
-    for path in fortune_files():
+    for path in fortune_files() if "fortunes" in sources else []:
         with open(path, encoding="utf-8", errors="replace") as file:
             yield from (("fortunes", text) for text in file.read().split("\n%\n") if text.strip())
 
@@ -413,14 +418,13 @@ def pydoc_topic_pairs() -> list[dict[str, str]]:
             rows.append({"query": lines[0].strip(), "document": body})
     return rows
 
-# %% ../nbs/01a_offline.ipynb #5c0f134c
-PYTHON_DOC_ROOTS = ("/usr/share/doc/python3.11/html", "/usr/share/doc/python3/html")
+# %% ../nbs/01a_offline.ipynb #0d33b2ce
 _BLOCK_TAGS = {"p", "pre", "li", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6", "div", "tr", "th", "td", "table",
                "blockquote", "section", "dl", "ul", "ol", "caption"}
 _VOID_TAGS = {"br", "img", "hr", "input", "meta", "link", "wbr"}
 
-class PythonDocParser(html.parser.HTMLParser):
-    "Blocks of a Sphinx HTML page's body: `{'kind': 'heading'|'text'|'signature', 'text', 'api', 'level'}`."
+class _BlockCollector(html.parser.HTMLParser):
+    "Collects the text of an HTML page into blocks; the subclass says where blocks start and what they are."
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -430,7 +434,11 @@ class PythonDocParser(html.parser.HTMLParser):
         self.skip, self.pre, self.heading = 0, 0, None
         self.entries: list[list] = []  # one [id, part] per open <dl>: the documented object and 'dt' or 'dd'
 
+    def reading(self) -> bool:
+        return self.main_depth is not None and not self.done and not self.skip
+
     def flush(self) -> None:
+        "Close the current block: a heading, a signature (`<dt>` of a documented object) or text (code kept as it is)."
         text = "".join(self.words)
         text = text.strip("\n") if self.pre else " ".join(text.split())
         self.words = []
@@ -443,6 +451,14 @@ class PythonDocParser(html.parser.HTMLParser):
             kind = "signature" if entry[1] == "dt" else "text"
             self.blocks.append({"kind": kind, "text": text, "api": entry[0] if entry[1] else None, "code": bool(self.pre)})
 
+    def handle_data(self, data: str) -> None:
+        if self.reading():
+            self.words.append(data)
+
+# %% ../nbs/01a_offline.ipynb #9fcd7ec8
+class PythonDocParser(_BlockCollector):
+    "Blocks of a Sphinx HTML page's body: `{'kind': 'heading'|'text'|'signature', 'text', 'api', 'level'}`."
+
     def handle_starttag(self, tag: str, attrs: list) -> None:
         attrs = dict(attrs)
         if tag == "div":
@@ -452,7 +468,7 @@ class PythonDocParser(html.parser.HTMLParser):
         if self.main_depth is None or self.done:
             return
         if self.skip or tag in ("script", "style") or (tag == "a" and "headerlink" in (attrs.get("class") or "")):
-            self.skip += tag not in _VOID_TAGS
+            self.skip += tag not in _VOID_TAGS  # permalinks (¶), scripts, styles
             return
         if tag in _BLOCK_TAGS:
             self.flush()
@@ -491,11 +507,8 @@ class PythonDocParser(html.parser.HTMLParser):
             self.done = self.depth == self.main_depth
             self.depth -= 1
 
-    def handle_data(self, data: str) -> None:
-        if self.main_depth is not None and not self.done and not self.skip:
-            self.words.append(data)
-
-# %% ../nbs/01a_offline.ipynb #040bfa70
+# %% ../nbs/01a_offline.ipynb #64a67db1
+PYTHON_DOC_ROOTS = ("/usr/share/doc/python3.11/html", "/usr/share/doc/python3/html")
 SKIPPED_DOC_PAGES = re.compile(r"^(genindex.*|contents|search|py-modindex|download|license|copyright)\.html$")
 
 def python_doc_root() -> Path | None:
@@ -513,25 +526,28 @@ def python_doc_files() -> list[str]:
     files = [path for path in root.rglob("*.html") if not any(part.startswith("_") for part in path.relative_to(root).parts)]
     return sorted(str(path) for path in files if not SKIPPED_DOC_PAGES.match(path.name) or path.parent != root)
 
+def parse_python_doc_page(path: str | os.PathLike) -> list[dict[str, Any]]:
+    "The blocks of one page of the manual."
+    parser = PythonDocParser()
+    parser.feed(Path(path).read_text(encoding="utf-8"))
+    parser.close()
+    return parser.blocks
+
 @lru_cache(maxsize=1)
 def _python_doc_pages(root: str, files: tuple[str, ...]) -> tuple[tuple[str, tuple[dict, ...]], ...]:
-    pages = []
-    for file in files:
-        parser = PythonDocParser()
-        parser.feed(Path(file).read_text(encoding="utf-8"))
-        parser.close()
-        pages.append((os.path.relpath(file, root), tuple(parser.blocks)))
-    return tuple(pages)
+    return tuple((os.path.relpath(file, root), tuple(parse_python_doc_page(file))) for file in files)
 
 def python_doc_pages() -> list[tuple[str, list[dict[str, Any]]]]:
     "(path relative to the manual, blocks) for every page, parsed once per process."
     root = python_doc_root()
     return [(path, list(blocks)) for path, blocks in _python_doc_pages(str(root), tuple(python_doc_files()))] if root else []
 
-# %% ../nbs/01a_offline.ipynb #7a0a6d66
-def python_doc_documents() -> list[str]:
+# %% ../nbs/01a_offline.ipynb #3f9c1387
+Pages = Sequence[tuple[str, Sequence[Mapping[str, Any]]]]  # (path, blocks) of some pages; None = the whole manual
+
+def python_doc_documents(pages: Pages | None = None) -> list[str]:
     "One stage-1 document per page of the Python manual: its blocks, one per line."
-    return ["\n".join(block["text"] for block in blocks) for _, blocks in python_doc_pages() if blocks]
+    return ["\n".join(block["text"] for block in blocks) for _, blocks in (python_doc_pages() if pages is None else pages) if blocks]
 
 def _sections(blocks: list[dict]) -> Iterator[tuple[str, str]]:
     "(page title — heading, the text under that heading) for each heading of a page."
@@ -544,17 +560,17 @@ def _sections(blocks: list[dict]) -> Iterator[tuple[str, str]]:
         else:
             body.append(block["text"])
 
-def python_doc_section_pairs(min_words: int = 30) -> list[dict[str, str]]:
+def python_doc_section_pairs(min_words: int = 30, pages: Pages | None = None) -> list[dict[str, str]]:
     "(page title — heading → section text) for the manual's sections, the language reference, FAQ and glossary left out."
-    return [{"query": query, "document": body} for path, blocks in python_doc_pages()
+    return [{"query": query, "document": body} for path, blocks in (python_doc_pages() if pages is None else pages)
             if not path.startswith(("reference/", "faq/", "glossary")) for query, body in _sections(blocks)
             if len(body.split()) >= min_words]
 
-# %% ../nbs/01a_offline.ipynb #745c7331
-def python_doc_api_pairs(min_words: int = 10) -> list[dict[str, str]]:
+# %% ../nbs/01a_offline.ipynb #b69e2c11
+def python_doc_api_pairs(min_words: int = 10, pages: Pages | None = None) -> list[dict[str, str]]:
     "(documented name, e.g. `json.dump` → its description in the manual) for every documented object."
     rows = []
-    for _, blocks in python_doc_pages():
+    for _, blocks in (python_doc_pages() if pages is None else pages):
         descriptions: dict[str, list[str]] = {}
         for block in blocks:
             if block["kind"] == "text" and block["api"] and not block["api"].startswith("term-"):
@@ -563,15 +579,15 @@ def python_doc_api_pairs(min_words: int = 10) -> list[dict[str, str]]:
                  if len(" ".join(parts).split()) >= min_words]
     return rows
 
-def python_faq_pairs(min_words: int = 10) -> list[dict[str, str]]:
+def python_faq_pairs(min_words: int = 10, pages: Pages | None = None) -> list[dict[str, str]]:
     "(question → answer) for every question heading of the manual's FAQ pages."
-    return [{"query": heading, "document": body} for path, blocks in python_doc_pages() if path.startswith("faq/")
+    return [{"query": heading, "document": body} for path, blocks in (python_doc_pages() if pages is None else pages) if path.startswith("faq/")
             for query, body in _sections(blocks) if (heading := query.split(" — ")[-1]).endswith("?") and len(body.split()) >= min_words]
 
-def python_glossary_pairs() -> list[dict[str, str]]:
+def python_glossary_pairs(pages: Pages | None = None) -> list[dict[str, str]]:
     "(term → definition) for the manual's glossary."
-    rows, terms = [], {}
-    for path, blocks in python_doc_pages():
+    terms = {}
+    for path, blocks in (python_doc_pages() if pages is None else pages):
         if path == "glossary.html":
             for block in blocks:
                 if block["api"] and block["api"].startswith("term-"):
@@ -582,7 +598,7 @@ def python_glossary_pairs() -> list[dict[str, str]]:
                         terms[block["api"]]["document"].append(block["text"])
     return [{"query": t["query"], "document": "\n".join(t["document"])} for t in terms.values() if t["query"] and t["document"]]
 
-# %% ../nbs/01a_offline.ipynb #2766a42b
+# %% ../nbs/01a_offline.ipynb #18541d61
 WORDNET_ROOTS = ("/usr/share/wordnet",)
 WORDNET_PARTS = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 
@@ -619,7 +635,7 @@ def wordnet_synsets() -> list[dict[str, Any]]:
     "Every WordNet synset as `{id, lexfile, lemmas, gloss, definition, examples, parents}`, in file order."
     return list(_wordnet_synsets(tuple(wordnet_files())))
 
-# %% ../nbs/01a_offline.ipynb #a441405d
+# %% ../nbs/01a_offline.ipynb #7b86f661
 def _wordnet_line(synset: dict[str, Any]) -> str:
     return f"{', '.join(synset['lemmas'])}: {synset['gloss']}"
 
@@ -649,7 +665,7 @@ def wordnet_usage_pairs() -> list[dict[str, str]]:
     return [{"query": example, "document": f"{', '.join(s['lemmas'][:3])}: {s['definition']}"}
             for s in wordnet_synsets() for example in s["examples"] if len(example.split()) >= 3]
 
-# %% ../nbs/01a_offline.ipynb #1688379c
+# %% ../nbs/01a_offline.ipynb #96f8de55
 def _spelling(lemma: str) -> str:
     return re.sub(r"[^0-9a-z]", "", lemma.lower())
 
@@ -675,7 +691,7 @@ def wordnet_hypernym_pairs() -> list[dict[str, str]]:
             rows.append({"query": line(synset), "document": line(by_id[parent])})
     return rows
 
-# %% ../nbs/01a_offline.ipynb #9282ba96
+# %% ../nbs/01a_offline.ipynb #9c019bfe
 DICTD_ROOTS = ("/usr/share/dictd",)
 DICTIONARIES = ("gcide", "foldoc", "jargon")
 _BASE64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
@@ -709,7 +725,7 @@ def dictd_entries(name: str) -> list[tuple[str, str]]:
                 spans.setdefault((_base64_number(offset), _base64_number(length)), headword)
     return [(headword, raw[start:start + length].decode("utf-8", errors="replace")) for (start, length), headword in sorted(spans.items())]
 
-# %% ../nbs/01a_offline.ipynb #46a3bafe
+# %% ../nbs/01a_offline.ipynb #523366f3
 _GCIDE_SOURCE = re.compile(r"\[[^\]\n]*(?:Webster|WordNet|PJC|Suppl\.|Century|Chambers)[^\]\n]*\]")
 _GCIDE_LIGATURES = {"ae": "ae", "AE": "AE", "oe": "oe", "OE": "OE", "eth": "th", "thorn": "th", "add": "a", "imac": "i", "aum": "a"}
 _GCIDE_ACCENT = re.compile(r"\[(?:[=`'\"~.-]([a-zA-Z])|([a-zA-Z])[=`'\"~^-]|(" + "|".join(_GCIDE_LIGATURES) + r"))\]")
@@ -752,7 +768,7 @@ def dictionary_pairs(name: str) -> list[dict[str, str]]:
     "(term → definition) pairs of dictionary `name`."
     return [{"query": entry[0], "document": entry[1]} for headword, raw in dictd_entries(name) if (entry := dictionary_entry(name, headword, raw))]
 
-# %% ../nbs/01a_offline.ipynb #f8fbbeeb
+# %% ../nbs/01a_offline.ipynb #d9f21165
 @dataclass(frozen=True)
 class TextSource:
     "A stage-1 text source that installs offline: its builder, the files it reads, what it stands in for."
@@ -780,7 +796,7 @@ class OfflinePairSource:
         "Same prefix on both sides: random negatives at stage 3 (report §4.2.4)."
         return self.query_prefix == self.document_prefix
 
-# %% ../nbs/01a_offline.ipynb #ff7eaf3b
+# %% ../nbs/01a_offline.ipynb #d5b19546
 _wiki_files = lambda: [offline_wikipedia_path()]
 _no_files = lambda: []
 _dictionary_files = lambda name: (lambda: dictd_files(name))
@@ -816,7 +832,7 @@ PAIR_SOURCES: dict[str, OfflinePairSource] = {s.name: s for s in [
                         "definitions, FEVER-like lookup", stage3=name == "foldoc") for name in DICTIONARIES],
 ]}
 
-# %% ../nbs/01a_offline.ipynb #0513b044
+# %% ../nbs/01a_offline.ipynb #0022254d
 def _without_overlap_and_duplicates(rows: list, symmetric: bool = False) -> dict[str, Any]:
     "Rows (documents or pairs) with evaluation-side text removed, then empty and duplicate rows: `{rows, overlapping, duplicates}`."
     kept, seen, overlapping, duplicates = [], set(), 0, 0
@@ -864,7 +880,7 @@ def offline_pair_rows(name: str) -> list[dict[str, str]]:
         raise ValueError(f"unknown offline pair source {name!r}; choose from {', '.join(PAIR_SOURCES)}")
     return [dict(row) for row in _built("pairs", PAIR_SOURCES[name])["rows"]]
 
-# %% ../nbs/01a_offline.ipynb #d5a49d66
+# %% ../nbs/01a_offline.ipynb #3b7021f9
 def training_texts() -> Iterator[tuple[str, str]]:
     "(source, text) for every text a training stage can read: every stage-1 document, both sides of every pair."
     for name in TEXT_SOURCES:
@@ -874,7 +890,7 @@ def training_texts() -> Iterator[tuple[str, str]]:
             yield name, row["query"]
             yield name, row["document"]
 
-# %% ../nbs/01a_offline.ipynb #13fed701
+# %% ../nbs/01a_offline.ipynb #c88663e6
 def source_statistics(kind: str, name: str, tokenizer: Any) -> dict[str, Any]:
     "Rows, words, tokens and median tokens per row of one source (`kind` 'documents' or 'pairs'), cached with it."
     source = (TEXT_SOURCES if kind == "documents" else PAIR_SOURCES)[name]
