@@ -832,7 +832,7 @@ PAIR_SOURCES: dict[str, OfflinePairSource] = {s.name: s for s in [
                         "definitions, FEVER-like lookup", stage3=name == "foldoc") for name in DICTIONARIES],
 ]}
 
-# %% ../nbs/01a_offline.ipynb #0022254d
+# %% ../nbs/01a_offline.ipynb #4c03f276
 def _without_overlap_and_duplicates(rows: list, symmetric: bool = False) -> dict[str, Any]:
     "Rows (documents or pairs) with evaluation-side text removed, then empty and duplicate rows: `{rows, overlapping, duplicates}`."
     kept, seen, overlapping, duplicates = [], set(), 0, 0
@@ -856,7 +856,11 @@ def _without_overlap_and_duplicates(rows: list, symmetric: bool = False) -> dict
     return {"rows": kept, "overlapping": overlapping, "duplicates": duplicates}
 
 def _source_key(kind: str, source: TextSource | OfflinePairSource, **settings: Any) -> str:
-    return input_key(source.files(), kind=kind, name=source.name, python=sys.version, evaluation=evaluation_key(), **settings)
+    files = source.files()
+    if not files and source.package != "Python":  # the Python sources read the interpreter, the others files
+        raise FileNotFoundError(f"offline source {source.name!r} is read from the {source.package} package, which is not "
+                                f"installed here: apt-get install {source.package}")
+    return input_key(files, kind=kind, name=source.name, python=sys.version, evaluation=evaluation_key(), **settings)
 
 def _built(kind: str, source: TextSource | OfflinePairSource) -> dict[str, Any]:
     build = lambda: _without_overlap_and_duplicates(source.build(), getattr(source, "symmetric", False))
@@ -875,18 +879,25 @@ def text_source_key(name: str) -> str:
     return _source_key("documents", TEXT_SOURCES[name])
 
 def offline_pair_rows(name: str) -> list[dict[str, str]]:
-    "The (query, document) rows of pair source `name` (see `PAIR_SOURCES`), built once and cached; `[]` if its package is missing."
+    "The (query, document) rows of pair source `name` (see `PAIR_SOURCES`), built once and cached."
     if name not in PAIR_SOURCES:
         raise ValueError(f"unknown offline pair source {name!r}; choose from {', '.join(PAIR_SOURCES)}")
     return [dict(row) for row in _built("pairs", PAIR_SOURCES[name])["rows"]]
 
-# %% ../nbs/01a_offline.ipynb #3b7021f9
+# %% ../nbs/01a_offline.ipynb #a753103d
 def training_texts() -> Iterator[tuple[str, str]]:
     "(source, text) for every text a training stage can read: every stage-1 document, both sides of every pair."
     for name in TEXT_SOURCES:
-        yield from ((name, text) for text in offline_documents(name))
+        try:
+            yield from ((name, text) for text in offline_documents(name))
+        except FileNotFoundError:  # its package is not installed: no stage can read it either
+            continue
     for name in PAIR_SOURCES:
-        for row in offline_pair_rows(name):
+        try:
+            rows = offline_pair_rows(name)
+        except FileNotFoundError:
+            continue
+        for row in rows:
             yield name, row["query"]
             yield name, row["document"]
 
