@@ -5,11 +5,13 @@
 # %% ../nbs/02_corpus.ipynb #40c9b531
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from .offline import (TEXT_SOURCES, WIKI_DUMP_NAME, clean_wiki_text, default_cac
 # %% auto #0
 __all__ = ['FULL_SCALE_SOURCES', 'CORPUS_FORMAT_VERSION', 'offline_tokenizer_path', 'load_tokenizer', 'check_source',
            'text_dataset', 'tokenize_documents', 'pack_token_stream', 'CorpusConfig', 'PackingStats', 'PackedCorpus',
-           'corpus_cache_key', 'write_packed', 'packed_corpus']
+           'corpus_cache_key', 'write_packed', 'packed_corpus', 'datasets_progress']
 
 # %% ../nbs/02_corpus.ipynb #c00c0c4f
 def offline_tokenizer_path() -> str:
@@ -255,7 +257,7 @@ def write_packed(documents: Iterable[Sequence[int]], chunk_length: int, out_dir:
     "Pack `documents` into `out_dir/chunks.arrow` + `meta.json`, atomically (temp dir, then rename). Raises on an empty corpus."
     import time
     import pyarrow as pa
-    from tqdm.auto import tqdm
+    from nomic_embed.model import progress_bar
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
@@ -263,7 +265,7 @@ def write_packed(documents: Iterable[Sequence[int]], chunk_length: int, out_dir:
     counts = {"documents": 0, "tokens": 0}
 
     def counted(docs):
-        for ids in tqdm(docs, desc=f"packing into {chunk_length}-token chunks", unit=" docs", disable=not progress):
+        for ids in progress_bar(docs, desc=f"packing into {chunk_length}-token chunks", unit="docs", disable=not progress):
             counts["documents"] += 1; counts["tokens"] += len(ids)
             yield ids
 
@@ -308,5 +310,19 @@ def packed_corpus(config: CorpusConfig | dict | None = None, split: str = "train
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     path = cache_dir / "packed" / f"{split}-{config.chunk_length}-{corpus_cache_key(config, tokenizer, split)}"
     if not (path / "meta.json").exists():
-        write_packed(_document_token_ids(config, tokenizer, split), config.chunk_length, path, progress=progress)
+        with datasets_progress(progress and (sys.stderr.isatty() or "ipykernel" in sys.modules)):  # no bars in a log file
+            write_packed(_document_token_ids(config, tokenizer, split), config.chunk_length, path, progress=progress)
     return PackedCorpus(path)
+
+@contextlib.contextmanager
+def datasets_progress(enabled: bool) -> Iterator[None]:
+    "Within the block, `datasets`' own progress bars (tokenising, filtering) are off unless `enabled` (and were on)."
+    from datasets.utils import logging as datasets_logging
+    was_on = datasets_logging.is_progress_bar_enabled()
+    if not enabled:
+        datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on and not enabled:
+            datasets_logging.enable_progress_bar()

@@ -24,24 +24,25 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['OFFLINE_FORMAT_VERSION', 'MANPAGE_ROOT', 'FORTUNE_ROOT', 'GENSIM_EVALUATION_FILES', 'EVALUATION_SOURCES',
-           'MIN_UNIT_WORDS', 'WIKI_DUMP_NAME', 'SKIPPED_SECTIONS', 'STDLIB_MODULES', 'PYTHON_DOC_ROOTS',
+__all__ = ['OFFLINE_FORMAT_VERSION', 'MAN_PACKAGES', 'FORTUNE_ROOT', 'GENSIM_EVALUATION_FILES', 'EVALUATION_SOURCES',
+           'SHINGLE_WORDS', 'WIKI_DUMP_NAME', 'SKIPPED_SECTIONS', 'STDLIB_MODULES', 'PYTHON_DOC_ROOTS',
            'SKIPPED_DOC_PAGES', 'Pages', 'WORDNET_ROOTS', 'WORDNET_PARTS', 'DICTD_ROOTS', 'DICTIONARIES',
            'TEXT_SOURCES', 'PAIR_SOURCES', 'default_cache_dir', 'input_key', 'cached_build', 'roff_text',
-           'manpage_sections', 'manpage_files', 'read_manpage', 'manpage_pairs', 'gensim_test_file',
-           'mini_newsgroup_posts', 'fortune_files', 'evaluation_side_files', 'evaluation_side_texts', 'text_units',
-           'unit_hashes', 'evaluation_key', 'evaluation_unit_hashes', 'overlaps_evaluation', 'without_evaluation_lines',
-           'clean_wiki_text', 'offline_wikipedia_path', 'wikipedia_articles', 'wikipedia_pairs',
-           'python_docstring_pairs', 'python_docstring_documents', 'python_code_pairs', 'pydoc_topic_pairs',
-           'PythonDocParser', 'python_doc_root', 'python_doc_files', 'parse_python_doc_page', 'python_doc_pages',
-           'python_doc_documents', 'python_doc_section_pairs', 'python_doc_api_pairs', 'python_faq_pairs',
-           'python_glossary_pairs', 'wordnet_files', 'wordnet_synsets', 'wordnet_documents', 'wordnet_definition_pairs',
-           'wordnet_usage_pairs', 'wordnet_synonym_pairs', 'wordnet_hypernym_pairs', 'dictd_files', 'dictd_entries',
-           'dictionary_entry', 'dictionary_documents', 'dictionary_pairs', 'TextSource', 'OfflinePairSource',
-           'offline_documents', 'text_source_key', 'offline_pair_rows', 'training_texts', 'source_statistics']
+           'manpage_sections', 'stable_order', 'manpage_files', 'read_manpage', 'gensim_test_file', 'mini_newsgroup',
+           'fortune_files', 'fortune_entries', 'evaluation_side_files', 'evaluation_side_texts', 'text_shingles',
+           'shingle_hashes', 'evaluation_key', 'evaluation_shingle_hashes', 'overlaps_evaluation',
+           'without_evaluation_lines', 'clean_wiki_text', 'offline_wikipedia_path', 'wikipedia_articles',
+           'wikipedia_pairs', 'python_docstring_pairs', 'python_docstring_documents', 'python_code_pairs',
+           'pydoc_topic_pairs', 'PythonDocParser', 'python_doc_root', 'python_doc_files', 'parse_python_doc_page',
+           'python_doc_pages', 'python_doc_documents', 'python_doc_section_pairs', 'python_doc_api_pairs',
+           'python_faq_pairs', 'python_glossary_pairs', 'wordnet_files', 'wordnet_synsets', 'wordnet_documents',
+           'wordnet_definition_pairs', 'wordnet_usage_pairs', 'wordnet_synonym_pairs', 'wordnet_hypernym_pairs',
+           'dictd_files', 'dictd_entries', 'dictionary_entry', 'dictionary_documents', 'dictionary_pairs', 'TextSource',
+           'OfflinePairSource', 'offline_documents', 'text_source_key', 'offline_pair_rows', 'training_texts',
+           'source_statistics']
 
 # %% ../nbs/01a_offline.ipynb #6a2dc7e6
-OFFLINE_FORMAT_VERSION = 1  # raise when a builder changes what it returns: every cached source is rebuilt
+OFFLINE_FORMAT_VERSION = 3  # raise when a builder changes what it returns: every cached source is rebuilt
 
 def default_cache_dir() -> Path:
     "Where built data is cached: `$NOMIC_EMBED_CACHE` or `~/.cache/nomic_embed`."
@@ -116,12 +117,22 @@ def manpage_sections(source: str) -> dict[str, str]:
     return sections
 
 # %% ../nbs/01a_offline.ipynb #82939965
-MANPAGE_ROOT = "/usr/share/man"
+MAN_PACKAGES = ("manpages", "manpages-dev")  # the Linux man-pages project: system calls, C library, files, overviews
 
-def manpage_files(root: str = MANPAGE_ROOT, sections: str = "123456789") -> list[str]:
-    "The installed English manual pages, `root/man{section}/*.gz`, sorted; `[]` when none are installed."
-    return sorted(os.path.join(root, f"man{s}", name) for s in sections if os.path.isdir(os.path.join(root, f"man{s}"))
-                  for name in os.listdir(os.path.join(root, f"man{s}")) if name.endswith(".gz"))
+def stable_order(names: Iterable[str], seed: str = "") -> list[str]:
+    "`names` in a fixed pseudo-random order (sha1 of seed + name): the same on every machine and Python."
+    return sorted(names, key=lambda n: hashlib.sha1(f"{seed}{n}".encode()).hexdigest())
+
+def manpage_files(packages: Sequence[str] = MAN_PACKAGES, min_bytes: int = 0, dpkg_info: str = "/var/lib/dpkg/info") -> list[Path]:
+    "The gzipped English man pages the Debian `packages` installed, in a fixed pseudo-random order; `[]` when none are."
+    files = []
+    for package in packages:
+        listing = Path(dpkg_info) / f"{package}.list"
+        if listing.is_file():
+            files += [Path(line) for line in listing.read_text().split("\n") if re.search(r"/man/man\d/[^/]+\.gz$", line)]
+    by_name = {f"{p.parent.name}/{p.name}": p for p in files
+               if p.is_file() and not p.is_symlink() and p.stat().st_size >= min_bytes}
+    return [by_name[name] for name in stable_order(by_name, "man")]
 
 def read_manpage(path: str | os.PathLike) -> dict[str, str]:
     "The sections of one gzipped manual page (`{}` when it cannot be read or only redirects)."
@@ -130,24 +141,6 @@ def read_manpage(path: str | os.PathLike) -> dict[str, str]:
             return manpage_sections(page.read())
     except (OSError, EOFError):
         return {}
-
-def manpage_pairs(sections: str = "23457", limit: int | None = None, min_chars: int = 200, max_chars: int = 4000,
-                  root: str = MANPAGE_ROOT) -> list[dict[str, str]]:
-    "(NAME summary → DESCRIPTION) pairs of the installed pages of `sections` (evaluation side); `[]` when none are installed."
-    files = sorted(manpage_files(root, sections), key=lambda p: hashlib.sha1(os.path.basename(p).encode()).hexdigest())
-    rows, seen = [], set()
-    for path in files:
-        if limit is not None and len(rows) >= limit:
-            break
-        parsed = read_manpage(path)
-        name, description = parsed.get("NAME", ""), parsed.get("DESCRIPTION", "")
-        if " - " not in name or len(description) < min_chars:
-            continue
-        summary = " ".join(name.split(" - ", 1)[1].split())
-        if len(summary) >= 10 and summary.lower() not in seen:
-            seen.add(summary.lower())
-            rows.append({"query": summary, "document": description[:max_chars]})
-    return rows
 
 # %% ../nbs/01a_offline.ipynb #d612c688
 FORTUNE_ROOT = "/usr/share/games/fortunes"
@@ -161,26 +154,36 @@ def gensim_test_file(name: str) -> str:
         raise ImportError("gensim's test data holds the offline Wikipedia and news corpora: pip install gensim==4.4.0") from error
     return datapath(name)
 
-def mini_newsgroup_posts() -> list[str]:
-    "The 200 posts of gensim's `mini_newsgroup` test file."
-    class Bunch(dict):  # stands in for sklearn.datasets.base.Bunch, a dict
-        pass
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str):
-            return Bunch if module.startswith("sklearn") else super().find_class(module, name)
+class _OldPickle(pickle.Unpickler):
+    "Reads the Python-2 pickle of an sklearn Bunch without sklearn: the Bunch becomes a dict, numpy.core is numpy._core."
+    def find_class(self, module: str, name: str):
+        if module.startswith("sklearn"):
+            return dict
+        if module.startswith("numpy.core"):
+            module = module.replace("numpy.core", "numpy._core", 1)
+        return super().find_class(module, name)
+
+def mini_newsgroup() -> tuple[list[str], list[str]]:
+    "The 200 posts of gensim's `mini_newsgroup` test file (headers included) and the newsgroup of each."
     with open(gensim_test_file("mini_newsgroup"), "rb") as file:
-        bunch = Unpickler(io.BytesIO(zlib.decompress(file.read())), encoding="latin-1").load()
-    return [str(post) for post in bunch["data"]]
+        bunch = _OldPickle(io.BytesIO(zlib.decompress(file.read())), encoding="latin-1").load()
+    return [str(post) for post in bunch["data"]], [str(bunch["target_names"][int(t)]) for t in bunch["target"]]
 
 def fortune_files(root: str = FORTUNE_ROOT) -> list[str]:
-    "The installed fortune files (package `fortunes`), sorted; `[]` when none are installed."
+    "The installed fortune databases (package `fortunes`), sorted; `[]` when none are installed."
     if not os.path.isdir(root):
         return []
     return sorted(os.path.join(root, name) for name in os.listdir(root) if "." not in name and os.path.isfile(os.path.join(root, name)))
 
+def fortune_entries(path: str | os.PathLike) -> list[str]:
+    "The entries of one fortune database (separated by lines holding `%`), whitespace collapsed."
+    entries = re.split(r"^%$", Path(path).read_text(encoding="utf-8", errors="replace"), flags=re.MULTILINE)
+    return [" ".join(entry.split()) for entry in entries if entry.strip()]
+
+# %% ../nbs/01a_offline.ipynb #031d881a
 def evaluation_side_files() -> list[str]:
     "Every file the evaluation side is read from."
-    return manpage_files() + [gensim_test_file(name) for name in GENSIM_EVALUATION_FILES] + fortune_files()
+    return [str(p) for p in manpage_files()] + [gensim_test_file(name) for name in GENSIM_EVALUATION_FILES] + fortune_files()
 
 EVALUATION_SOURCES = ("manpages", "lee", "lee_background", "pang_lee_polarity", "mini_newsgroup", "fortunes")
 
@@ -198,52 +201,45 @@ def evaluation_side_texts(sources: Sequence[str] = EVALUATION_SOURCES) -> Iterat
                 text = line.split(" ", 1)[1] if line.startswith("__label__") else line
                 if text.strip():
                     yield name.split(".")[0], text.strip()
-    for post in mini_newsgroup_posts() if "mini_newsgroup" in sources else []:
+    for post in mini_newsgroup()[0] if "mini_newsgroup" in sources else []:
         yield "mini_newsgroup", post
     for path in fortune_files() if "fortunes" in sources else []:
-        with open(path, encoding="utf-8", errors="replace") as file:
-            yield from (("fortunes", text) for text in file.read().split("\n%\n") if text.strip())
+        yield from (("fortunes", text) for text in fortune_entries(path))
 
 # %% ../nbs/01a_offline.ipynb #e4bf310d
-MIN_UNIT_WORDS = 8
-_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)]))\s+")  # after . ! ? and a closing quote or bracket
+SHINGLE_WORDS = 8
 _NOT_ALPHANUMERIC = re.compile(r"[^0-9a-z]+")
 
-def text_units(text: str, min_words: int = MIN_UNIT_WORDS) -> set[str]:
-    "The normalised lines and sentences of `text` that have at least `min_words` words."
-    lines = [line for line in text.split("\n") if line.strip()]
-    units = set()
-    for piece in lines + _SENTENCE_END.split(" ".join(lines)):
-        words = _NOT_ALPHANUMERIC.sub(" ", piece.lower()).split()
-        if len(words) >= min_words:
-            units.add(" ".join(words))
-    return units
+def text_shingles(text: str, words: int = SHINGLE_WORDS) -> set[str]:
+    "Every run of `words` consecutive words of `text`, normalised (lower case, other characters as single spaces)."
+    tokens = _NOT_ALPHANUMERIC.sub(" ", text.lower()).split()
+    return {" ".join(tokens[i:i + words]) for i in range(len(tokens) - words + 1)}
 
-def unit_hashes(text: str) -> set[int]:
-    "63-bit hashes of the units of `text`."
-    return {int.from_bytes(hashlib.blake2b(unit.encode(), digest_size=8).digest(), "big") >> 1 for unit in text_units(text)}
+def shingle_hashes(text: str) -> set[int]:
+    "63-bit hashes of the shingles of `text`."
+    return {int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big") >> 1 for s in text_shingles(text)}
 
 @lru_cache(maxsize=1)
 def evaluation_key() -> str:
     "The cache key of the evaluation side (its files), computed once per process."
-    return input_key(evaluation_side_files(), min_words=MIN_UNIT_WORDS)
+    return input_key(evaluation_side_files(), shingle_words=SHINGLE_WORDS)
 
 @lru_cache(maxsize=1)
-def evaluation_unit_hashes() -> frozenset[int]:
-    "The hashes of every unit of the evaluation side (built once, cached on disk)."
-    build = lambda: sorted({h for _, text in evaluation_side_texts() for h in unit_hashes(text)})
-    hashes = frozenset(cached_build("evaluation_units", evaluation_key(), build))
-    _BUILT.pop(str(default_cache_dir() / "offline" / f"evaluation_units-{evaluation_key()}.json"), None)  # keep one copy
+def evaluation_shingle_hashes() -> frozenset[int]:
+    "The hashes of every shingle of the evaluation side (built once, cached on disk)."
+    build = lambda: sorted({h for _, text in evaluation_side_texts() for h in shingle_hashes(text)})
+    hashes = frozenset(cached_build("evaluation_shingles", evaluation_key(), build))
+    _BUILT.pop(str(default_cache_dir() / "offline" / f"evaluation_shingles-{evaluation_key()}.json"), None)  # keep one copy
     return hashes
 
 def overlaps_evaluation(text: str) -> bool:
-    "Whether any unit of `text` is a unit of the evaluation side."
-    return not evaluation_unit_hashes().isdisjoint(unit_hashes(text))
+    "Whether `text` shares a shingle (eight words in a row) with the evaluation side."
+    return not evaluation_shingle_hashes().isdisjoint(shingle_hashes(text))
 
 def without_evaluation_lines(text: str) -> str:
     "`text` without the lines (or pairs of adjacent lines) that overlap the evaluation side; '' if it still overlaps."
     lines = [line for line in text.split("\n") if not overlaps_evaluation(line)]
-    while lines and overlaps_evaluation("\n".join(lines)):  # a shared sentence that runs over a line break
+    while lines and overlaps_evaluation("\n".join(lines)):  # a shared run of words that spans a line break
         first = next((i for i in range(len(lines) - 1) if overlaps_evaluation(lines[i] + "\n" + lines[i + 1])), None)
         if first is None:
             return ""
@@ -844,7 +840,8 @@ def _without_overlap_and_duplicates(rows: list, symmetric: bool = False) -> dict
         else:
             clean = row if row["query"].strip() and row["document"].strip() else None
             if clean and (overlaps_evaluation(row["query"]) or overlaps_evaluation(row["document"])):
-                clean, overlapping = None, overlapping + 1
+                document = "" if overlaps_evaluation(row["query"]) else without_evaluation_lines(row["document"])
+                clean, overlapping = ({**row, "document": document} if document.strip() else None), overlapping + 1
             identity = (row["query"], row["document"])
         if not clean or (not isinstance(clean, str) and not clean["query"].strip()):
             continue

@@ -23,9 +23,9 @@ from .model import atomic_file
 from .offline import PAIR_SOURCES, offline_pair_rows
 
 # %% auto #0
-__all__ = ['TASK_PREFIXES', 'OFFLINE_SOURCES', 'WEIGHTINGS', 'write_pairs', 'read_pairs', 'with_prefix', 'offline_pairs',
-           'split_pairs', 'build_offline_pairs', 'PairSource', 'load_pair_config', 'PairDataset',
-           'OneSourceBatchSampler', 'PairCollator']
+__all__ = ['TASK_PREFIXES', 'OFFLINE_SOURCES', 'NEGATIVE_SAMPLING', 'WEIGHTINGS', 'write_pairs', 'read_pairs', 'with_prefix',
+           'offline_pairs', 'split_pairs', 'build_offline_pairs', 'PairSource', 'load_pair_config', 'PairDataset',
+           'OneSourceBatchSampler', 'MixedBatchSampler', 'PairCollator']
 
 # %% ../nbs/06_pairs.ipynb #fd843c54
 def _check_row(row: Mapping[str, Any], where: str) -> None:
@@ -169,20 +169,24 @@ def load_pair_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str,
     return dict(config, sources=[PairSource(**source) for source in config["sources"]])
 
 # %% ../nbs/06_pairs.ipynb #2bf61b64
+NEGATIVE_SAMPLING = ("random", "first")  # 7 drawn from the pool each epoch (the report), or always its first 7
+
 class PairDataset(torch.utils.data.Dataset):
     "Rows of several sources in one index space, prefixed per source; `num_negatives` mined negatives sampled per (epoch, row)."
 
     def __init__(self, sources: Mapping[str, Sequence[Mapping[str, Any]]], prefixes: Mapping[str, tuple[str | None, str | None]],
-                 num_negatives: int = 0, seed: int = 0):
+                 num_negatives: int = 0, seed: int = 0, negatives_sampling: str = "random"):
         missing = [name for name in sources if name not in prefixes]
         if missing:
             raise ValueError(f"no prefixes for sources {missing}: give (query_prefix, document_prefix) for each, (None, None) for none")
         if num_negatives < 0:
             raise ValueError(f"num_negatives must be >= 0; got {num_negatives}")
+        if negatives_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negatives_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}; got {negatives_sampling!r}")
         self.names = [name for name, rows in sources.items() if len(rows)]
         self.tables = [sources[name] for name in self.names]
         self.prefixes = {name: tuple(prefixes[name]) for name in self.names}
-        self.num_negatives, self.seed, self.epoch = num_negatives, seed, 0
+        self.num_negatives, self.seed, self.epoch, self.negatives_sampling = num_negatives, seed, 0, negatives_sampling
         self.offsets = np.cumsum([0] + [len(table) for table in self.tables])  # source k holds [offsets[k], offsets[k+1])
 
     @classmethod
@@ -210,10 +214,12 @@ class PairDataset(torch.utils.data.Dataset):
         return self.names[source], index - int(self.offsets[source])
 
     def sample_negatives(self, negatives: Sequence[str], epoch: int, index: int) -> list[str]:
-        "`num_negatives` of a row's mined `negatives`, drawn at random for this (epoch, row)."
+        "`num_negatives` of a row's mined `negatives`: drawn at random for this (epoch, row), or the first ones (`negatives_sampling='first'`)."
         if not negatives:
             raise ValueError(f"row {index} ({self.locate(index)[0]}) has no negatives but num_negatives={self.num_negatives}; "
                              "mine them first (negatives chapter) or set num_negatives=0")
+        if self.negatives_sampling == "first" and len(negatives) >= self.num_negatives:  # the alternative §4.2.4 rejected
+            return list(negatives[:self.num_negatives])
         rng = random.Random(f"{self.seed}/{epoch}/{index}")
         if len(negatives) >= self.num_negatives:
             return rng.sample(list(negatives), self.num_negatives)
@@ -288,6 +294,21 @@ class OneSourceBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return sum(size // self.global_batch_size for size in self.source_sizes.values()) - self.start_batch
+
+# %% ../nbs/06_pairs.ipynb #0d8e74e6
+class MixedBatchSampler(OneSourceBatchSampler):
+    "Like `OneSourceBatchSampler`, but each global batch draws its rows from all sources at once (the ablation of §4.2.2)."
+
+    def global_batches(self, epoch: int | None = None) -> list[tuple[str, np.ndarray]]:
+        "The epoch's plan: ('mixed', global row indices) of every global batch, in order; the same on every rank."
+        epoch = self.epoch if epoch is None else epoch
+        total = sum(self.source_sizes.values())
+        order = np.random.default_rng([self.seed, epoch, len(self.source_sizes) + 1]).permutation(total)
+        full = total // self.global_batch_size * self.global_batch_size
+        return [("mixed", rows) for rows in order[:full].reshape(-1, self.global_batch_size)]
+
+    def __len__(self) -> int:
+        return sum(self.source_sizes.values()) // self.global_batch_size - self.start_batch
 
 # %% ../nbs/06_pairs.ipynb #3bf05c27
 class PairCollator:

@@ -25,17 +25,17 @@ from .corpus import CorpusConfig, default_cache_dir, load_tokenizer, packed_corp
 from .gradcache import SIDES, MeanPooledEncoder, gradcache_step
 from .mlm import MaskingConfig, MLMBatches, SpecialTokens, evaluate_mlm, unigram_baseline
 from .model import NomicBertConfig, NomicBertForPreTraining, NomicBertModel, embed_texts
-from .pairs import (WEIGHTINGS, OneSourceBatchSampler, PairCollator, PairDataset, PairSource, load_pair_config,
-                               read_pairs, split_pairs, with_prefix, write_pairs)
+from .pairs import (NEGATIVE_SAMPLING, WEIGHTINGS, MixedBatchSampler, OneSourceBatchSampler, PairCollator, PairDataset,
+                               PairSource, load_pair_config, read_pairs, split_pairs, with_prefix, write_pairs)
 from .trainer import (STAGES, Backprop, CheckpointError, DistInfo, Stage, Trainer, TrainConfig, _coerce,
                                  TrainingInterrupted, build_section, find_checkpoint, load_config, main_process_first,
                                  read_metrics, register_stage, resolve_precision, resolve_resume_config, run_training)
 
 # %% auto #0
-__all__ = ['NEGATIVE_MODES', 'PAIRS_CONFIG_KEYS', 'MLMStage', 'eval_autocast', 'plot_mlm_metrics', 'PairDataConfig',
-           'check_pair_source', 'ContrastiveConfig', 'with_pairs_config', 'upgrade_gradcache_keys', 'pair_splits',
-           'with_built_negatives', 'retrieval_metrics', 'held_out_corpus', 'HeldOutRetrieval', 'ContrastiveBatches',
-           'pooled_encoder', 'with_negatives', 'ContrastiveStage', 'ContrastivePretrainStage',
+__all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MLMStage', 'eval_autocast', 'plot_mlm_metrics',
+           'PairDataConfig', 'check_pair_source', 'ContrastiveConfig', 'with_pairs_config', 'upgrade_gradcache_keys',
+           'pair_splits', 'with_built_negatives', 'retrieval_metrics', 'held_out_corpus', 'capped', 'HeldOutRetrieval',
+           'ContrastiveBatches', 'pooled_encoder', 'with_negatives', 'ContrastiveStage', 'ContrastivePretrainStage',
            'ContrastiveFinetuneStage', 'plot_contrastive_metrics', 'run_command']
 
 # %% ../nbs/09a_train.ipynb #5a5de3ca
@@ -132,6 +132,7 @@ def plot_mlm_metrics(run_dir: str | Path):
 
 # %% ../nbs/09a_train.ipynb #a520b153
 NEGATIVE_MODES = ("mined", "random")
+BATCH_SOURCES = ("one", "mixed")  # one source per global batch (the report, §4.2.2), or every source mixed (its ablation)
 PAIRS_CONFIG_KEYS = ("sources", "weighting", "query_max_length", "document_max_length", "num_negatives", "held_out_fraction")
 
 @dataclass
@@ -145,6 +146,10 @@ class PairDataConfig:
     document_max_length: int = 512
     num_negatives: int = 0  # H hard negatives per query (eq. 2); 0 = eq. 1
     held_out_fraction: float = 0.0  # share of each source's pairs never trained on (retrieval evaluation)
+    held_out_per_source: int | None = None  # or about this many pairs per source (instead of the fraction)
+    held_out_corpus_size: int | None = None  # documents each held-out query searches (its own and the first others); null = all
+    batch_sources: str = "one"  # one source per global batch, or "mixed"
+    negatives_sampling: str = "random"  # H of the row's negatives drawn each epoch, or "first" (always the first H)
     mine_negatives: str | None = None  # null: rows carry a `negatives` list; "mined" / "random": build it before training
     negatives_pool: int = 20  # negatives kept per row when building them (the report's top 20)
     random_negatives_sources: list = field(default_factory=list)  # sources given random instead of mined negatives
@@ -175,6 +180,13 @@ class PairDataConfig:
             raise ValueError(f"data.random_negatives_sources names unknown source(s) {missing}; the sources are {names}")
         if not 0 <= self.held_out_fraction < 1:
             raise ValueError(f"data.held_out_fraction must be in [0, 1); got {self.held_out_fraction}")
+        for key in ("held_out_per_source", "held_out_corpus_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"data.{key} must be >= 1 or null; got {getattr(self, key)}")
+        if self.batch_sources not in BATCH_SOURCES:
+            raise ValueError(f"data.batch_sources must be one of {', '.join(BATCH_SOURCES)}; got {self.batch_sources!r}")
+        if self.negatives_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"data.negatives_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}; got {self.negatives_sampling!r}")
 
     def pair_sources(self) -> list[PairSource]:
         "The sources as `PairSource` objects."
@@ -241,13 +253,14 @@ def upgrade_gradcache_keys(raw: dict) -> dict:
 
 # %% ../nbs/09a_train.ipynb #22406416
 def pair_splits(data: PairDataConfig) -> tuple[dict, dict, dict]:
-    "(training rows, held-out rows, (query prefix, document prefix)) per source; held-out only with `held_out_fraction > 0`."
+    "(training rows, held-out rows, (query prefix, document prefix)) per source; held-out rows only when the config holds some out."
     train, held_out, prefixes = {}, {}, {}
     for source in data.pair_sources():
         rows = source.load()
         prefixes[source.name] = (source.query_prefix, source.document_prefix)
-        if data.held_out_fraction > 0:
-            rows, held_out[source.name] = split_pairs(rows, data.held_out_fraction, data.split_seed)
+        fraction = min(data.held_out_per_source / max(len(rows), 1), 0.5) if data.held_out_per_source else data.held_out_fraction
+        if fraction > 0:
+            rows, held_out[source.name] = split_pairs(rows, fraction, data.split_seed)
         train[source.name] = rows
     return train, held_out, prefixes
 
@@ -303,6 +316,10 @@ def held_out_corpus(train_rows: Sequence[dict], held_out_rows: Sequence[dict], q
     return list(corpus_id), [sorted(by_query[r["query"]]) for r in queries], [corpus_id[r["document"]] for r in queries]
 
 # %% ../nbs/09a_train.ipynb #d9bd1e5e
+def capped(data: PairDataConfig, held_out: Sequence[dict]) -> int | None:
+    "How many training documents join a held-out task's corpus: all, or enough to fill `held_out_corpus_size`."
+    return None if data.held_out_corpus_size is None else max(data.held_out_corpus_size - len(held_out), 0)
+
 class HeldOutRetrieval:
     "Held-out retrieval for a contrastive run: this rank's share of each source's held-out queries against all of that source's documents."
 
@@ -314,7 +331,7 @@ class HeldOutRetrieval:
             mine = rows[dist.rank::dist.world_size]
             if mine:
                 (query_prefix, document_prefix), corpus_rows = prefixes[name], train.get(name, [])
-                corpus, relevant, targets = held_out_corpus(corpus_rows, rows, mine)
+                corpus, relevant, targets = held_out_corpus(corpus_rows[:capped(data, rows)], rows, mine)
                 self.tasks.append(([with_prefix(r["query"], query_prefix) for r in mine],
                                    [with_prefix(text, document_prefix) for text in corpus], relevant, targets))
 
@@ -353,8 +370,9 @@ class ContrastiveBatches:
 
     def __init__(self, train: dict[str, Sequence[dict]], prefixes: dict[str, tuple], tokenizer, config: TrainConfig, dist: DistInfo):
         t, data = config.training, config.data
-        self.dataset = PairDataset(train, prefixes, data.num_negatives, seed=config.seed)
-        self.sampler = OneSourceBatchSampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size, config.seed, data.weighting)
+        self.dataset = PairDataset(train, prefixes, data.num_negatives, seed=config.seed, negatives_sampling=data.negatives_sampling)
+        sampler = OneSourceBatchSampler if data.batch_sources == "one" else MixedBatchSampler
+        self.sampler = sampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size, config.seed, data.weighting)
         self.collator = PairCollator(tokenizer, data.query_max_length, data.document_max_length, data.pad_to_multiple_of)
         self.rank, self.steps_per_epoch, self._plan = dist.rank, len(self.sampler), (None, None)
 

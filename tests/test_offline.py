@@ -25,10 +25,10 @@ print(json.dumps({**{"documents/" + n: digest(offline.offline_documents(n)) for 
 def fresh_cache(tmp_path: Path, name: str) -> Path:
     "An empty cache directory holding only the evaluation-side hashes (built once, by this process, if need be)."
     from nomic_embed import offline
-    offline.evaluation_unit_hashes()
+    offline.evaluation_shingle_hashes()
     cache = tmp_path / name
     (cache / "offline").mkdir(parents=True)
-    for file in (offline.default_cache_dir() / "offline").glob(f"evaluation_units-{offline.evaluation_key()}.json"):
+    for file in (offline.default_cache_dir() / "offline").glob(f"evaluation_shingles-{offline.evaluation_key()}.json"):
         shutil.copy(file, cache / "offline" / file.name)
     assert list((cache / "offline").iterdir()), "the evaluation-side hashes were not cached"
     return cache
@@ -80,8 +80,8 @@ def test_corrupted_cache_file_is_rebuilt(tmp_path):
 
 @pytest.mark.slow
 def test_every_source_is_disjoint_from_the_evaluation_side():
-    "No normalised sentence or line (8+ words) of any training text is one of the evaluation side's, hashed afresh."
+    "No training text shares eight words in a row with the evaluation side (hashed afresh)."
     from nomic_embed import offline
-    evaluation = {h for _, text in offline.evaluation_side_texts() for h in offline.unit_hashes(text)}
-    leaks = [(name, text[:80]) for name, text in offline.training_texts() if not evaluation.isdisjoint(offline.unit_hashes(text))]
+    evaluation = {h for _, text in offline.evaluation_side_texts() for h in offline.shingle_hashes(text)}
+    leaks = [(name, text[:80]) for name, text in offline.training_texts() if not evaluation.isdisjoint(offline.shingle_hashes(text))]
     assert leaks == []
