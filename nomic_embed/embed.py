@@ -284,9 +284,14 @@ def quantize_embeddings(embeddings: np.ndarray, precision: str = "float32", rang
 # %% ../nbs/10_embed.ipynb #6024f211
 _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1).astype(np.int32)  # set bits of each byte value
 
+def _sign_bits(codes: np.ndarray) -> np.ndarray:
+    "Packed sign bits as uint8 (ubinary) from ubinary or binary codes (binary = ubinary − 128, stored as int8)."
+    codes = np.asarray(codes)
+    return (codes.astype(np.int16) + 128).astype(np.uint8) if codes.dtype == np.int8 else codes.astype(np.uint8)
+
 def hamming_distances(query_codes: np.ndarray, corpus_codes: np.ndarray, max_bytes: int = 1 << 26) -> np.ndarray:
-    "Hamming distances `(n, m)` between packed sign bits `(n, bytes)` and `(m, bytes)` (binary or ubinary: the same bits)."
-    queries, corpus = np.ascontiguousarray(query_codes).view(np.uint8), np.ascontiguousarray(corpus_codes).view(np.uint8)
+    "Hamming distances `(n, m)` between packed sign bits `(n, bytes)` and `(m, bytes)`, binary or ubinary codes."
+    queries, corpus = _sign_bits(query_codes), _sign_bits(corpus_codes)
     if queries.ndim != 2 or corpus.ndim != 2 or queries.shape[1] != corpus.shape[1]:
         raise ValueError(f"codes must be (n, bytes) and (m, bytes) with the same bytes; got {query_codes.shape} and {corpus_codes.shape}")
     rows = max(1, max_bytes // max(1, corpus.size))  # queries per block: bounds the (rows, m, bytes) XOR
@@ -302,8 +307,7 @@ def dequantize_embeddings(codes: np.ndarray, precision: str, ranges: np.ndarray 
     if precision == "float32":
         return codes.astype(np.float32)
     if precision.endswith("binary"):
-        unsigned = (codes.astype(np.int16) + 128).astype(np.uint8) if precision == "binary" else codes.astype(np.uint8)
-        bits = np.unpackbits(unsigned, axis=-1, count=dimensionality)  # (..., dimensionality)
+        bits = np.unpackbits(_sign_bits(codes), axis=-1, count=dimensionality)  # (..., dimensionality)
         return 2 * bits.astype(np.float32) - 1
     if ranges is None:
         raise ValueError(f"{precision} codes need the ranges they were quantised with (quantization_ranges of the float embeddings)")
