@@ -5,12 +5,13 @@
 # %% ../nbs/10_embed.ipynb #60f36e13
 from __future__ import annotations
 
-import argparse
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
@@ -21,11 +22,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .contrastive import MATRYOSHKA_LAYER_NORM_KEY, cosine_logits, read_matryoshka_layer_norm, resize_embeddings
 from .corpus import load_tokenizer
-from .model import CHECKPOINT_FORMATS, NomicBertModel, atomic_file, embed_texts, length_sorted_batches, tokenize
+from .model import CHECKPOINT_FORMATS, NomicBertModel, atomic_file, embed_texts, length_sorted_batches, progress_bar, tokenize
 from .pairs import TASK_PREFIXES, with_prefix
 
 # %% auto #0
@@ -34,7 +34,7 @@ __all__ = ['TASKS', 'PRECISIONS', 'EXPORT_FORMATS', 'MTEB_PREFIXES', 'MTEB_UNNOR
            'Embedder', 'save_sentence_transformers', 'save_pretrained', 'quantization_ranges', 'quantize_embeddings',
            'hamming_distances', 'dequantize_embeddings', 'quantized_search', 'mteb_task', 'MTEBEncoder',
            'in_memory_task', 'read_texts', 'count_texts', 'check_output_path', 'partial_dir', 'load_embeddings',
-           'embed_file', 'main']
+           'embed_file', 'run_command']
 
 # %% ../nbs/10_embed.ipynb #61f744ac
 TASKS = TASK_PREFIXES  # the four task prefixes (report §4.2.2), as the pairs chapter defines them
@@ -646,7 +646,8 @@ def _execute_run(run: dict[str, Any], embedder: Embedder, batch_size: int, progr
         if chunk.shape == (expected_rows[index], width) and chunk.dtype == stored:
             done.add(index)
     texts = read_texts(settings["input"], settings["field"] or "text")
-    with tqdm(total=n_texts, initial=sum(expected_rows[i] for i in done), unit="text", desc="nomic_embed_embed", disable=not progress) as bar:
+    bar = progress_bar(total=n_texts, initial=sum(expected_rows[i] for i in done), unit="text", desc="nomic_embed_embed", disable=not progress)
+    with contextlib.closing(bar):
         for index in range(n_chunks):
             chunk = list(islice(texts, chunk_size))
             if index in done:
@@ -674,37 +675,9 @@ def embed_file(model: str | os.PathLike, task: str, input: str | os.PathLike, ou
     return _execute_run(run, embedder, batch_size, progress)
 
 # %% ../nbs/10_embed.ipynb #7a57b72a
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nomic_embed_embed", description="Embed a .txt (one text per line) or .jsonl file with a nomic-embed model "
-                                     "into a .npy or .parquet file. Streams in chunks; --resume continues an interrupted run.")
-    parser.add_argument("--model", required=True, help="model directory (save_pretrained output of this project, the released layout, or transformers')")
-    parser.add_argument("--task", required=True, help=f"task prefix: one of {', '.join(TASKS)}")
-    parser.add_argument("--input", required=True, help="input file: .txt (one text per line) or .jsonl (see --field)")
-    parser.add_argument("--output", required=True, help="output file: .npy (float32 matrix) or .parquet (column 'embedding')")
-    parser.add_argument("--field", default="text", help="the text field of each .jsonl line (default: text)")
-    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
-    parser.add_argument("--chunk-size", type=int, default=4096, help="texts embedded and saved together; the unit of --resume (default: 4096)")
-    parser.add_argument("--max-length", type=int, default=8192, help="truncate longer texts to this many tokens, prefix included (default: 8192)")
-    parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                        help="L2-normalise (default: yes, except for --task classification)")
-    parser.add_argument("--rotary-scaling-factor", type=float, default=2.0, help="dynamic-NTK alpha beyond 2048 tokens (default: 2, as in the paper)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="encoder precision (bfloat16 for GPUs)")
-    parser.add_argument("--dimensionality", type=int, default=None,
-                        help="Matryoshka size: keep the first N coordinates (after v1.5's layer norm when the model records it); default: all")
-    parser.add_argument("--precision", default="float32", choices=list(PRECISIONS),
-                        help="stored vectors: float32, int8/uint8 (256 buckets per coordinate, needs --ranges) or binary/ubinary (sign bits)")
-    parser.add_argument("--ranges", default=None, metavar="FILE.npy", help="int8/uint8: the (2, dimensionality) min and max of each coordinate")
-    parser.add_argument("--matryoshka-layer-norm", action=argparse.BooleanOptionalAction, default=None,
-                        help="apply v1.5's layer norm before truncating (default: as the model's config.json records; say yes for released v1.5)")
-    parser.add_argument("--resume", action="store_true", help="continue the unfinished run left in OUTPUT.partial/")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-def main(argv: list[str] | None = None) -> None:
-    "Console entry point `nomic_embed_embed`."
-    parser = _parser()
-    args = parser.parse_args(argv)
+def run_command(args) -> None:
+    "Run `nomic_embed_embed` with parsed arguments: bad input exits 2 before anything is written; Ctrl-C or SIGTERM keep the finished chunks."
+    prog = "nomic_embed_embed"
     try:
         run = _prepare_run(args.model, args.task, args.input, args.output, args.field, args.normalize, args.max_length,
                            args.rotary_scaling_factor, args.chunk_size, args.batch_size, args.dtype, args.resume,
@@ -713,7 +686,22 @@ def main(argv: list[str] | None = None) -> None:
                                             rotary_scaling_factor=args.rotary_scaling_factor, matryoshka_layer_norm=args.matryoshka_layer_norm)
         dim = _output_layout(run, embedder)[0]  # a size the model does not have fails here, before anything is written
     except (ValueError, TypeError, OSError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    output = _execute_run(run, embedder, args.batch_size, progress=not args.quiet)
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    stopped = {}
+    def on_sigterm(signum, frame):  # a scheduler's notice: stop like Ctrl-C, keeping every finished chunk
+        stopped["signal"] = "SIGTERM"
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        output = _execute_run(run, embedder, args.batch_size, progress=not args.quiet)
+    except KeyboardInterrupt:
+        name = stopped.get("signal", "SIGINT")
+        kept = len(list(run["partial"].glob("chunk-*.npy"))) if run["partial"].exists() else 0
+        print(f"{prog}: stopped by {name}; {kept} finished chunk(s) of {args.chunk_size} texts are kept in {run['partial']}; "
+              f"continue with the same command and --resume", file=sys.stderr)
+        raise SystemExit(128 + int(getattr(signal, name))) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     kind = "" if args.precision == "float32" else f"{args.precision} "
-    print(f"{parser.prog}: wrote {run['settings']['texts']} {kind}embeddings of dimension {dim} to {output}", file=sys.stderr)
+    print(f"{prog}: wrote {run['settings']['texts']} {kind}embeddings of dimension {dim} to {output}", file=sys.stderr)

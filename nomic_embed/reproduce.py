@@ -187,9 +187,9 @@ class Phases:
 
     def run(self, name: str, work: Callable[[], dict]) -> dict:
         "Run phase `name` unless it is finished; write its marker; print the progress line; return its summary."
-        summary = self.done(name)
+        summary, ran = self.done(name), False
         if summary is None:
-            started = time.monotonic()
+            ran, started = True, time.monotonic()
             summary = work()
             seconds = time.monotonic() - started
             with atomic_file(self.out / "phases" / f"{name}.json") as marker:
@@ -199,14 +199,16 @@ class Phases:
             summary = self.done(name)
         index = self.names.index(name) + 1
         left = sum(self.expected(n) for n in self.names[index:]) * (self.spent / self.expected_done if self.expected_done else 1.0)
-        self.report(f"[{index}/{len(self.names)}] {name}: {'done' if 'seconds' in summary else 'kept'} "
+        self.report(f"[{index}/{len(self.names)}] {name}: {'done' if ran else 'kept'} "
                     f"({summary.get('seconds', 0):.0f} s); {time.monotonic() - self.started:.0f} s so far, ~{left / 60:.0f} min left")
         return summary
 
     def expected(self, name: str) -> float:
         "The budget's expected seconds for phase `name` (ablation phases: like the stage they repeat, plus an evaluation)."
-        base = name.split(":")[-1] if ":" in name else name
-        return float(self.budget.expected_seconds.get(base, 60))
+        if name.startswith("ablation:"):  # the stage the ablation repeats, then its evaluation
+            stage = ABLATIONS[name.split(":")[1]][0]
+            return self.expected("pretrain" if stage == "stage 2" else "finetune") + self.expected("evaluate") / 2
+        return float(self.budget.expected_seconds.get(name, 60))
 
 # %% ../nbs/12_reproduce.ipynb #ff286669
 def check_settings(out: Path, settings: dict) -> None:
@@ -375,7 +377,7 @@ def reproduce(out: str | os.PathLike = "reproduction", budget: str = "small", ab
     out, chosen = Path(out), BUDGETS[budget]
     import datasets
     datasets.disable_progress_bars()  # the phases report themselves; datasets' per-file bars would bury those lines
-    check_settings(out, {"budget": chosen.name, "budget_key": chosen.key(), "ablations": ablations})
+    check_settings(out, {"budget": chosen.name, "budget_key": chosen.key()})  # --ablations may be added to a finished run
     names = ["mlm", "pairs", "filter", "pretrain", "mine", "finetune", "evaluate"] + ([f"ablation:{n}" for n in ABLATIONS] if ablations else [])
     phases = Phases(out, chosen, names, report)
     models = run_chain(out, chosen, phases)
