@@ -39,7 +39,9 @@ def embed_parser() -> argparse.ArgumentParser:
     "The arguments of `nomic_embed_embed`."
     parser = argparse.ArgumentParser(prog="nomic_embed_embed", description="Embed a .txt (one text per line) or .jsonl file with a nomic-embed model "
                                      "into a .npy or .parquet file. Streams in chunks; --resume continues an interrupted run.")
-    parser.add_argument("--model", required=True, help="model directory (save_pretrained output of this project, the released layout, or transformers')")
+    parser.add_argument("--model", required=True, help="model directory (this project's, the released layout, or transformers') or hub id, "
+                        "e.g. nomic-ai/nomic-embed-text-v1.5 (read from the hub cache; HF_HUB_OFFLINE=1 reads only the cache)")
+    parser.add_argument("--revision", default=None, help="hub branch, tag or commit of --model (default: main)")
     parser.add_argument("--task", required=True, choices=TASK_NAMES, help="task prefix")
     parser.add_argument("--input", required=True, help="input file: .txt (one text per line) or .jsonl (see --field)")
     parser.add_argument("--output", required=True, help="output file: .npy (float32 matrix) or .parquet (column 'embedding')")
@@ -80,11 +82,13 @@ def reproduce_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="reproduction", help="output directory (default: ./reproduction)")
     parser.add_argument("--budget", default="small", choices=BUDGET_NAMES,
                         help="micro: a few minutes (tests); small: about 20 minutes on 2 cores (default); medium: up to 2 hours")
-    parser.add_argument("--ablations", action="store_true", help="also run one training per design choice of the report and score it")
+    parser.add_argument("--ablations", nargs="?", const="all", default="", metavar="NAMES",
+                        help="also run one training per design choice of the report and score it: all of them, or the comma-separated "
+                             "NAMES (unfiltered, mixed_batches, from_scratch, first_7, random_negatives, ablated)")
     return parser
 
 def reproduce(argv: list[str] | None = None) -> None:
-    "Console entry point `nomic_embed_reproduce [--out DIR] [--budget micro|small|medium] [--ablations]`."
+    "Console entry point `nomic_embed_reproduce [--out DIR] [--budget micro|small|medium] [--ablations [NAMES]]`."
     args = reproduce_parser().parse_args(argv)
     from nomic_embed.reproduce import run_command  # PyTorch and every chapter load only now
     run_command(args)

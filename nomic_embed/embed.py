@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -29,12 +30,12 @@ from .model import CHECKPOINT_FORMATS, NomicBertModel, atomic_file, embed_texts,
 from .pairs import TASK_PREFIXES, with_prefix
 
 # %% auto #0
-__all__ = ['TASKS', 'PRECISIONS', 'EXPORT_FORMATS', 'MTEB_PREFIXES', 'MTEB_UNNORMALIZED', 'INPUT_SUFFIXES', 'OUTPUT_SUFFIXES',
-           'check_task', 'add_prefix', 'normalize_by_default', 'check_texts', 'check_precision', 'check_dimensionality',
-           'Embedder', 'save_sentence_transformers', 'save_pretrained', 'quantization_ranges', 'quantize_embeddings',
-           'hamming_distances', 'dequantize_embeddings', 'quantized_search', 'mteb_task', 'MTEBEncoder',
-           'in_memory_task', 'read_texts', 'count_texts', 'check_output_path', 'partial_dir', 'load_embeddings',
-           'embed_file', 'run_command']
+__all__ = ['TASKS', 'HUB_ID', 'CHECKPOINT_FILES', 'PRECISIONS', 'EXPORT_FORMATS', 'MTEB_PREFIXES', 'MTEB_UNNORMALIZED',
+           'INPUT_SUFFIXES', 'OUTPUT_SUFFIXES', 'check_task', 'add_prefix', 'normalize_by_default', 'check_texts',
+           'resolve_model', 'check_precision', 'check_dimensionality', 'Embedder', 'save_sentence_transformers',
+           'save_pretrained', 'quantization_ranges', 'quantize_embeddings', 'hamming_distances',
+           'dequantize_embeddings', 'quantized_search', 'mteb_task', 'MTEBEncoder', 'in_memory_task', 'read_texts',
+           'count_texts', 'check_output_path', 'partial_dir', 'load_embeddings', 'embed_file', 'run_command']
 
 # %% ../nbs/10_embed.ipynb #61f744ac
 TASKS = TASK_PREFIXES  # the four task prefixes (report §4.2.2), as the pairs chapter defines them
@@ -87,6 +88,29 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 def _has_tokenizer(path: Path) -> bool:
     return any((path / name).exists() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
 
+# %% ../nbs/10_embed.ipynb #ec8aae54
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.bin", "vocab.txt"]  # config, weights, tokenizer
+
+def resolve_model(spec: str | os.PathLike, revision: str | None = None) -> Path:
+    "The local directory of model `spec`: an existing directory as is, a hub id through the hub cache (downloading what is missing)."
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if path.exists() or not HUB_ID.fullmatch(str(spec)):
+        raise FileNotFoundError(f"model {str(spec)!r} is neither a model directory nor a hub id like nomic-ai/nomic-embed-text-v1")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    try:
+        return Path(snapshot_download(str(spec), revision=revision, allow_patterns=CHECKPOINT_FILES))
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise FileNotFoundError(f"the hub has no model {str(spec)!r}{f' at revision {revision!r}' if revision else ''} "
+                                f"(or it is private: log in with `hf auth login`): {type(error).__name__}") from None
+    except LocalEntryNotFoundError:
+        where = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
+        raise FileNotFoundError(f"model {str(spec)!r} is not in the hub cache {constants.HF_HUB_CACHE} and {where}; download it once "
+                                "with internet (unset HF_HUB_OFFLINE), point HF_HUB_CACHE at a cache that holds it, or pass a directory") from None
+
 # %% ../nbs/10_embed.ipynb #95a7cefe
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # sentence-transformers' names
 
@@ -124,13 +148,10 @@ class Embedder:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                         max_length: int = 8192, rotary_scaling_factor: float | None = 2.0, matryoshka_layer_norm: bool | None = None,
-                        **kwargs) -> "Embedder":
-        """Load a saved model directory (any layout `model.from_pretrained` reads) and its tokenizer. `matryoshka_layer_norm`
-        None: as the checkpoint's config.json records it (absent: False); say True for released nomic-embed-text-v1.5."""
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model directory {str(path)!r} does not exist; pass a directory written by save_pretrained "
-                                    "(this project's, the released nomic-embed layout, or transformers')")
+                        revision: str | None = None, **kwargs) -> "Embedder":
+        """Load a model directory or hub id (`resolve_model`; any layout `model.from_pretrained` reads) and its tokenizer.
+        `matryoshka_layer_norm` None: as the checkpoint's config.json records it (absent: False); say True for released v1.5."""
+        path = resolve_model(path, revision)
         model = NomicBertModel.from_pretrained(path, rotary_scaling_factor=rotary_scaling_factor)
         if matryoshka_layer_norm is None:
             matryoshka_layer_norm = bool(read_matryoshka_layer_norm(path))  # every layout's config.json may carry the key
@@ -665,8 +686,10 @@ def embed_file(model: str | os.PathLike, task: str, input: str | os.PathLike, ou
                batch_size: int = 32, chunk_size: int = 4096, max_length: int = 8192, normalize: bool | None = None,
                rotary_scaling_factor: float | None = 2.0, device: str | None = None, dtype: str = "float32",
                resume: bool = False, progress: bool = True, dimensionality: int | None = None, precision: str = "float32",
-               ranges: str | os.PathLike | np.ndarray | None = None, matryoshka_layer_norm: bool | None = None) -> Path:
+               ranges: str | os.PathLike | np.ndarray | None = None, matryoshka_layer_norm: bool | None = None,
+               revision: str | None = None) -> Path:
     "Embed every text of a .txt/.jsonl file into a .npy/.parquet file, chunk by chunk, resumable; returns the output path."
+    model = resolve_model(model, revision)  # a hub id becomes its snapshot directory
     run = _prepare_run(model, task, input, output, field, normalize, max_length, rotary_scaling_factor, chunk_size, batch_size, dtype, resume,
                        dimensionality, precision, ranges, matryoshka_layer_norm)
     embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, max_length=max_length, rotary_scaling_factor=rotary_scaling_factor,
@@ -679,6 +702,7 @@ def run_command(args) -> None:
     "Run `nomic_embed_embed` with parsed arguments: bad input exits 2 before anything is written; Ctrl-C or SIGTERM keep the finished chunks."
     prog = "nomic_embed_embed"
     try:
+        args.model = str(resolve_model(args.model, args.revision))  # a hub id becomes its snapshot directory
         run = _prepare_run(args.model, args.task, args.input, args.output, args.field, args.normalize, args.max_length,
                            args.rotary_scaling_factor, args.chunk_size, args.batch_size, args.dtype, args.resume,
                            args.dimensionality, args.precision, args.ranges, args.matryoshka_layer_norm)

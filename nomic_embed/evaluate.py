@@ -407,9 +407,11 @@ def load_encoder(spec: str | os.PathLike, label: str | None = None, *, device: s
                  rotary_scaling_factor: float | None = 2.0, trained_length: int | None = None, prefixes: dict[str, str] | None = None):
     """The suites' encoder for `spec` (see `model_kind`). For our checkpoints `rotary_scaling_factor` is the dynamic-NTK α
     (None: plain RoPE) and `trained_length` overrides the config's `max_trained_positions` (the L of eq. 5)."""
+    from nomic_embed.embed import resolve_model
+    label = label or ("BM25" if str(spec) == "bm25" else Path(spec).name)
+    spec = spec if str(spec) == "bm25" else resolve_model(spec)  # a hub id becomes its snapshot directory
     kind = model_kind(spec)
     _quiet_libraries()
-    label = label or ("BM25" if kind == "bm25" else Path(spec).name)
     if kind == "bm25":
         return BM25Encoder(label)
     if kind == "sentence_transformers":
@@ -902,8 +904,8 @@ DEFAULT_MAX_LENGTH = {"offline": 512, "mteb": 512, "jina": None, "loco": None, "
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nomic_embed_evaluate", description="Evaluate embedding models on the report's suites (MTEB, "
                                      "Jina long-context, LoCo, LongEmbed, GLUE) or on the offline suite of real text that installs with the package.")
-    parser.add_argument("--model", action="append", required=True, metavar="[LABEL=]DIR",
-                        help="a model directory (nomic-embed checkpoint or sentence-transformers), or 'bm25'; repeat for a table of models")
+    parser.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL",
+                        help="a model directory or hub id (nomic-embed checkpoint or sentence-transformers), or 'bm25'; repeat for a table of models")
     parser.add_argument("--suite", default="offline", help=f"one of {', '.join(SUITES)} (default: offline, the one that runs without a network)")
     parser.add_argument("--tasks", nargs="+", help="only these tasks of the suite (default: all)")
     parser.add_argument("--max-length", type=int, help="token limit (default: 512 for offline and mteb, 8192 for longembed, 128 for glue)")
@@ -934,13 +936,15 @@ def _check_args(args) -> list[tuple[str, str]]:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {3 if name != 'batch_size' else 1}; got {value}")
     if args.lengths and min(args.lengths) < 3:
         raise ValueError(f"--lengths must all be at least 3 tokens; got {args.lengths}")
+    from nomic_embed.embed import resolve_model
     models = []
     for item in args.model:
         label, _, spec = item.rpartition("=") if "=" in item else ("", "", item)
-        kind = model_kind(spec)
+        local = spec if spec == "bm25" else str(resolve_model(spec))  # a hub id becomes its snapshot directory
+        kind = model_kind(local)
         if args.suite == "glue" and kind != "nomic_embed":
             raise ValueError(f"--suite glue fine-tunes our encoder: --model must be a nomic-embed checkpoint directory; {spec!r} is {kind}")
-        models.append((label or ("BM25" if kind == "bm25" else Path(spec).name), spec))
+        models.append((label or ("BM25" if kind == "bm25" else Path(spec).name), local))
     labels = [label for label, _ in models]
     if len(set(labels)) != len(labels):
         raise ValueError(f"two models share a label ({', '.join(labels)}); name them with LABEL=DIR")

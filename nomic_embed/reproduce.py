@@ -21,7 +21,8 @@ from .model import atomic_file
 __all__ = ['BUDGETS', 'REFERENCE_MODELS', 'CHAIN', 'ABLATIONS', 'Budget', 'stage1_texts', 'stage_sources', 'hash_order',
            'write_pools', 'curate_config', 'run_curation', 'stage_config', 'run_stage', 'Phases', 'check_settings',
            'reference_models', 'evaluate_models', 'run_chain', 'unfiltered_pairs', 'run_ablation', 'chain_checks',
-           'ablation_rows', 'results_markdown', 'write_results', 'plot_chain', 'reproduce', 'run_command']
+           'ablation_rows', 'results_markdown', 'write_results', 'plot_chain', 'chosen_ablations', 'reproduce',
+           'run_command']
 
 # %% ../nbs/12_reproduce.ipynb #326b4357
 @dataclass(frozen=True)
@@ -369,22 +370,33 @@ def plot_chain(out: Path, path: Path | None = None):
     return fig
 
 # %% ../nbs/12_reproduce.ipynb #e6b6b43e
-def reproduce(out: str | os.PathLike = "reproduction", budget: str = "small", ablations: bool = False,
+def chosen_ablations(ablations: bool | str | Sequence[str]) -> list[str]:
+    "The ablations asked for, in `ABLATIONS` order: True or 'all' for every one, a comma-separated string or a list for some."
+    if ablations is True or ablations == "all":
+        return list(ABLATIONS)
+    names = [n for n in (ablations.split(",") if isinstance(ablations, str) else ablations or ()) if n]
+    unknown = [n for n in names if n not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {', '.join(unknown)}; choose from {', '.join(ABLATIONS)} (or all)")
+    return [n for n in ABLATIONS if n in names]
+
+def reproduce(out: str | os.PathLike = "reproduction", budget: str = "small", ablations: bool | str | Sequence[str] = False,
               report: Callable[[str], None] = print) -> dict:
-    "Run (or continue) the whole recipe into `out` at `budget`, with the ablations if asked; returns `results.json`'s content."
+    "Run (or continue) the whole recipe into `out` at `budget`, with the ablations asked for (`chosen_ablations`); returns `results.json`'s content."
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
     out, chosen = Path(out), BUDGETS[budget]
     import datasets
     datasets.disable_progress_bars()  # the phases report themselves; datasets' per-file bars would bury those lines
+    ablations = chosen_ablations(ablations)
     check_settings(out, {"budget": chosen.name, "budget_key": chosen.key()})  # --ablations may be added to a finished run
-    names = ["mlm", "pairs", "filter", "pretrain", "mine", "finetune", "evaluate"] + ([f"ablation:{n}" for n in ABLATIONS] if ablations else [])
+    names = ["mlm", "pairs", "filter", "pretrain", "mine", "finetune", "evaluate"] + [f"ablation:{n}" for n in ablations]
     phases = Phases(out, chosen, names, report)
     models = run_chain(out, chosen, phases)
     references = reference_models() if chosen.references else []
     evaluation = phases.run("evaluate", lambda: {"results": evaluate_models([*models.items(), *references], out, chosen, "chain")})
     variants = {}
-    for name in ABLATIONS if ablations else ():
+    for name in ablations:
         phases.run(f"ablation:{name}", lambda name=name: run_ablation(name, out, chosen))
         variants[name] = evaluate_models([(name, str(out / "runs" / name / "final"))], out, chosen, f"ablation-{name}")
     from nomic_embed.evaluate import LONG_DOCUMENT_TASK, offline_summary, plot_lengths

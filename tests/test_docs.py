@@ -79,3 +79,26 @@ def test_rope_page_screenshot_is_not_blank(rope_page, tmp_path):
     assert image.size == (1200, 5000)
     histogram = image.histogram()
     assert max(histogram) < 0.97 * sum(histogram), "the screenshot is (nearly) one colour"
+
+
+SHOWN = {  # the cells that implement the paper: exported and shown on their page (`#| exports`)
+    "00_rope": ["inv_frequencies", "dynamic_ntk_base", "apply_rope", "RotaryEmbedding"],
+    "01_model": ["NomicBertAttention", "NomicBertMLP", "NomicBertBlock", "varlen_attention", "mean_pool"],
+    "03_mlm": ["mask_tokens"],
+    "04_contrastive": ["cosine_logits", "gather_with_grad", "info_nce_loss", "matryoshka_info_nce_loss"],
+    "05_gradcache": ["embed_chunks", "gradcache_step"],
+    "06_pairs": ["with_prefix", "OneSourceBatchSampler"],
+    "07_filter": ["top_k_neighbours", "consistency_filter"],
+    "08_negatives": ["mine_hard_negatives", "random_negatives"],
+    "09a_train": ["MLMStage", "ContrastiveStage"],
+    "10_embed": ["Embedder", "quantize_embeddings"],
+}
+
+
+@pytest.mark.parametrize("notebook", sorted(SHOWN))
+def test_the_paper_s_code_is_shown_on_its_page(notebook):
+    cells = json.loads((ROOT / "nbs" / f"{notebook}.ipynb").read_text())["cells"]
+    shown = {name for cell in cells if "".join(cell["source"]).startswith("#| exports\n")
+             for name in re.findall(r"^(?:def|class) (\w+)", "".join(cell["source"]), re.M)}
+    missing = [name for name in SHOWN[notebook] if name not in shown]
+    assert not missing, f"{notebook}: mark the cells defining {missing} `#| exports` so the page shows their code"

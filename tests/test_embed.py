@@ -167,6 +167,49 @@ def test_console_script_runs_as_a_process(model_dir, workdir):
     assert done.returncode == 2 and "bad.txt, line 2 is empty" in done.stderr and "Traceback" not in done.stderr
 
 
+def write_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str) -> Path:
+    """Put `folder` into a hub cache as revision `commit` of `repo_id`, in huggingface_hub's layout: content-addressed blobs,
+    a snapshot of relative symlinks, refs/main naming the commit. Returns the snapshot directory."""
+    import hashlib
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_hub_id_from_the_cache(model_dir, workdir):
+    "A hub id resolves through a real hub cache with HF_HUB_OFFLINE=1: the same vectors as the directory; an absent id names the fix."
+    import huggingface_hub
+    cache, commit = workdir / "hub", "0123456789abcdef0123456789abcdef01234567"
+    write_hub_cache(cache, "nomic-ai/tiny-test", model_dir, commit)
+    scanned = huggingface_hub.scan_cache_dir(cache)  # huggingface_hub reads it as its own cache
+    assert not scanned.warnings, scanned.warnings
+    [repo] = scanned.repos
+    assert repo.repo_id == "nomic-ai/tiny-test" and [r.commit_hash for r in repo.revisions] == [commit]
+    source = write_txt(workdir / "news.txt", lee_texts(6))
+    env = SUBPROCESS_ENV | {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    common = console_script() + ["--task", "search_query", "--input", str(source), "--quiet"]
+    for model, name in ((["--model", str(model_dir)], "dir.npy"), (["--model", "nomic-ai/tiny-test"], "hub.npy"),
+                        (["--model", "nomic-ai/tiny-test", "--revision", commit], "pinned.npy")):
+        done = subprocess.run(common + model + ["--output", str(workdir / name)], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.load(workdir / "hub.npy"), np.load(workdir / "dir.npy"))
+    np.testing.assert_array_equal(np.load(workdir / "pinned.npy"), np.load(workdir / "dir.npy"))
+    done = subprocess.run(common + ["--model", "nomic-ai/not-cached", "--output", str(workdir / "absent.npy")], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=300)
+    assert done.returncode == 2 and f"is not in the hub cache {cache}" in done.stderr and "HF_HUB_OFFLINE" in done.stderr, done.stderr
+    assert not (workdir / "absent.npy").exists()
+
+
 @pytest.mark.slow
 def test_kill_and_resume_gives_identical_output(model_dir, workdir):
     "A real SIGKILL in the middle of a run; --resume finishes it and the file equals an uninterrupted run."
@@ -224,9 +267,9 @@ def test_unknown_task(model_dir, workdir):
 def test_missing_model_directory(workdir):
     source = write_txt(workdir / "in.txt", ["a real sentence"])
     status, err = run_cli("--model", workdir / "no-such-model", "--task", "search_query", "--input", source, "--output", workdir / "out.npy")
-    assert status == 2 and "model directory" in err and "does not exist" in err
+    assert status == 2 and "is neither a model directory nor a hub id" in err, err
     assert_nothing_written(workdir, {"in.txt"})
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="neither a model directory nor a hub id"):
         Embedder.from_pretrained(workdir / "no-such-model")
 
 

@@ -54,7 +54,7 @@ def test_help_imports_no_torch():
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "bm25", "--suite", "glove"], "--suite must be one of"),
-    (["--model", "/nonexistent/model"], "is not a directory"),
+    (["--model", "/nonexistent/model"], "is neither a model directory nor a hub id"),
     (["--model", str(ROOT)], "is not a model directory"),
     (["--model", "bm25", "--tasks", "SciFact"], "unknown offline task(s) SciFact"),
     (["--model", "bm25", "--output", "results.txt"], "--output must end in .json"),
