@@ -5,6 +5,7 @@ sentence-transformers with its torch backend, and ONNX Runtime running the same 
     python benchmarks/bench_embed.py                          # every case (about an hour on 2 busy cores)
     python benchmarks/bench_embed.py --cases 32x128 --rounds 3  # one case
     python benchmarks/bench_embed.py --engines embedder st_torch --threads 1
+    python benchmarks/bench_embed.py --profile mixed            # where the Embedder's time goes (torch.profiler)
 
 Cases (real text: gensim's offline Wikipedia sample, prefixed `search_document: `):
   mixed     `--paragraphs` paragraphs of mixed length (every k-th paragraph of the sample)
@@ -87,6 +88,25 @@ def build_cases(n_paragraphs: int, n_long: int) -> dict[str, list[str]]:
     cases["long2048"] = [cut_to_tokens(tokenizer, a["text"], 2048) for a in longest[:n_long]]
     cases["long8192"] = [cut_to_tokens(tokenizer, longest[0]["text"], 8192)]
     return cases
+
+
+def build_texts(n_paragraphs: int, n_long: int, long_tokens: int) -> tuple[list[str], list[str]]:
+    "Mixed-length paragraphs and the `n_long` longest articles cut to ~`long_tokens` tokens (for bench_gpu.py)."
+    from nomic_embed.corpus import load_tokenizer, wikipedia_articles
+    tokenizer = load_tokenizer()
+    longest = sorted(wikipedia_articles(), key=lambda a: -len(a["text"]))[:n_long]
+    return build_cases(n_paragraphs, 1)["mixed"], [cut_to_tokens(tokenizer, a["text"], long_tokens) for a in longest]
+
+
+def profile(case: str, texts: list[str], work: Path, rows: int = 12) -> None:
+    "Where the Embedder's time goes on one case: torch.profiler's operators by self time, in this process."
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    encode = load_engine("embedder", work)
+    encode(texts[:4])
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        encode(texts)
+    print(f"profile of the Embedder on {case}:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def token_lengths(texts: list[str]) -> list[int]:
@@ -200,6 +220,7 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=2, help="texts in the long2048 case")
     parser.add_argument("--threads", type=int, default=None, help="threads of every engine (torch.set_num_threads; ONNX Runtime's intra_op_num_threads); default: each engine's own, one per core")
     parser.add_argument("--work", type=Path, default=None, help="folder for the models (reused when it holds them)")
+    parser.add_argument("--profile", choices=CASES, default=None, help="profile the Embedder on one case instead of comparing")
     parser.add_argument("--worker", nargs=2, metavar=("ENGINE", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -218,6 +239,10 @@ def main() -> None:
     print(f"full-size NomicBERT (137M), random weights (seed 0), fp32, torch {torch.__version__}, threads "
           f"{args.threads or torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     cases = build_cases(args.paragraphs, args.long)
+    if args.profile:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return profile(args.profile, cases[args.profile], work)
     threads = ["--threads", str(args.threads)] if args.threads else []
     processes = {e: EngineProcess([sys.executable, __file__, *threads, "--worker", e, str(work)]) for e in engines}
     try:
