@@ -30,7 +30,9 @@ onnxruntime onnx`; without them the engine is skipped.
 Dynamic NTK: the Embedder scales RoPE per sequence (eq. 5). transformers' NomicBert (`st_torch`) scales per batch,
 from the padded length — the same here, where every long case has texts of one length. The ONNX export traces
 transformers' dynamic-RoPE update with a short example input, so `onnxruntime` computes plain RoPE (base 1,000) at
-every length: on long8192 its vectors differ from the other two, and that is said in the output.
+every length (on long8192 its vectors would differ from the other two). Its attention is not fused either: the
+graph materialises the 12 x L x L scores, so at 8,192 tokens it needs well over 16 GiB (one run passed 17 GiB
+resident before it was stopped); cases whose estimate exceeds `--max-onnx-gib` (default 8) skip it, with a line.
 
 Method: every engine lives in its own persistent process (`benchtools.EngineProcess`), so its memory is its own.
 Per case, each engine first encodes the first four texts once (warm-up), then the engines take turns, round by round,
@@ -211,6 +213,16 @@ def prepare(work: Path, engines: list[str]) -> None:
         export_onnx(work / "st", work / "model.onnx")
 
 
+def onnx_fits(longest: int, limit_gib: float, case: str) -> bool:
+    "Whether ONNX Runtime's attention fits: the exported graph materialises every (12 heads x L x L) score matrix, several at once."
+    need_gib = 4 * 12 * longest**2 * 4 / 2**30  # scores, softmax, mask broadcast and product: about four fp32 copies
+    if need_gib <= limit_gib:
+        return True
+    print(f"onnxruntime skipped on {case}: its attention needs about {need_gib:.0f} GiB at {longest:,} tokens "
+          f"(over --max-onnx-gib {limit_gib:g}; one run at 8,192 tokens passed 17 GiB resident before it was stopped)", flush=True)
+    return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
@@ -220,6 +232,7 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=2, help="texts in the long2048 case")
     parser.add_argument("--threads", type=int, default=None, help="threads of every engine (torch.set_num_threads; ONNX Runtime's intra_op_num_threads); default: each engine's own, one per core")
     parser.add_argument("--work", type=Path, default=None, help="folder for the models (reused when it holds them)")
+    parser.add_argument("--max-onnx-gib", type=float, default=8.0, help="skip onnxruntime on a case whose attention needs more")
     parser.add_argument("--profile", choices=CASES, default=None, help="profile the Embedder on one case instead of comparing")
     parser.add_argument("--worker", nargs=2, metavar=("ENGINE", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -250,7 +263,8 @@ def main() -> None:
             texts, texts_file = cases[case], work / f"{case}.json"
             texts_file.write_text(json.dumps(texts))
             lengths = token_lengths(texts)
-            for process in processes.values():
+            engines = [e for e in processes if e != "onnxruntime" or onnx_fits(max(lengths), args.max_onnx_gib, case)]
+            for process in (processes[e] for e in engines):
                 process.call(texts=str(texts_file), warm=True)
             first = {e: True for e in engines}
 

