@@ -41,6 +41,13 @@ tokens/s of the Embedder, its speed-up over each peer as the median per-round ra
 resident memory of each process during encoding (the high-water mark, reset after loading and warm-up) and the
 largest |difference| between the Embedder's vectors and each peer's. Nothing is asserted: the numbers depend on
 the machine and its load.
+
+Measured (AMD EPYC, 2 cores shared with other jobs, torch 2.13, onnxruntime 1.32, default threads; Embedder speed-up,
+median per-round ratio [range]; peak resident MiB Embedder / st_torch / onnxruntime):
+  32x128    1.18x [1.07-1.28] st_torch, 0.98x [0.96-0.98] onnxruntime; peak 1,138 / 1,362 / 1,709   (3 rounds)
+  mixed     1.40x [1.34-1.60] st_torch, 1.30x [1.12-1.35] onnxruntime; peak 1,234 / 1,905 / 3,030   (96 paragraphs, 3 rounds)
+  long2048  1.41x [1.28-1.66] st_torch, 1.44x [1.12-1.67] onnxruntime; peak 1,107 / 1,173 / 3,049   (3 rounds)
+  long8192  0.91x [0.77-1.04] st_torch, onnxruntime skipped (over 17 GiB); peak 1,362 / 1,787      (2 rounds)
 """
 from __future__ import annotations
 
