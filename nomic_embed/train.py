@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,23 +21,26 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from .contrastive import LogitScale, info_nce_loss
+from .contrastive import (MATRYOSHKA_LAYER_NORM_KEY, LogitScale, check_matryoshka_dims, info_nce_loss,
+                                     matryoshka_info_nce_loss, read_matryoshka_layer_norm, resize_embeddings)
 from .corpus import CorpusConfig, default_cache_dir, load_tokenizer, packed_corpus
 from .gradcache import SIDES, MeanPooledEncoder, gradcache_step
 from .mlm import MaskingConfig, MLMBatches, SpecialTokens, evaluate_mlm, unigram_baseline
-from .model import NomicBertConfig, NomicBertForPreTraining, NomicBertModel, embed_texts
-from .pairs import (WEIGHTINGS, OneSourceBatchSampler, PairCollator, PairDataset, PairSource, load_pair_config,
-                               read_pairs, split_pairs, with_prefix, write_pairs)
+from .model import (NomicBertConfig, NomicBertForPreTraining, NomicBertModel, config_from_nomic, config_from_transformers,
+                               detect_format, embed_texts)
+from .pairs import (NEGATIVE_SAMPLING, WEIGHTINGS, MixedBatchSampler, OneSourceBatchSampler, PairCollator, PairDataset,
+                               PairSource, load_pair_config, read_pairs, split_pairs, with_prefix, write_pairs)
 from .trainer import (STAGES, Backprop, CheckpointError, DistInfo, Stage, Trainer, TrainConfig, _coerce,
                                  TrainingInterrupted, build_section, find_checkpoint, load_config, main_process_first,
                                  read_metrics, register_stage, resolve_precision, resolve_resume_config, run_training)
 
 # %% auto #0
-__all__ = ['NEGATIVE_MODES', 'PAIRS_CONFIG_KEYS', 'MLMStage', 'eval_autocast', 'plot_mlm_metrics', 'PairDataConfig',
-           'check_pair_source', 'ContrastiveConfig', 'with_pairs_config', 'upgrade_gradcache_keys', 'pair_splits',
-           'with_built_negatives', 'retrieval_metrics', 'held_out_corpus', 'HeldOutRetrieval', 'ContrastiveBatches',
-           'pooled_encoder', 'with_negatives', 'ContrastiveStage', 'ContrastivePretrainStage',
-           'ContrastiveFinetuneStage', 'plot_contrastive_metrics', 'run_command']
+__all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MLMStage', 'eval_autocast', 'plot_mlm_metrics',
+           'PairDataConfig', 'check_pair_source', 'ContrastiveConfig', 'with_pairs_config', 'upgrade_gradcache_keys',
+           'check_pair_rows', 'pair_splits', 'with_built_negatives', 'retrieval_metrics', 'held_out_corpus',
+           'corpus_rows', 'HeldOutRetrieval', 'ContrastiveBatches', 'pooled_encoder', 'with_negatives',
+           'starting_encoder_config', 'ContrastiveStage', 'ContrastivePretrainStage', 'ContrastiveFinetuneStage',
+           'plot_contrastive_metrics', 'run_command']
 
 # %% ../nbs/09a_train.ipynb #5a5de3ca
 @register_stage
@@ -132,6 +136,7 @@ def plot_mlm_metrics(run_dir: str | Path):
 
 # %% ../nbs/09a_train.ipynb #a520b153
 NEGATIVE_MODES = ("mined", "random")
+BATCH_SOURCES = ("one", "mixed")  # one source per global batch (the report, §4.2.2), or every source mixed (its ablation)
 PAIRS_CONFIG_KEYS = ("sources", "weighting", "query_max_length", "document_max_length", "num_negatives", "held_out_fraction")
 
 @dataclass
@@ -145,6 +150,10 @@ class PairDataConfig:
     document_max_length: int = 512
     num_negatives: int = 0  # H hard negatives per query (eq. 2); 0 = eq. 1
     held_out_fraction: float = 0.0  # share of each source's pairs never trained on (retrieval evaluation)
+    held_out_per_source: int | None = None  # or about this many pairs per source (instead of the fraction)
+    held_out_corpus_size: int | None = None  # documents each held-out query searches (its own and the first others); null = all
+    batch_sources: str = "one"  # one source per global batch, or "mixed"
+    negatives_sampling: str = "random"  # H of the row's negatives drawn each epoch, or "first" (always the first H)
     mine_negatives: str | None = None  # null: rows carry a `negatives` list; "mined" / "random": build it before training
     negatives_pool: int = 20  # negatives kept per row when building them (the report's top 20)
     random_negatives_sources: list = field(default_factory=list)  # sources given random instead of mined negatives
@@ -175,6 +184,13 @@ class PairDataConfig:
             raise ValueError(f"data.random_negatives_sources names unknown source(s) {missing}; the sources are {names}")
         if not 0 <= self.held_out_fraction < 1:
             raise ValueError(f"data.held_out_fraction must be in [0, 1); got {self.held_out_fraction}")
+        for key in ("held_out_per_source", "held_out_corpus_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"data.{key} must be >= 1 or null; got {getattr(self, key)}")
+        if self.batch_sources not in BATCH_SOURCES:
+            raise ValueError(f"data.batch_sources must be one of {', '.join(BATCH_SOURCES)}; got {self.batch_sources!r}")
+        if self.negatives_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"data.negatives_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}; got {self.negatives_sampling!r}")
 
     def pair_sources(self) -> list[PairSource]:
         "The sources as `PairSource` objects."
@@ -202,6 +218,9 @@ class ContrastiveConfig:
     bidirectional: bool = False  # the report: query → document only (eq. 1)
     shared_negatives: bool = False  # also score every query against every hard negative of the global batch (reference code)
     gradcache_chunk_size: int | None = 64  # rows per GradCache forward/backward chunk (reference: 64); null = one plain pass
+    matryoshka_dims: list | None = None  # Matryoshka loss over these prefix sizes, e.g. [768, 512, 256, 128, 64]; null = full size only
+    matryoshka_weights: list | None = None  # one weight per prefix size; null = 1 each (reference code, sentence-transformers)
+    matryoshka_layer_norm: bool | None = None  # v1.5's layer norm (no affine) before cutting; null = as init_from's config says
 
     def __post_init__(self):
         if not self.logit_scale > 0:
@@ -210,6 +229,13 @@ class ContrastiveConfig:
             raise ValueError(f"contrastive.logit_scale ({self.logit_scale}) must not exceed contrastive.max_logit_scale ({self.max_logit_scale})")
         if self.gradcache_chunk_size is not None and self.gradcache_chunk_size < 1:
             raise ValueError(f"contrastive.gradcache_chunk_size must be >= 1 rows, or null for plain back-propagation; got {self.gradcache_chunk_size}")
+        if self.matryoshka_dims is not None:  # against the encoder's hidden size: in the stage, once the checkpoint is known
+            try:
+                check_matryoshka_dims(self.matryoshka_dims, self.matryoshka_weights)
+            except ValueError as error:
+                raise ValueError(f"contrastive.matryoshka_{error}") from None
+        elif self.matryoshka_weights is not None:
+            raise ValueError("contrastive.matryoshka_weights needs contrastive.matryoshka_dims (one weight per prefix size)")
 
 # %% ../nbs/09a_train.ipynb #5b0dd38e
 def with_pairs_config(data: dict) -> dict:
@@ -239,15 +265,67 @@ def upgrade_gradcache_keys(raw: dict) -> dict:
         contrastive["gradcache_chunk_size"] = None
     return {**raw, "contrastive": contrastive, "training": training}
 
+# %% ../nbs/09a_train.ipynb #0d607d7a
+_ROW_FIXES = {"query": "map your column names with the source's columns: {query: <yours>, document: <yours>}",
+              "document": "map your column names with the source's columns: {query: <yours>, document: <yours>}",
+              "negatives": "give every row a non-empty negatives list of texts, or set data.mine_negatives: mined (or random) to build them"}
+
+def _first_blank(column, is_list: bool) -> int | None:
+    "Row index of the first null, non-text or blank cell of an Arrow column (lists: empty, or holding a blank text); None if none."
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if is_list:
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+            return 0
+        bad = pc.equal(pc.fill_null(pc.list_value_length(column), 0), 0).to_numpy(zero_copy_only=False)
+        inner = _first_blank(pc.list_flatten(column), False)
+        if inner is not None:  # the row holding the first blank negative
+            bad[int(pc.list_parent_indices(column)[inner].as_py())] = True
+    else:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            return 0 if len(column) else None
+        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
+        bad = pc.fill_null(blank, True).to_numpy(zero_copy_only=False)
+    return int(bad.argmax()) if bad.any() else None
+
+def check_pair_rows(rows: Sequence[dict], source: str, num_negatives: int = 0) -> None:
+    """Raise a `ValueError` naming the source, the first bad row and the fix unless every row has non-blank `query` and
+    `document` texts (and, when `num_negatives` > 0, a non-empty `negatives` list of texts). Arrow tables are checked column-wise."""
+    if not len(rows):
+        raise ValueError(f"source {source!r} has no rows; point it at a JSONL or parquet file of query, document[, negatives] rows")
+    needed = ("query", "document", "negatives") if num_negatives else ("query", "document")
+    if hasattr(rows, "column_names"):  # a datasets.Dataset: column by column, no Python row objects
+        missing = [name for name in needed if name not in rows.column_names]
+        if missing:
+            raise ValueError(f"source {source!r} has no {missing[0]!r} column (its columns: {', '.join(rows.column_names)}); {_ROW_FIXES[missing[0]]}")
+        start = 0
+        for table in rows.with_format("arrow").iter(batch_size=65_536):
+            for name in needed:
+                bad = _first_blank(table.column(name), name == "negatives")
+                if bad is not None:
+                    raise ValueError(f"source {source!r}, row {start + bad}: {name!r} is missing, empty or not text; {_ROW_FIXES[name]} (or drop the row)")
+            start += table.num_rows
+        return
+    for index, row in enumerate(rows):
+        for name in needed:
+            value = row.get(name)
+            good = (isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) and v.strip() for v in value)
+                    if name == "negatives" else isinstance(value, str) and bool(value.strip()))
+            if not good:
+                raise ValueError(f"source {source!r}, row {index}: {name!r} is missing, empty or not text; {_ROW_FIXES[name]} (or drop the row)")
+
 # %% ../nbs/09a_train.ipynb #22406416
 def pair_splits(data: PairDataConfig) -> tuple[dict, dict, dict]:
-    "(training rows, held-out rows, (query prefix, document prefix)) per source; held-out only with `held_out_fraction > 0`."
+    "(training rows, held-out rows, (query prefix, document prefix)) per source; held-out rows only when the config holds some out."
     train, held_out, prefixes = {}, {}, {}
     for source in data.pair_sources():
         rows = source.load()
+        check_pair_rows(rows, source.name, data.num_negatives if data.mine_negatives is None else 0)
         prefixes[source.name] = (source.query_prefix, source.document_prefix)
-        if data.held_out_fraction > 0:
-            rows, held_out[source.name] = split_pairs(rows, data.held_out_fraction, data.split_seed)
+        fraction = min(data.held_out_per_source / max(len(rows), 1), 0.5) if data.held_out_per_source else data.held_out_fraction
+        if fraction > 0:
+            rows, held_out[source.name] = split_pairs(rows, fraction, data.split_seed)
         train[source.name] = rows
     return train, held_out, prefixes
 
@@ -303,6 +381,13 @@ def held_out_corpus(train_rows: Sequence[dict], held_out_rows: Sequence[dict], q
     return list(corpus_id), [sorted(by_query[r["query"]]) for r in queries], [corpus_id[r["document"]] for r in queries]
 
 # %% ../nbs/09a_train.ipynb #d9bd1e5e
+def corpus_rows(train_rows: Sequence[dict], data: PairDataConfig, held_out: Sequence[dict]) -> Sequence[dict]:
+    "The training rows whose documents join a held-out task's corpus: all, or the first ones up to `held_out_corpus_size` in all."
+    if data.held_out_corpus_size is None:
+        return train_rows
+    n = min(max(data.held_out_corpus_size - len(held_out), 0), len(train_rows))
+    return train_rows.select(range(n)) if hasattr(train_rows, "select") else train_rows[:n]  # a datasets.Dataset, or a list
+
 class HeldOutRetrieval:
     "Held-out retrieval for a contrastive run: this rank's share of each source's held-out queries against all of that source's documents."
 
@@ -313,15 +398,17 @@ class HeldOutRetrieval:
         for name, rows in held_out.items():
             mine = rows[dist.rank::dist.world_size]
             if mine:
-                (query_prefix, document_prefix), corpus_rows = prefixes[name], train.get(name, [])
-                corpus, relevant, targets = held_out_corpus(corpus_rows, rows, mine)
+                query_prefix, document_prefix = prefixes[name]
+                corpus, relevant, targets = held_out_corpus(corpus_rows(train.get(name, []), data, rows), rows, mine)
                 self.tasks.append(([with_prefix(r["query"], query_prefix) for r in mine],
                                    [with_prefix(text, document_prefix) for text in corpus], relevant, targets))
 
     def embed(self, encoder: NomicBertModel, texts: list[str], max_length: int, autocast_dtype) -> Tensor:
-        "Unit-length embeddings with the `model` chapter's `embed_texts` (the `Embedder`'s loop)."
-        return torch.from_numpy(embed_texts(encoder, self.tokenizer, texts, max_length, batch_size=self.batch_size,
-                                            autocast_dtype=autocast_dtype, warn_truncation=False))
+        "Unit-length, full-size embeddings with the `model` chapter's `embed_texts` (the `Embedder`'s loop); v1.5's layer norm first when the encoder records it."
+        layer_norm = bool(getattr(encoder.config, MATRYOSHKA_LAYER_NORM_KEY, False))
+        vectors = torch.from_numpy(embed_texts(encoder, self.tokenizer, texts, max_length, batch_size=self.batch_size,
+                                               normalize=not layer_norm, autocast_dtype=autocast_dtype, warn_truncation=False))
+        return resize_embeddings(vectors, layer_norm=True) if layer_norm else vectors
 
     def sums(self, model: MeanPooledEncoder, logit_scale: float, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
         "MRR@10, nDCG@10, recall@10 and cross-entropy summed over this rank's held-out queries (and their count); `{}` without held-out pairs."
@@ -353,8 +440,9 @@ class ContrastiveBatches:
 
     def __init__(self, train: dict[str, Sequence[dict]], prefixes: dict[str, tuple], tokenizer, config: TrainConfig, dist: DistInfo):
         t, data = config.training, config.data
-        self.dataset = PairDataset(train, prefixes, data.num_negatives, seed=config.seed)
-        self.sampler = OneSourceBatchSampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size, config.seed, data.weighting)
+        self.dataset = PairDataset(train, prefixes, data.num_negatives, seed=config.seed, negatives_sampling=data.negatives_sampling)
+        sampler = OneSourceBatchSampler if data.batch_sources == "one" else MixedBatchSampler
+        self.sampler = sampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size, config.seed, data.weighting)
         self.collator = PairCollator(tokenizer, data.query_max_length, data.document_max_length, data.pad_to_multiple_of)
         self.rank, self.steps_per_epoch, self._plan = dist.rank, len(self.sampler), (None, None)
 
@@ -395,6 +483,24 @@ def with_negatives(train: dict[str, Sequence[dict]], data: PairDataConfig, seed:
     return {name: with_built_negatives(list(rows), "random" if name in data.random_negatives_sources else data.mine_negatives,
                                        data.negatives_pool, data.teacher, seed) for name, rows in train.items()}
 
+# %% ../nbs/09a_train.ipynb #1a9020f4
+def starting_encoder_config(config: TrainConfig) -> NomicBertConfig | None:
+    """The encoder config a contrastive run starts from — `init_from`'s config.json in any layout, `model:` keys on top —
+    read without its weights, so that a wrong checkpoint fails before any data is read; None for a hub id (checked as it loads)."""
+    if not config.init_from:
+        return NomicBertConfig(**config.model)
+    directory = Path(config.init_from)
+    if not directory.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", config.init_from):
+        return None  # a hub id such as nomic-ai/nomic-bert-2048, downloaded when the model is built
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"init_from {config.init_from!r} is not a checkpoint directory (no config.json); give a directory "
+                                "NomicBertModel.from_pretrained reads: a run's final/, a released nomic-embed or nomic-bert-2048 "
+                                "download, or a transformers nomic_bert export")
+    raw = json.loads((directory / "config.json").read_text())
+    layout = detect_format(raw)  # a checkpoint of another architecture fails here, naming its model_type
+    read = {"nomic_embed": NomicBertConfig.from_dict, "nomic": config_from_nomic, "transformers": config_from_transformers}[layout]
+    return NomicBertConfig.from_dict(read(raw).to_dict() | config.model)
+
 # %% ../nbs/09a_train.ipynb #73b8941b
 class ContrastiveStage(Stage):
     "What stages 2 and 3 share: one-source batches of prefixed pairs, the pooled encoder, held-out retrieval and the final save."
@@ -415,6 +521,11 @@ class ContrastiveStage(Stage):
         if config.distributed.deepspeed and config.contrastive.learnable_scale:
             raise ValueError("contrastive.learnable_scale does not run under DeepSpeed: the scale's gradient comes from the loss on the "
                              "cached embeddings, outside the engine's backward, so ZeRO would not reduce it; fix the scale or set distributed.deepspeed: null")
+        encoder_config = starting_encoder_config(config)  # a wrong init_from fails here, before any data is read
+        self.check_matryoshka(encoder_config.hidden_size if encoder_config is not None else None)
+        c = config.contrastive  # v1.5's layer norm: as configured, else as the starting checkpoint records it
+        self.layer_norm = c.matryoshka_layer_norm if c.matryoshka_layer_norm is not None else bool(
+            config.init_from and read_matryoshka_layer_norm(config.init_from))
         self.tokenizer = load_tokenizer(config.data.tokenizer)
         with main_process_first(dist):  # rank 0 mines and caches the negatives; the other ranks then read the cache
             train, held_out, prefixes = pair_splits(config.data)
@@ -422,8 +533,21 @@ class ContrastiveStage(Stage):
         self.batches = ContrastiveBatches(train, prefixes, self.tokenizer, config, dist)
         self.held_out = HeldOutRetrieval(train, held_out, prefixes, self.tokenizer, config.data, config.logging.eval_batch_size, dist)
 
+    def check_matryoshka(self, hidden_size: int | None) -> None:
+        "Check `contrastive.matryoshka_dims` against the encoder's hidden size (None: not known yet)."
+        c = self.config.contrastive
+        if c.matryoshka_dims is not None:
+            try:
+                check_matryoshka_dims(c.matryoshka_dims, c.matryoshka_weights, hidden_size)
+            except ValueError as error:
+                raise ValueError(f"contrastive.matryoshka_{error}") from None
+
     def build_model(self) -> nn.Module:
-        return pooled_encoder(self.config)
+        model = pooled_encoder(self.config)
+        self.check_matryoshka(model.model.config.hidden_size)  # a hub checkpoint's size is only known now
+        if self.layer_norm or hasattr(model.model.config, MATRYOSHKA_LAYER_NORM_KEY):  # recorded in the saved config.json
+            setattr(model.model.config, MATRYOSHKA_LAYER_NORM_KEY, self.layer_norm)
+        return model
 
     def num_samples(self) -> int:
         return self.batches.steps_per_epoch * self.config.training.global_batch_size  # incomplete batches are dropped
@@ -469,11 +593,14 @@ class ContrastivePretrainStage(ContrastiveStage):
     name = "contrastive_pretrain"
 
     def backward(self, model: nn.Module, batch: dict[str, Any], loss_scale: float, backprop: Backprop) -> Tensor:
-        "GradCache (or one plain pass): back-propagate eq. 1/2 `× loss_scale` of this rank's share through the trainer's `Backprop`."
+        "GradCache (or one plain pass): back-propagate eq. 1/2 (or its Matryoshka sum) `× loss_scale` of this rank's share through the trainer's `Backprop`."
         c, scale = self.config.contrastive, self.scale(model)
+        options = {"logit_scale": scale, "bidirectional": c.bidirectional, "shared_negatives": c.shared_negatives}
         def loss_fn(queries: Tensor, documents: Tensor, negatives: Tensor | None) -> Tensor:
-            return info_nce_loss(queries, documents, negatives, logit_scale=scale, bidirectional=c.bidirectional,
-                                 shared_negatives=c.shared_negatives) * loss_scale
+            if c.matryoshka_dims is None and not self.layer_norm:
+                return info_nce_loss(queries, documents, negatives, **options) * loss_scale  # eq. 1/2 at full size
+            dims = c.matryoshka_dims or [queries.shape[-1]]  # the layer norm alone: one prefix, the whole vector
+            return matryoshka_info_nce_loss(queries, documents, negatives, dims, c.matryoshka_weights, self.layer_norm, **options) * loss_scale
         def encode(**features: Tensor) -> Tensor:  # forward passes under autocast, backward passes outside it
             with backprop.autocast():
                 return model(**features)

@@ -178,7 +178,7 @@ gradcache_step(encoder, warm, info_nce_loss, chunk_size=2, no_sync=contextlib.nu
 results["all_reduces_without_no_sync"] = all_reduces[0]
 # the one-source sampler with rank and world size taken from torch.distributed: the source of every step, per rank
 from nomic_embed.pairs import OneSourceBatchSampler, PairDataset, offline_pairs, OFFLINE_SOURCES
-dataset = PairDataset(offline_pairs(["pydoc_topics", "news_lead_body", "python_docstrings"]), OFFLINE_SOURCES)
+dataset = PairDataset(offline_pairs(["pydoc_topics", "python_faq", "python_docstrings"]), OFFLINE_SOURCES)
 sampler = OneSourceBatchSampler(dataset, global_batch_size=16, seed=3)
 steps = [[dataset.locate(i)[0] for _, i in batch] for batch in sampler]
 gathered = [None] * world
@@ -230,7 +230,7 @@ def test_distributed_loss_and_gradients_match_single_process(tmp_path):
 def test_one_source_sampler_over_whole_epochs(weighting, world_size):
     "Over whole epochs no global batch mixes sources, every rank is on the same source at every step, no row repeats."
     from nomic_embed.pairs import OFFLINE_SOURCES, OneSourceBatchSampler, PairCollator, PairDataset, offline_pairs
-    dataset = PairDataset(offline_pairs(["pydoc_topics", "news_lead_body", "python_docstrings", "python_code"]), OFFLINE_SOURCES)
+    dataset = PairDataset(offline_pairs(["pydoc_topics", "python_faq", "python_docstrings", "python_code"]), OFFLINE_SOURCES)
     global_batch = 32
     samplers = [OneSourceBatchSampler(dataset, global_batch, rank=r, world_size=world_size, seed=7, weighting=weighting)
                 for r in range(world_size)]

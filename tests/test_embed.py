@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from nomic_embed.corpus import load_tokenizer
-from nomic_embed.embed import Embedder, embed_file, load_embeddings, main
+from nomic_embed.cli import embed as main
+from nomic_embed.embed import Embedder, embed_file, load_embeddings
 from nomic_embed.model import NomicBertConfig, NomicBertModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def test_resume_recomputes_only_unfinished_chunks(model_dir, workdir, monkeypatc
 def console_script() -> list[str]:
     "The installed `nomic_embed_embed` script, or the same entry point through this Python when it is not installed."
     script = Path(sys.executable).parent / "nomic_embed_embed"
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from nomic_embed.embed import main; main()"]
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from nomic_embed.cli import embed; embed()"]
 
 
 SUBPROCESS_ENV = os.environ | {"OMP_NUM_THREADS": "1"}  # tiny model: avoid OpenMP contention on shared cores
@@ -216,7 +217,7 @@ def test_bad_input_file(model_dir, workdir, name, content, message):
 def test_unknown_task(model_dir, workdir):
     source = write_txt(workdir / "in.txt", ["a real sentence"])
     status, err = run_cli("--model", model_dir, "--task", "search", "--input", source, "--output", workdir / "out.npy")
-    assert status == 2 and "task must be one of search_query, search_document, classification, clustering; got 'search'" in err
+    assert status == 2 and "invalid choice: 'search'" in err and "search_query" in err
     assert_nothing_written(workdir, {"in.txt"})
 
 
@@ -280,3 +281,137 @@ def test_embed_file_bad_input_raises_plain_exceptions(model_dir, workdir):
     with pytest.raises(ValueError, match="line 2 is empty"):
         embed_file(model_dir, "search_query", workdir / "in.txt", workdir / "out.npy")
     assert_nothing_written(workdir, {"in.txt"})
+
+
+# ---- Matryoshka sizes and quantised vectors (v1.5) -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def v15_dir(model_dir, tmp_path_factory) -> Path:
+    "The tiny model with a trained-looking last LayerNorm, exported in the released layout with the Matryoshka layer-norm flag."
+    model = NomicBertModel.from_pretrained(model_dir)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.encoder.layers[-1].norm2.bias.copy_(0.2 + 0.5 * torch.randn(128, generator=generator))
+    return Embedder(model, load_tokenizer(), device="cpu", matryoshka_layer_norm=True).save_pretrained(
+        tmp_path_factory.mktemp("v15") / "tiny-v15", format="nomic")
+
+
+def by_hand(embedder: Embedder, texts: list[str], task: str, d: int, layer_norm: bool) -> np.ndarray:
+    "The pooled vectors (nothing applied), then v1.5's layer norm (if asked), the first `d` coordinates, L2 normalisation, in float64."
+    from nomic_embed.embed import add_prefix
+    from nomic_embed.model import embed_texts
+    pooled = embed_texts(embedder.model, embedder.tokenizer, add_prefix(texts, task), 8192, normalize=False).astype(np.float64)
+    if layer_norm:
+        pooled = (pooled - pooled.mean(1, keepdims=True)) / np.sqrt(pooled.var(1, keepdims=True) + 1e-5)
+    return pooled[:, :d] / np.linalg.norm(pooled[:, :d], axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("d", [128, 64, 32, 16])
+def test_encode_dimensionality_follows_the_checkpoint(embedder, v15_dir, d):
+    texts = lee_texts(12)
+    v15 = Embedder.from_pretrained(v15_dir, device="cpu")  # the flag comes from the directory's config.json
+    assert v15.matryoshka_layer_norm and not embedder.matryoshka_layer_norm
+    assert np.abs(v15.encode(texts, "search_query", dimensionality=d) - by_hand(v15, texts, "search_query", d, True)).max() <= 1e-6
+    assert np.abs(embedder.encode(texts, "search_query", dimensionality=d) - by_hand(embedder, texts, "search_query", d, False)).max() <= 1e-6
+    plain = Embedder.from_pretrained(v15_dir, device="cpu", matryoshka_layer_norm=False)  # the caller may override it
+    assert np.abs(plain.encode(texts, "search_query", dimensionality=d) - by_hand(plain, texts, "search_query", d, False)).max() <= 1e-6
+    unnormalised = v15.encode(texts, "classification", dimensionality=d)  # classification: layer norm and cut, not normalised
+    assert abs(np.linalg.norm(unnormalised, axis=1).mean() - 1) > 1e-2
+
+
+def test_sentence_transformers_export_at_every_truncate_dim(v15_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    v15 = Embedder.from_pretrained(v15_dir, device="cpu")
+    st = SentenceTransformer(str(v15.save_sentence_transformers(tmp_path / "st")), device="cpu")  # no trust_remote_code
+    assert [type(module).__name__ for module in st] == ["Transformer", "Pooling", "LayerNorm", "Normalize"]
+    texts = lee_texts(10)
+    for d in (128, 64, 32, 16):
+        theirs = st.encode(texts, prompt_name="search_document", truncate_dim=d, normalize_embeddings=True)
+        np.testing.assert_allclose(theirs, v15.encode(texts, "search_document", dimensionality=d), atol=1e-5)
+        loaded = SentenceTransformer(str(tmp_path / "st"), device="cpu", truncate_dim=d)
+        cosine = loaded.similarity(loaded.encode(texts[:3], prompt_name="search_query"), loaded.encode(texts, prompt_name="search_document"))
+        ours = v15.encode(texts[:3], "search_query", dimensionality=d) @ v15.encode(texts, "search_document", dimensionality=d).T
+        np.testing.assert_allclose(cosine.numpy(), ours, atol=1e-5)  # without re-normalising, the cosine is the same
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "uint8", "binary", "ubinary"])
+def test_quantised_bytes_equal_sentence_transformers(v15_dir, precision):
+    from sentence_transformers.util import quantize_embeddings as st_quantize_embeddings
+    from nomic_embed.embed import quantization_ranges, quantize_embeddings
+    floats = Embedder.from_pretrained(v15_dir, device="cpu").encode(lee_texts(120), "search_document", dimensionality=48, max_length=128)
+    cases = [(floats, None)] + ([(floats[:20], quantization_ranges(floats[20:]))] if precision.endswith("int8") else [])
+    for vectors, ranges in cases:
+        ours, theirs = quantize_embeddings(vectors, precision, ranges), st_quantize_embeddings(vectors, precision, ranges=ranges)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and ours.tobytes() == theirs.tobytes()
+
+
+def test_cli_dimensionality_and_precision(v15_dir, workdir):
+    from nomic_embed.embed import quantization_ranges
+    texts = lee_texts(20)
+    source = write_txt(workdir / "news.txt", texts)
+    v15 = Embedder.from_pretrained(v15_dir, device="cpu")
+    np.save(workdir / "ranges.npy", quantization_ranges(v15.encode(lee_texts(120), "search_document", dimensionality=32)))
+    common = ["--model", v15_dir, "--task", "search_document", "--input", source, "--dimensionality", 32, "--chunk-size", 7, "--quiet"]
+    for precision, output, extra in [("float32", "f.npy", []), ("ubinary", "b.parquet", []), ("int8", "i.npy", ["--ranges", workdir / "ranges.npy"])]:
+        status, err = run_cli(*common, "--precision", precision, "--output", workdir / output, *extra)
+        assert status == 0, err
+        ranges = np.load(workdir / "ranges.npy") if extra else None
+        expected = v15.encode(texts, "search_document", dimensionality=32, precision=precision, ranges=ranges)
+        stored = load_embeddings(workdir / output)
+        assert stored.dtype == expected.dtype and stored.shape == expected.shape
+        np.testing.assert_allclose(stored.astype(np.float64), expected.astype(np.float64), atol=1e-5 if precision == "float32" else 0)
+
+
+def test_cli_resume_refuses_another_precision(v15_dir, workdir, monkeypatch):
+    source = write_txt(workdir / "news.txt", lee_texts(20))
+    calls = []
+    original = Embedder.encode
+
+    def crashing(self, chunk, *a, **k):
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(self, chunk, *a, **k)
+
+    monkeypatch.setattr(Embedder, "encode", crashing)
+    args = ["--model", v15_dir, "--task", "search_query", "--input", source, "--chunk-size", 7, "--output", workdir / "out.npy", "--quiet"]
+    status, err = run_cli(*args, "--precision", "binary")
+    assert status == 130 and "stopped by SIGINT; 1 finished chunk(s)" in err, err
+    monkeypatch.setattr(Embedder, "encode", original)
+    status, err = run_cli(*args, "--precision", "ubinary", "--resume")
+    assert status == 2 and "precision: 'binary' then, 'ubinary' now" in err, err
+    assert run_cli(*args, "--precision", "binary", "--resume")[0] == 0
+    assert load_embeddings(workdir / "out.npy").shape == (20, 16) and load_embeddings(workdir / "out.npy").dtype == np.int8
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--precision", "int8"], "--precision int8 needs --ranges FILE.npy"),
+    (["--precision", "uint8", "--ranges", "absent.npy"], "ranges file"),
+    (["--precision", "int4"], "invalid choice: 'int4'"),
+    (["--dimensionality", "256"], "dimensionality must be an integer from 1 to the model's embedding size 128"),
+    (["--dimensionality", "0"], "dimensionality must be >= 1"),
+    (["--dimensionality", "32", "--precision", "int8", "--ranges", "wrong.npy"], "ranges have shape (2, 64), but the vectors have 32 coordinates"),
+])
+def test_cli_bad_size_or_precision(v15_dir, workdir, extra, message):
+    source = write_txt(workdir / "in.txt", lee_texts(3))
+    np.save(workdir / "wrong.npy", np.zeros((2, 64), np.float32))
+    extra = [str(workdir / e) if e.endswith(".npy") else e for e in extra]
+    status, err = run_cli("--model", v15_dir, "--task", "search_query", "--input", source, "--output", workdir / "out.npy", *extra)
+    assert status == 2 and message in err, err
+    assert_nothing_written(workdir, {"in.txt", "wrong.npy"})
+
+
+def test_search_helpers():
+    from nomic_embed.embed import dequantize_embeddings, hamming_distances, quantize_embeddings, quantized_search
+    generator = np.random.default_rng(0)  # random vectors: an arithmetic check of the bit counting
+    vectors = generator.standard_normal((50, 37)).astype(np.float32)  # 37 bits: the last byte is padded
+    codes = quantize_embeddings(vectors, "ubinary")
+    signs = vectors > 0
+    np.testing.assert_array_equal(hamming_distances(codes, codes), (signs[:, None] != signs[None]).sum(-1))
+    np.testing.assert_array_equal(hamming_distances(quantize_embeddings(vectors, "binary"), codes), hamming_distances(codes, codes))  # either storage
+    np.testing.assert_array_equal(dequantize_embeddings(codes, "ubinary", dimensionality=37), np.where(signs, 1.0, -1.0))
+    scores, top = quantized_search(vectors[:5], codes, "ubinary", k=4)
+    assert scores.shape == top.shape == (5, 4) and (top[:, 0] == np.arange(5)).all() and (np.diff(scores, axis=1) <= 0).all()
+    with pytest.raises(ValueError, match="need the ranges they were quantised with"):
+        quantized_search(vectors[:5], quantize_embeddings(vectors, "int8"), "int8")

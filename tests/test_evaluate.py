@@ -18,16 +18,9 @@ TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "i
 
 
 def training_texts():
-    "Every text a training stage may read: the one place to point at the offline-sources module's list when it lands."
-    from nomic_embed.corpus import wikipedia_articles
-    from nomic_embed.pairs import OFFLINE_SOURCES, offline_pairs
-    evaluation_side = {"manpages", "news_lead_body"}  # these read evaluation sources; no stage may train on them
-    for rows in offline_pairs([n for n in OFFLINE_SOURCES if n not in evaluation_side]).values():
-        for row in rows:
-            yield row["query"]
-            yield row["document"]
-    for article in wikipedia_articles():
-        yield article["text"]
+    "Every text a training stage may read (the offline chapter's list: every stage-1 document, both sides of every pair)."
+    from nomic_embed.offline import training_texts as every_training_text
+    return (text for _, text in every_training_text())
 
 
 def shingles(text: str, n: int = 8) -> set[int]:

@@ -17,9 +17,9 @@ from nomic_embed.train import load_config, read_metrics, run_training, Trainer
 CONFIGS = ROOT / "configs"
 QUIET = ["logging.progress_bar=false", "logging.plot=false", "checkpoint.every_steps=1000"]
 # the fast end-to-end run: three offline sources (Wikipedia heading → section, language-reference heading → text,
-# news lead → story), short sequences, 16 pairs per batch
+# WordNet same-topic pairs), short sequences, 16 pairs per batch
 FAST_DATA = ["data.sources=[{name: wikipedia_sections, offline: wikipedia_sections}, {name: pydoc_topics, offline: pydoc_topics}, "
-             "{name: news_lead_body, offline: news_lead_body, query_prefix: clustering}]",
+             "{name: wordnet_hypernyms, offline: wordnet_hypernyms, query_prefix: clustering}]",
              "data.query_max_length=24", "data.document_max_length=64", "data.held_out_fraction=0.1"]
 # a 1-layer, 32-wide model for the process-level tests, where start-up dominates
 MICRO = ["model.hidden_size=32", "model.num_hidden_layers=1", "model.num_attention_heads=2", "model.intermediate_size=64",

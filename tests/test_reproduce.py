@@ -1,0 +1,81 @@
+"""`nomic_embed_reproduce` as a user runs it: the whole chain at the micro budget (the file set, the table, the chain's
+improvements), a changed setting refused, and (slow) a SIGKILL mid-stage followed by a rerun that ends with the results
+of an uninterrupted run.
+
+Run: python -m pytest tests/test_reproduce.py  (add -m slow for the kill-and-rerun test)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ENV, bin_path
+
+REPRODUCE = [bin_path("nomic_embed_reproduce")] if Path(bin_path("nomic_embed_reproduce")).exists() else [
+    sys.executable, "-c", "from nomic_embed.cli import reproduce; reproduce()"]
+FILES = {"settings.json", "results.json", "results.md", "stages.png", "phases", "runs", "pools", "curated", "evaluation"}
+PHASES = {"mlm", "pairs", "filter", "pretrain", "mine", "finetune", "evaluate"}
+
+
+def scores(out: Path) -> dict:
+    "The results without anything that depends on time: every model's scores and the checks."
+    payload = json.loads((out / "results.json").read_text())
+    return {"rows": payload["rows"], "checks": payload["checks"], "filter": payload["filter"]}
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory) -> Path:
+    "One uninterrupted micro reproduction (a few CPU minutes)."
+    out = tmp_path_factory.mktemp("reproduce") / "micro"
+    done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=3600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return out
+
+
+def test_micro_chain_writes_every_file_and_improves(micro_run):
+    assert FILES <= {p.name for p in micro_run.iterdir()}
+    assert {p.stem for p in (micro_run / "phases").glob("*.json")} == PHASES
+    rows = {row["model"]: row for row in json.loads((micro_run / "results.json").read_text())["rows"]}
+    print({label: round(row["Retrieval mean"], 2) for label, row in rows.items()})
+    assert set(rows) == {"random init", "stage 1 (MLM)", "stage 2", "stage 3"}
+    # contrastive training is what makes retrieval work: stage 2 clears the MLM model and the random-init floor
+    assert rows["stage 2"]["Retrieval mean"] > rows["stage 1 (MLM)"]["Retrieval mean"] + 3
+    assert rows["stage 2"]["Retrieval mean"] > rows["random init"]["Retrieval mean"]
+    assert rows["stage 3"]["Retrieval mean"] >= rows["stage 2"]["Retrieval mean"] - 1
+    assert "| model |" in (micro_run / "results.md").read_text()
+
+
+def test_a_changed_setting_is_refused(micro_run):
+    done = subprocess.run(REPRODUCE + ["--budget", "small", "--out", str(micro_run)], capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 2 and "holds a reproduction with other settings" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_finished_run_is_kept(micro_run):
+    "Run again with the same settings: every phase is kept, nothing is retrained, the results are the same."
+    before = scores(micro_run)
+    done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(micro_run)], capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all("kept" in line for line in done.stdout.splitlines() if line.startswith("["))
+    assert scores(micro_run) == before
+
+
+@pytest.mark.slow
+def test_kill_mid_stage_and_rerun_gives_the_uninterrupted_results(micro_run, tmp_path):
+    out = tmp_path / "killed"
+    process = subprocess.Popen(REPRODUCE + ["--budget", "micro", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    checkpoints = out / "runs" / "pretrain" / "checkpoints"
+    deadline = time.time() + 1800
+    while time.time() < deadline and process.poll() is None and not any(checkpoints.glob("step-*/manifest.json")):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "phases" / "pretrain.json").exists()
+    done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=3600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert scores(out) == scores(micro_run)
