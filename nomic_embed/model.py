@@ -105,9 +105,9 @@ def use_onednn_linear(enabled: bool = True) -> bool:
     return previous
 
 def linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    "`layer(x)`; at CPU fp32 inference (no autograd, no autocast, a plain `nn.Linear` without hooks) through oneDNN's kernel."
+    "`layer(x)`; at CPU fp32 inference (eval mode, no autograd, no autocast, a plain `nn.Linear` without hooks) through oneDNN's kernel."
     if (_KERNELS["onednn"] and x.device.type == "cpu" and x.dtype == torch.float32 and type(layer) is nn.Linear
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and layer.weight.dtype == torch.float32
+            and not layer.training and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and layer.weight.dtype == torch.float32
             and not (layer._forward_hooks or layer._forward_pre_hooks) and onednn_linear_available()):
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
     return layer(x)
@@ -138,7 +138,7 @@ class NomicBertAttention(nn.Module):
         `attention_mask` `(batch, 1, 1, seq)`. Packed: `(tokens, hidden)` with `packed` saying where sequences start."""
         heads = self.num_heads
         qkv = linear(self.Wqkv, hidden_states).unflatten(-1, (3 * heads, self.head_dim))  # (..., 3*heads, head_dim)
-        rope = apply_rope if torch.is_grad_enabled() else apply_rope_  # inference: rotate in place, in qkv's buffer
+        rope = apply_rope if self.training or torch.is_grad_enabled() else apply_rope_  # inference: rotate in place, in qkv's buffer
         if packed is None:
             query_key = rope(qkv[:, :, : 2 * heads], cos, sin)  # (batch, seq, 2*heads, head_dim)
             query, key = query_key.transpose(1, 2).split(heads, dim=1)  # (batch, heads, seq, head_dim)
