@@ -19,6 +19,16 @@ benchmarks/gpu_checks.sh runs all of it plus a short stage-2 training run of the
 
 Timings: CUDA events around whole calls, medians after warm-up. MFU uses 989 TFLOP/s (H100/H200 dense bf16).
 Not a test: nothing about speed is asserted.
+
+What a GPU round is for (targets still open; no GPU was available to the latest CPU round, which changed only CPU
+paths: oneDNN linears and in-place RoPE apply at CPU fp32 inference only, so every CUDA number below still holds):
+  * mlm: the stage-1 step at the report's shape (2,048 tokens, bf16) at >= 40% MFU (last measured: 23% on one H100,
+    1.16x transformers) — to try: torch.compile of the encoder blocks, fused AdamW, no host syncs, the masked-only
+    head, the largest micro-batch that fits;
+  * forward: full-batch inference at >= 40% of peak (last: 24-31%);
+  * contrastive (bench_contrastive.py): the GradCache step >= 1.3x sentence-transformers' CachedMNRL at batch
+    >= 1,024 (last: 1.02x);
+  * flash-attn: untested — install it where a wheel is reachable and run the parity section with it.
 """
 from __future__ import annotations
 

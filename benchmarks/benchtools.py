@@ -82,3 +82,80 @@ def matmul_gflops(size: int = 2048, repeats: int = 3, trials: int = 5) -> float:
             a @ b
         best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9)
     return best
+
+
+# ---- interleaved A/B timing: engines take turns round by round, so a change in machine load hits all alike ----
+
+def interleaved(engines: dict[str, Callable[[], Any]], rounds: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each engine in each of `rounds` rounds, after `warmup` untimed rounds. Every round runs every engine
+    once; the order rotates from round to round (A B C, B C A, ...), so no engine always follows the same one. An
+    engine may report its own seconds (a subprocess timing its work inside): a returned object with a `seconds`
+    attribute or key replaces the wall time of the call."""
+    names = list(engines)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(warmup + rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            result = engines[name]()
+            seconds = time.perf_counter() - start
+            if isinstance(result, dict) and "seconds" in result:
+                seconds = result["seconds"]
+            elif hasattr(result, "seconds"):
+                seconds = result.seconds
+            if r >= warmup:
+                times[name].append(seconds)
+    return times
+
+
+def ratio_stats(fast: list[float], slow: list[float]) -> dict[str, float]:
+    "Per-round speed-up slow/fast of two engines timed by `interleaved`: median, min, max, quartiles and the number of rounds."
+    import statistics
+    ratios = sorted(s / f for f, s in zip(fast, slow))
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1], "q1": quartiles[0], "q3": quartiles[2],
+            "rounds": len(ratios)}
+
+
+def format_ratio(stats: dict[str, float]) -> str:
+    "`1.52x [1.41-1.60 over 5 rounds]`: the median per-round ratio and its range."
+    return f"{stats['median']:.2f}x [{stats['min']:.2f}-{stats['max']:.2f} over {stats['rounds']} rounds]"
+
+
+class EngineProcess:
+    """A persistent child process that serves requests one at a time (one JSON line in, one JSON line out), so engines
+    can be interleaved round by round while each keeps its own memory (peak RSS is then that engine's alone).
+    `command` starts the child; it must answer each request line with one line of JSON on stdout."""
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None):
+        import subprocess
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1)
+        self.ready = self.receive()  # the child's first line: loaded, with its resident memory
+
+    def receive(self) -> dict:
+        import json
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"engine process {self.process.args} exited with code {self.process.wait()}")
+        return json.loads(line)
+
+    def call(self, **request) -> dict:
+        "Send one request; return the child's reply (a dict, with `seconds` when it timed work)."
+        import json
+        self.process.stdin.write(json.dumps(request) + "\n")
+        return self.receive()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+
+
+def serve(handler: Callable[[dict], dict], ready: dict | None = None) -> None:
+    "The child side of `EngineProcess`: print `ready` (default: resident memory), then answer each stdin line with `handler(request)`."
+    import json
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything the engine prints goes to stderr; stdout carries the replies only
+    print(json.dumps(ready or {"rss_mib": status_kib("VmRSS") / 1024}), file=out, flush=True)
+    for line in sys.stdin:
+        print(json.dumps(handler(json.loads(line))), file=out, flush=True)

@@ -6,6 +6,8 @@
 #    Embedder vs sentence-transformers;  2. bench_contrastive.py: contrastive steps, plain vs GradCache, vs
 #    sentence-transformers' CachedMultipleNegativesRankingLoss;  3. 40 stage-2 steps of the full 137M model from
 #    scratch on the prepared real pairs (bf16, auto attention), held-out retrieval logged at steps 0, 20 and 40.
+# The open GPU targets each section measures against (MLM >= 40% MFU, forward >= 40% of peak, GradCache >= 1.3x
+# CachedMNRL at batch >= 1,024, flash-attn parity) are listed at the end of bench_gpu.py's docstring.
 set -o pipefail
 data=${1:?usage: bash benchmarks/gpu_checks.sh DATA_DIR [OUT_DIR]}
 out=${2:-gpu_checks}

@@ -28,10 +28,11 @@ from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 from .rope import RotaryEmbedding, apply_rope, rope_cos_sin
 
 # %% auto #0
-__all__ = ['ATTENTION_BACKENDS', 'CHECKPOINT_FORMATS', 'NomicBertConfig', 'NomicBertEmbeddings', 'NomicBertAttention',
-           'NomicBertMLP', 'NomicBertBlock', 'NomicBertEncoder', 'PackedBatch', 'pack_batch', 'unpack_hidden',
-           'varlen_attention', 'NomicBertPreTrainedModel', 'NomicBertModel', 'count_parameters', 'mean_pool',
-           'tokenize', 'length_sorted_batches', 'LogProgress', 'progress_bar', 'pad_token_ids', 'embed_texts',
+__all__ = ['ATTENTION_BACKENDS', 'CHECKPOINT_FORMATS', 'NomicBertConfig', 'NomicBertEmbeddings', 'onednn_linear_available',
+           'use_onednn_linear', 'linear', 'apply_rope_', 'NomicBertAttention', 'NomicBertMLP', 'NomicBertBlock',
+           'NomicBertEncoder', 'PackedBatch', 'pack_batch', 'unpack_hidden', 'varlen_attention',
+           'NomicBertPreTrainedModel', 'NomicBertModel', 'count_parameters', 'mean_pool', 'tokenize',
+           'length_sorted_batches', 'LogProgress', 'progress_bar', 'pad_token_ids', 'embed_texts', 'quantize_int8',
            'NomicBertHeadTransform', 'NomicBertLMPredictions', 'NomicBertMLMHead', 'NomicBertForPreTraining',
            'from_transformers_state_dict', 'to_transformers_state_dict', 'config_from_nomic', 'config_to_nomic',
            'config_from_transformers', 'config_to_transformers', 'detect_format', 'read_checkpoint', 'atomic_file',
@@ -84,6 +85,43 @@ class NomicBertEmbeddings(nn.Module):
             return words + self.token_type_embeddings.weight[0]
         return words + self.token_type_embeddings(token_type_ids)
 
+# %% ../nbs/01_model.ipynb #92f86eb8
+@functools.cache
+def onednn_linear_available() -> bool:
+    "Whether this PyTorch build has oneDNN's fp32 linear kernel (`torch.ops.mkldnn._linear_pointwise`) and it agrees with `F.linear`."
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    x, w = torch.linspace(-1, 1, 12).view(3, 4), torch.linspace(-1, 1, 20).view(5, 4)
+    try:
+        return torch.allclose(torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""), F.linear(x, w), atol=1e-6)
+    except RuntimeError:
+        return False
+
+_KERNELS = {"onednn": True}
+
+def use_onednn_linear(enabled: bool = True) -> bool:
+    "Turn the oneDNN path of `linear` on or off (for comparisons); returns the previous setting."
+    previous, _KERNELS["onednn"] = _KERNELS["onednn"], bool(enabled)
+    return previous
+
+def linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    "`layer(x)`; at CPU fp32 inference (eval mode, no autograd, no autocast, a plain `nn.Linear` without hooks) through oneDNN's kernel."
+    if (_KERNELS["onednn"] and x.device.type == "cpu" and x.dtype == torch.float32 and type(layer) is nn.Linear
+            and not layer.training and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and layer.weight.dtype == torch.float32
+            and not (layer._forward_hooks or layer._forward_pre_hooks) and onednn_linear_available()):
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+    return layer(x)
+
+def apply_rope_(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    "`apply_rope` in place (inference): rotate `x` `(batch, seq, heads, head_dim)` by `cos`/`sin` `(batch or 1, seq, head_dim)`; returns `x`."
+    half = x.shape[-1] // 2
+    cos, sin = cos[..., None, :half].to(x.dtype), sin[..., None, :half].to(x.dtype)  # both halves of cos/sin are equal
+    x1, x2 = x[..., :half], x[..., half:]
+    x1_sin = x1 * sin
+    x1.mul_(cos).addcmul_(x2, sin, value=-1.0)  # x1 cos − x2 sin
+    x2.mul_(cos).add_(x1_sin)  # x2 cos + x1 sin
+    return x
+
 # %% ../nbs/01_model.ipynb #e2dfa75a
 class NomicBertAttention(nn.Module):
     "Bidirectional multi-head attention with one fused `Wqkv` projection and RoPE on queries and keys."
@@ -99,18 +137,19 @@ class NomicBertAttention(nn.Module):
         """Attend within each sequence. Padded: `hidden_states` `(batch, seq, hidden)` with an optional boolean
         `attention_mask` `(batch, 1, 1, seq)`. Packed: `(tokens, hidden)` with `packed` saying where sequences start."""
         heads = self.num_heads
-        qkv = self.Wqkv(hidden_states).unflatten(-1, (3 * heads, self.head_dim))  # (..., 3*heads, head_dim)
+        qkv = linear(self.Wqkv, hidden_states).unflatten(-1, (3 * heads, self.head_dim))  # (..., 3*heads, head_dim)
+        rope = apply_rope if self.training or torch.is_grad_enabled() else apply_rope_  # inference: rotate in place, in qkv's buffer
         if packed is None:
-            query_key = apply_rope(qkv[:, :, : 2 * heads], cos, sin)  # (batch, seq, 2*heads, head_dim)
+            query_key = rope(qkv[:, :, : 2 * heads], cos, sin)  # (batch, seq, 2*heads, head_dim)
             query, key = query_key.transpose(1, 2).split(heads, dim=1)  # (batch, heads, seq, head_dim)
             value = qkv[:, :, 2 * heads :].transpose(1, 2)
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
             out = out.transpose(1, 2).flatten(2)  # (batch, seq, hidden)
         else:
-            query_key = apply_rope(qkv[None, :, : 2 * heads], cos, sin)[0]  # (tokens, 2*heads, head_dim)
+            query_key = rope(qkv[None, :, : 2 * heads], cos, sin)[0]  # (tokens, 2*heads, head_dim)
             query, key = query_key.split(heads, dim=1)  # (tokens, heads, head_dim)
             out = varlen_attention(query, key, qkv[:, 2 * heads :], packed, backend).flatten(1)  # (tokens, hidden)
-        return self.out_proj(out)
+        return linear(self.out_proj, out)
 
 # %% ../nbs/01_model.ipynb #6271b3b7
 class NomicBertMLP(nn.Module):
@@ -123,10 +162,10 @@ class NomicBertMLP(nn.Module):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
-        up, gate = self.fc11(hidden_states), self.fc12(hidden_states)  # (..., intermediate)
+        up, gate = linear(self.fc11, hidden_states), linear(self.fc12, hidden_states)  # (..., intermediate)
         if torch.is_grad_enabled() and (up.requires_grad or gate.requires_grad):
             return self.fc2(up * F.silu(gate))
-        return self.fc2(up.mul_(F.silu(gate, inplace=True)))  # inference: reuse the buffers
+        return linear(self.fc2, up.mul_(F.silu(gate, inplace=True)))  # inference: reuse the buffers
 
 # %% ../nbs/01_model.ipynb #0427f3be
 class NomicBertBlock(nn.Module):
@@ -214,13 +253,13 @@ def varlen_attention(query: Tensor, key: Tensor, value: Tensor, packed: PackedBa
     if backend != "sdpa_unpadded":
         raise ValueError(f"varlen_attention backend must be sdpa_unpadded, flash_attn or torch_varlen; got {backend!r}")
     starts = packed.cu_seqlens.tolist()
-    outs = []
+    out = torch.empty_like(query)  # (tokens, heads, head_dim): each sequence writes its own rows
     for start, end in zip(starts[:-1], starts[1:]):
         if end > start:  # an all-padding row has no tokens and nothing to attend
             q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))  # (heads, length, head_dim)
             # 4-D input selects the fused CPU kernel; 3-D falls back to one that materialises heads x L x L scores
-            outs.append(F.scaled_dot_product_attention(q[None], k[None], v[None])[0].transpose(0, 1))
-    return torch.cat(outs) if outs else torch.empty_like(query)  # (tokens, heads, head_dim)
+            out[start:end] = F.scaled_dot_product_attention(q[None], k[None], v[None])[0].transpose(0, 1)
+    return out
 
 # %% ../nbs/01_model.ipynb #3470e9bd
 class NomicBertPreTrainedModel(PreTrainedModel):
@@ -481,6 +520,14 @@ def embed_texts(model: NomicBertModel, tokenizer, texts: Sequence[str], max_leng
             pooled = mean_pool(hidden.float(), attention_mask)  # (batch, hidden)
             vectors[batch] = (F.normalize(pooled, dim=-1) if normalize else pooled).cpu().numpy()
     return vectors
+
+# %% ../nbs/01_model.ipynb #eec950cb
+def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
+    "`model` (a copy unless `inplace`) with every `nn.Linear` dynamically quantised to int8 for CPU inference (per-row weight scales)."
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to the torchao package
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=inplace)
 
 # %% ../nbs/01_model.ipynb #667be59d
 class NomicBertHeadTransform(nn.Module):

@@ -150,14 +150,17 @@ class LoggingConfig:
 
 @dataclass
 class DistributedConfig:
-    "Process-group backend (auto = NCCL on GPU, gloo on CPU) and an optional DeepSpeed JSON config (ZeRO-2 for stage 1)."
+    "Process-group backend (auto = NCCL on GPU, gloo on CPU), an optional DeepSpeed JSON config (ZeRO-2 for stage 1), and torch's CPU threads per process."
     backend: str = "auto"
     deepspeed: str | None = None
     find_unused_parameters: bool = False
+    cpu_threads: int | None = None  # torch.set_num_threads per process; null = torch's default (one per core)
 
     def __post_init__(self):
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"distributed.backend must be auto, nccl or gloo; got {self.backend!r}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"distributed.cpu_threads must be >= 1 or null (torch's default); got {self.cpu_threads}")
 
 CORE_SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "training": TrainingConfig,
                  "checkpoint": CheckpointConfig, "logging": LoggingConfig, "distributed": DistributedConfig}
@@ -398,6 +401,8 @@ def setup_distributed(config: DistributedConfig) -> DistInfo:
     "Join the torchrun process group if `WORLD_SIZE` > 1 and pick this rank's device."
     world_size, rank, local_rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if config.cpu_threads:  # small models on shared cores: every extra thread is a barrier that can stall
+        torch.set_num_threads(config.cpu_threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not torch.distributed.is_initialized():
