@@ -136,9 +136,10 @@ def run_curation(command: str, config: dict, output: Path) -> dict:
 def stage_config(stage: str, budget: Budget, out: Path, init_from: str | None, pairs_config: Path | None = None, **data) -> dict:
     "The raw training config of `stage` ('mlm', 'contrastive_pretrain' or 'contrastive_finetune') at `budget`."
     b, quiet = budget, {"progress_bar": False}
+    one_thread = {"cpu_threads": 1}  # tiny models on shared CPU cores: one thread per process is faster (trainer chapter)
     model = {**b.model, "max_trained_positions": b.trained_length}
     if stage == "mlm":
-        return {"stage": "mlm", "seed": b.seed, "output_dir": str(out), "model": model,
+        return {"stage": "mlm", "seed": b.seed, "output_dir": str(out), "model": model, "distributed": one_thread,
                 "data": {"sources": stage1_texts(b), "chunk_length": b.trained_length, "val_fraction": 0.05},
                 "optimizer": {"lr": b.mlm_lr, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 1e-5},
                 "schedule": {"name": "linear", "warmup_fraction": 0.06}, "checkpoint": {"every_steps": max(b.mlm_steps // 4, 1)},
@@ -146,7 +147,7 @@ def stage_config(stage: str, budget: Budget, out: Path, init_from: str | None, p
                 "logging": {**quiet, "eval_every_steps": max(b.mlm_steps // 4, 1), "eval_max_chunks": 256, "eval_batch_size": 64}}
     pretrain = stage == "contrastive_pretrain"
     steps, batch, lr = (b.pretrain_steps, b.pretrain_batch, b.pretrain_lr) if pretrain else (b.finetune_steps, b.finetune_batch, b.finetune_lr)
-    return {"stage": stage, "seed": b.seed, "output_dir": str(out), "init_from": init_from,
+    return {"stage": stage, "seed": b.seed, "output_dir": str(out), "init_from": init_from, "distributed": one_thread,
             "model": {} if init_from else model,
             "data": {"pairs_config": str(pairs_config), "sources": None, "query_max_length": b.query_length,
                      "document_max_length": b.trained_length, "num_negatives": 0 if pretrain else 7, "mine_negatives": None,
