@@ -312,13 +312,14 @@ class MixedBatchSampler(OneSourceBatchSampler):
 
 # %% ../nbs/06_pairs.ipynb #3bf05c27
 class PairCollator:
-    "Tokenise a one-source list of `PairDataset` items into {query, document[, negatives]} features plus `source`."
+    "Tokenise a one-source list of `PairDataset` items into {query, document[, negatives]} features plus `source` ('mixed' if `one_source` is off)."
 
-    def __init__(self, tokenizer: Any, query_max_length: int = 512, document_max_length: int = 512, pad_to_multiple_of: int | None = None):
+    def __init__(self, tokenizer: Any, query_max_length: int = 512, document_max_length: int = 512, pad_to_multiple_of: int | None = None,
+                 one_source: bool = True):
         if query_max_length < 2 or document_max_length < 2:
             raise ValueError(f"max lengths must leave room for [CLS] and [SEP]; got query {query_max_length}, document {document_max_length}")
         self.tokenizer, self.pad_to_multiple_of = tokenizer, pad_to_multiple_of
-        self.query_max_length, self.document_max_length = query_max_length, document_max_length
+        self.query_max_length, self.document_max_length, self.one_source = query_max_length, document_max_length, one_source
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, Tensor]:
         "input_ids and attention_mask `(rows, longest ≤ max_length)`, right-padded."
@@ -328,9 +329,10 @@ class PairCollator:
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         sources = sorted({item["source"] for item in items})
-        if len(sources) != 1:
-            raise ValueError(f"a batch must hold one source (use OneSourceBatchSampler); this one mixes {sources}")
-        batch = {"source": sources[0],
+        if len(sources) != 1 and self.one_source:
+            raise ValueError(f"a batch must hold one source (use OneSourceBatchSampler, or one_source=False for the "
+                             f"mixed-batch ablation); this one mixes {sources}")
+        batch = {"source": sources[0] if len(sources) == 1 else "mixed",
                  "query": self.tokenize([item["query"] for item in items], self.query_max_length),
                  "document": self.tokenize([item["document"] for item in items], self.document_max_length)}
         if "negatives" in items[0]:

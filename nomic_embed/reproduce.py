@@ -329,18 +329,22 @@ def ablation_rows(rows: Sequence[dict], ablation_rows_by_name: dict[str, dict]) 
     return table
 
 # %% ../nbs/12_reproduce.ipynb #c67ee9b7
-def results_markdown(rows: Sequence[dict], checks: dict, ablations: Sequence[dict], budget: Budget, seconds: float, kept: dict) -> str:
-    "The results as Markdown: the main table, the checks, the filter's kept fractions and the ablation table."
+def results_markdown(rows: Sequence[dict], checks: dict, ablations: Sequence[dict], budget: Budget, seconds: dict[str, float],
+                     kept: dict) -> str:
+    "The results as Markdown: the main table, the checks, the filter's kept fractions and the ablation table; `seconds`: chain, ablations."
     from nomic_embed.evaluate import markdown_table
-    lines = [f"Offline suite (scores × 100; sources no training stage reads), budget `{budget.name}`, "
-             f"{seconds / 60:.1f} min on this machine.", "", markdown_table(rows), ""]
+    took = f"the chain took {seconds['chain'] / 60:.1f} min on this machine"
+    took += f", the ablations' training {seconds['ablations'] / 60:.1f} min more" if seconds.get("ablations") else ""
+    lines = [f"Offline suite (scores × 100; sources no training stage reads), budget `{budget.name}`: {took}.", "",
+             markdown_table(rows), ""]
     for name, results in checks.items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in results.items()))
     if kept:
         total, pairs = sum(s["kept"] for s in kept.values()), sum(s["pairs"] for s in kept.values())
         lines.append(f"- consistency filtering kept {total:,} of {pairs:,} stage-2 pairs ({total / pairs:.0%})")
     if ablations:
-        lines += ["", markdown_table([{k: v for k, v in row.items() if k != "differs"} for row in ablations])]
+        lines += ["", markdown_table([{k: v for k, v in row.items() if k != "differs"} for row in ablations]), "",
+                  "Each row is one run with one seed: a difference of a point or so is within what another seed could change."]
     return "\n".join(lines) + "\n"
 
 def write_results(out: Path, payload: dict, markdown: str) -> None:
@@ -406,7 +410,8 @@ def reproduce(out: str | os.PathLike = "reproduction", budget: str = "small", ab
     ablation_table = ablation_rows(rows, {name: offline_summary(r)[0] for name, r in variants.items()})
     kept = (phases.done("filter") or {}).get("sources", {})
     checks = chain_checks(rows)
-    seconds = sum((phases.done(n) or {}).get("seconds", 0) for n in names)
+    seconds = {part: sum((phases.done(n) or {}).get("seconds", 0) for n in names if n.startswith("ablation:") == (part == "ablations"))
+               for part in ("chain", "ablations")}
     payload = {"budget": asdict(chosen), "rows": rows, "checks": checks, "filter": kept, "ablations": ablation_table,
                "results": results, "ablation_results": variants}
     write_results(out, payload, results_markdown(rows, checks, ablation_table, chosen, seconds, kept))

@@ -443,7 +443,8 @@ class ContrastiveBatches:
         self.dataset = PairDataset(train, prefixes, data.num_negatives, seed=config.seed, negatives_sampling=data.negatives_sampling)
         sampler = OneSourceBatchSampler if data.batch_sources == "one" else MixedBatchSampler
         self.sampler = sampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size, config.seed, data.weighting)
-        self.collator = PairCollator(tokenizer, data.query_max_length, data.document_max_length, data.pad_to_multiple_of)
+        self.collator = PairCollator(tokenizer, data.query_max_length, data.document_max_length, data.pad_to_multiple_of,
+                                     one_source=data.batch_sources == "one")
         self.rank, self.steps_per_epoch, self._plan = dist.rank, len(self.sampler), (None, None)
 
     def global_batch(self, step: int) -> tuple[str, np.ndarray, int]:
