@@ -81,7 +81,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
                                      "evaluation — and write results.md / results.json. Run it again with the same --out to continue.")
     parser.add_argument("--out", default="reproduction", help="output directory (default: ./reproduction)")
     parser.add_argument("--budget", default="small", choices=BUDGET_NAMES,
-                        help="micro: about a minute (tests); small: the default, under an hour on 2 CPU cores; medium: up to 2 hours")
+                        help="micro: about a minute (tests); small: the default, about half an hour on 2 CPU cores; medium: up to 2 hours")
     parser.add_argument("--ablations", nargs="?", const="all", default="", metavar="NAMES",
                         help="also run one training per design choice of the report and score it: all of them, or the comma-separated "
                              "NAMES (unfiltered, mixed_batches, from_scratch, first_7, random_negatives, ablated)")

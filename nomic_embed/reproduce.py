@@ -68,7 +68,7 @@ BUDGETS: dict[str, Budget] = {
                     text_sources=("offline_wikipedia", "jargon"), pair_sources=("wikipedia_sections", "python_docstrings",
                     "python_doc_api", "foldoc_definitions", "wordnet_synonyms"),
                     expected_seconds=dict(mlm=15, pairs=20, filter=30, pretrain=20, mine=20, finetune=10, evaluate=60)),
-    "small": Budget("small", expected_seconds=dict(mlm=240, pairs=30, filter=120, pretrain=420, mine=60, finetune=90, evaluate=300)),
+    "small": Budget("small", expected_seconds=dict(mlm=150, pairs=5, filter=780, pretrain=210, mine=130, finetune=95, evaluate=300)),
     "medium": Budget("medium", model=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
                      mlm_steps=2000, mlm_batch=32, pretrain_steps=1500, pretrain_batch=256, pretrain_pairs_per_source=20000,
                      finetune_steps=300, finetune_batch=64, finetune_pairs_per_source=3000, filter_sample_size=16384,
