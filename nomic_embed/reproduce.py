@@ -18,11 +18,11 @@ from typing import Any, Callable, Sequence
 from .model import atomic_file
 
 # %% auto #0
-__all__ = ['BUDGETS', 'REFERENCE_MODELS', 'CHAIN', 'ABLATIONS', 'Budget', 'stage1_texts', 'stage_sources', 'hash_order',
+__all__ = ['BUDGETS', 'REFERENCE_MODELS', 'CHAIN', 'ABLATIONS', 'SEEDS', 'Budget', 'stage1_texts', 'stage_sources', 'hash_order',
            'write_pools', 'curate_config', 'run_curation', 'stage_config', 'run_stage', 'Phases', 'check_settings',
-           'reference_models', 'evaluate_models', 'run_chain', 'unfiltered_pairs', 'run_ablation', 'chain_checks',
-           'ablation_rows', 'results_markdown', 'write_results', 'plot_chain', 'chosen_ablations', 'reproduce',
-           'run_command']
+           'reference_models', 'evaluate_models', 'run_chain', 'unfiltered_pairs', 'run_ablation', 'run_seed',
+           'chain_checks', 'seed_table', 'verdict', 'ablation_rows', 'results_markdown', 'write_results', 'plot_chain',
+           'chosen_ablations', 'reproduce', 'run_command']
 
 # %% ../nbs/12_reproduce.ipynb #326b4357
 @dataclass(frozen=True)
@@ -210,6 +210,8 @@ class Phases:
         if name.startswith("ablation:"):  # the stage the ablation repeats, then its evaluation
             stage = ABLATIONS[name.split(":")[1]][0]
             return self.expected("pretrain" if stage == "stage 2" else "finetune") + self.expected("evaluate") / 2
+        if name.startswith("seed:"):  # stages 2 and 3 again (their evaluation is part of the results)
+            return self.expected("pretrain") + self.expected("finetune")
         return float(self.budget.expected_seconds.get(name, 60))
 
 # %% ../nbs/12_reproduce.ipynb #ff286669
@@ -303,6 +305,17 @@ def run_ablation(name: str, out: Path, budget: Budget) -> dict:
         raise ValueError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
     return {"model": str(run_stage(raw))}
 
+# %% ../nbs/12_reproduce.ipynb #5eed0a02
+SEEDS = (1, 2)  # more training seeds of stages 2 and 3 in an --ablations run: the yardstick for one-run differences
+
+def run_seed(seed: int, out: Path, budget: Budget) -> dict[str, str]:
+    "Stages 2 and 3 of the default chain again with training seed `seed` (the same pools, filter, negatives and MLM start)."
+    b, runs, curated = replace(budget, seed=seed), out / "runs", out / "curated"
+    stage2 = run_stage(stage_config("contrastive_pretrain", b, runs / f"pretrain_seed{seed}", str(runs / "mlm" / "final"),
+                                    curated / "stage2" / "pairs.yaml"))
+    stage3 = run_stage(stage_config("contrastive_finetune", b, runs / f"finetune_seed{seed}", str(stage2), curated / "stage3" / "pairs.yaml"))
+    return {"stage 2": str(stage2), "stage 3": str(stage3)}
+
 # %% ../nbs/12_reproduce.ipynb #952492ab
 def chain_checks(rows: Sequence[dict]) -> dict[str, Any]:
     "Stage 3 against random init on every task, and each model of the chain against the one before it on the mean."
@@ -316,25 +329,42 @@ def chain_checks(rows: Sequence[dict]) -> dict[str, Any]:
     checks["mean rises stage by stage"] = {f"{b['model']} > {a['model']}": b["Mean"] > a["Mean"] for a, b in zip(chain, chain[1:])}
     return checks
 
-def ablation_rows(rows: Sequence[dict], ablation_rows_by_name: dict[str, dict]) -> list[dict]:
-    "One row per ablation: the default stage's mean and retrieval mean, the variant's, and whether the report's claim held."
+def seed_table(rows: Sequence[dict], seed_rows: dict[int, Sequence[dict]]) -> list[dict]:
+    "Stages 2 and 3 at each training seed (the chain's `rows` are seed 0): the suite's mean and retrieval mean, then their spread."
+    table = []
+    for seed, summary in {0: rows, **seed_rows}.items():
+        by_label = {row["model"]: row for row in summary}
+        table.append({"seed": str(seed), **{f"{stage} {column.lower()}": by_label[stage][column]
+                                             for column in ("Mean", "Retrieval mean") for stage in ("stage 2", "stage 3")}})
+    columns = [c for c in table[0] if c != "seed"]
+    return table + [{"seed": "spread (max − min)", **{c: max(r[c] for r in table) - min(r[c] for r in table) for c in columns}}]
+
+def verdict(gain: float, spread: float | None) -> str:
+    "The report's claim against one run: the default's `gain` over the variant, judged by the seed `spread` (None: by its sign)."
+    if spread is None:
+        return "held" if gain > 0 else "not held"
+    return "held" if gain > spread else "reversed" if -gain > spread else "within seed spread"
+
+def ablation_rows(rows: Sequence[dict], ablation_rows_by_name: dict[str, dict], seeds: Sequence[dict] = ()) -> list[dict]:
+    "One row per ablation: the default stage's mean and retrieval mean, the variant's, and the verdict on the report's claim."
     by_label = {row["model"]: row for row in rows}
+    spread = {stage: seeds[-1][f"{stage} mean"] for stage in ("stage 2", "stage 3")} if seeds else {}
     table = []
     for name, row in ablation_rows_by_name.items():
         stage, change, claim = ABLATIONS[name]
         default = by_label[stage]
         table.append({"ablation": name, "differs": change, "claim": claim, "default mean": default["Mean"], "variant mean": row["Mean"],
                       "default retrieval": default["Retrieval mean"], "variant retrieval": row["Retrieval mean"],
-                      "claim held": default["Mean"] > row["Mean"]})
+                      "verdict": verdict(default["Mean"] - row["Mean"], spread.get(stage))})
     return table
 
 # %% ../nbs/12_reproduce.ipynb #c67ee9b7
 def results_markdown(rows: Sequence[dict], checks: dict, ablations: Sequence[dict], budget: Budget, seconds: dict[str, float],
-                     kept: dict) -> str:
-    "The results as Markdown: the main table, the checks, the filter's kept fractions and the ablation table; `seconds`: chain, ablations."
+                     kept: dict, seeds: Sequence[dict] = ()) -> str:
+    "The results as Markdown: the main table, the checks, the filter's kept fractions, the seed spread and the ablation table."
     from nomic_embed.evaluate import markdown_table
     took = f"the chain took {seconds['chain'] / 60:.1f} min on this machine"
-    took += f", the ablations' training {seconds['ablations'] / 60:.1f} min more" if seconds.get("ablations") else ""
+    took += f", the ablations and seeds' training {seconds['ablations'] / 60:.1f} min more" if seconds.get("ablations") else ""
     lines = [f"Offline suite (scores × 100; sources no training stage reads), budget `{budget.name}`: {took}.", "",
              markdown_table(rows), ""]
     for name, results in checks.items():
@@ -342,9 +372,15 @@ def results_markdown(rows: Sequence[dict], checks: dict, ablations: Sequence[dic
     if kept:
         total, pairs = sum(s["kept"] for s in kept.values()), sum(s["pairs"] for s in kept.values())
         lines.append(f"- consistency filtering kept {total:,} of {pairs:,} stage-2 pairs ({total / pairs:.0%})")
+    if seeds:
+        lines += ["", "Stages 2 and 3 trained with other seeds (the same data and MLM start; seed 0 is the chain above):", "",
+                  markdown_table(seeds)]
     if ablations:
+        yardstick = ("a claim held (or is reversed) when the default's mean beats the variant's (or loses to it) by more than the "
+                     "seed spread of its stage" if seeds else "one run each: a difference of a point or so is within what another "
+                     "seed could change")
         lines += ["", markdown_table([{k: v for k, v in row.items() if k != "differs"} for row in ablations]), "",
-                  "Each row is one run with one seed: a difference of a point or so is within what another seed could change."]
+                  f"Each ablation is one run with the chain's seed; {yardstick}."]
     return "\n".join(lines) + "\n"
 
 def write_results(out: Path, payload: dict, markdown: str) -> None:
@@ -395,26 +431,35 @@ def reproduce(out: str | os.PathLike = "reproduction", budget: str = "small", ab
     datasets.disable_progress_bars()  # the phases report themselves; datasets' per-file bars would bury those lines
     ablations = chosen_ablations(ablations)
     check_settings(out, {"budget": chosen.name, "budget_key": chosen.key()})  # --ablations may be added to a finished run
-    names = ["mlm", "pairs", "filter", "pretrain", "mine", "finetune", "evaluate"] + [f"ablation:{n}" for n in ablations]
+    seeds = SEEDS if ablations else ()  # the ablations' yardstick
+    chain_names = ["mlm", "pairs", "filter", "pretrain", "mine", "finetune", "evaluate"]
+    names = chain_names + [f"seed:{s}" for s in seeds] + [f"ablation:{n}" for n in ablations]
     phases = Phases(out, chosen, names, report)
     models = run_chain(out, chosen, phases)
     references = reference_models() if chosen.references else []
     evaluation = phases.run("evaluate", lambda: {"results": evaluate_models([*models.items(), *references], out, chosen, "chain")})
+    from nomic_embed.evaluate import LONG_DOCUMENT_TASK, offline_summary, plot_lengths
+    seed_rows = {}
+    for seed in seeds:
+        trained = phases.run(f"seed:{seed}", lambda seed=seed: run_seed(seed, out, chosen))
+        seed_rows[seed] = offline_summary(evaluate_models([(s, trained[s]) for s in ("stage 2", "stage 3")], out, chosen, f"seed-{seed}"))
     variants = {}
     for name in ablations:
         phases.run(f"ablation:{name}", lambda name=name: run_ablation(name, out, chosen))
         variants[name] = evaluate_models([(name, str(out / "runs" / name / "final"))], out, chosen, f"ablation-{name}")
-    from nomic_embed.evaluate import LONG_DOCUMENT_TASK, offline_summary, plot_lengths
     results = evaluation["results"]
     rows = offline_summary(results)
-    ablation_table = ablation_rows(rows, {name: offline_summary(r)[0] for name, r in variants.items()})
+    seed_spread = seed_table(rows, seed_rows) if seed_rows else []
+    ablation_table = ablation_rows(rows, {name: offline_summary(r)[0] for name, r in variants.items()}, seed_spread)
     kept = (phases.done("filter") or {}).get("sources", {})
     checks = chain_checks(rows)
-    seconds = {part: sum((phases.done(n) or {}).get("seconds", 0) for n in names if n.startswith("ablation:") == (part == "ablations"))
+    if seed_spread:
+        checks["stage 3 beats stage 2 on the mean at seed"] = {r["seed"]: r["stage 3 mean"] > r["stage 2 mean"] for r in seed_spread[:-1]}
+    seconds = {part: sum((phases.done(n) or {}).get("seconds", 0) for n in names if (n in chain_names) == (part == "chain"))
                for part in ("chain", "ablations")}
-    payload = {"budget": asdict(chosen), "rows": rows, "checks": checks, "filter": kept, "ablations": ablation_table,
-               "results": results, "ablation_results": variants}
-    write_results(out, payload, results_markdown(rows, checks, ablation_table, chosen, seconds, kept))
+    payload = {"budget": asdict(chosen), "rows": rows, "checks": checks, "filter": kept, "seeds": seed_spread, "ablations": ablation_table,
+               "results": results, "seed_results": seed_rows, "ablation_results": variants}
+    write_results(out, payload, results_markdown(rows, checks, ablation_table, chosen, seconds, kept, seed_spread))
     plot_chain(out, out / "stages.png")
     figures = [out / "stages.png"]
     if LONG_DOCUMENT_TASK in results["tasks"]:

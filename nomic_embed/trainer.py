@@ -36,13 +36,13 @@ from .model import NomicBertConfig, atomic_file, progress_bar
 __all__ = ['SCHEDULES', 'CORE_SECTIONS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig', 'ScheduleConfig',
            'TrainingConfig', 'CheckpointConfig', 'LoggingConfig', 'DistributedConfig', 'build_section',
            'register_stage', 'Backprop', 'Stage', 'TrainConfig', 'check_model_keys', 'apply_overrides', 'load_config',
-           'parameter_groups', 'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed', 'all_reduce_sum',
-           'main_process_first', 'resolve_precision', 'seed_everything', 'to_device', 'data_parallel',
-           'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'CheckpointError', 'list_checkpoints',
-           'find_checkpoint', 'verify_checkpoint', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir',
-           'check_resume_config', 'accumulate_gradients', 'apply_update', 'TrainingInterrupted', 'StopRequest',
-           'stop_agreed', 'Prefetcher', 'RunFiles', 'TrainingSetup', 'Trainer', 'read_metrics', 'plot_loss',
-           'run_training', 'resolve_resume_config']
+           'parameter_groups', 'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed',
+           'restoring_threads', 'all_reduce_sum', 'main_process_first', 'resolve_precision', 'seed_everything',
+           'to_device', 'data_parallel', 'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'CheckpointError',
+           'list_checkpoints', 'find_checkpoint', 'verify_checkpoint', 'save_checkpoint', 'load_checkpoint',
+           'refuse_used_run_dir', 'check_resume_config', 'accumulate_gradients', 'apply_update', 'TrainingInterrupted',
+           'StopRequest', 'stop_agreed', 'Prefetcher', 'RunFiles', 'TrainingSetup', 'Trainer', 'read_metrics',
+           'plot_loss', 'run_training', 'resolve_resume_config']
 
 # %% ../nbs/09_trainer.ipynb #85b42d43
 @dataclass
@@ -409,6 +409,14 @@ def setup_distributed(config: DistributedConfig) -> DistInfo:
         backend = config.backend if config.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
         torch.distributed.init_process_group(backend=backend)
     return DistInfo(rank, world_size, local_rank, device)
+
+@contextlib.contextmanager
+def restoring_threads(count: int) -> Iterator[None]:
+    "Set torch's CPU thread count back to `count` when the block ends: `cpu_threads` is the training loop's, not its caller's."
+    try:
+        yield
+    finally:
+        torch.set_num_threads(count)
 
 def all_reduce_sum(values: list[float], dist: DistInfo) -> list[float]:
     "Sum a few numbers over all ranks (float64); returns them unchanged in a single process."
@@ -779,6 +787,7 @@ class TrainingSetup:
             refuse_used_run_dir(Path(config.output_dir))
         if config.distributed.deepspeed:
             import_deepspeed()  # a missing DeepSpeed is reported before any data is built
+        self.caller_threads = torch.get_num_threads()  # given back when train() ends (an in-process caller embeds next)
         self.dist = setup_distributed(config.distributed)
         self.precision = resolve_precision(config.training.precision, self.dist.device)
         self.run_dir, self.files = Path(config.output_dir), RunFiles(config.output_dir, self.dist.is_main)
@@ -855,7 +864,7 @@ class Trainer(TrainingSetup):
         last, last_eval = {}, {}
         if self.step == 0 and self.stage.evaluate_at_start:  # the starting model's numbers, logged as step 0
             self.files.log(self.evaluate())
-        with StopRequest() as stop:
+        with StopRequest() as stop, restoring_threads(self.caller_threads):
             while self.step < self.total_steps:
                 last = self.train_step(self.step)
                 self.step += 1
