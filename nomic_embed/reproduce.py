@@ -22,7 +22,7 @@ __all__ = ['BUDGETS', 'REFERENCE_MODELS', 'CHAIN', 'ABLATIONS', 'SEEDS', 'Budget
            'write_pools', 'curate_config', 'run_curation', 'stage_config', 'run_stage', 'Phases', 'check_settings',
            'reference_models', 'evaluate_models', 'run_chain', 'unfiltered_pairs', 'run_ablation', 'run_seed',
            'chain_checks', 'seed_table', 'verdict', 'ablation_rows', 'results_markdown', 'write_results', 'plot_chain',
-           'chosen_ablations', 'reproduce', 'run_command']
+           'plot_ablations', 'chosen_ablations', 'reproduce', 'run_command']
 
 # %% ../nbs/12_reproduce.ipynb #326b4357
 @dataclass(frozen=True)
@@ -410,6 +410,34 @@ def plot_chain(out: Path, path: Path | None = None):
         fig.savefig(path, dpi=100, bbox_inches="tight")
     return fig
 
+# %% ../nbs/12_reproduce.ipynb #5eed0a06
+def plot_ablations(seeds: Sequence[dict], ablations: Sequence[dict], path: Path | None = None):
+    "Each ablation's effect (the default's suite mean minus the variant's) against its stage's seed spread (saved to `path` when given)."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x, ticks = 0.0, []
+    for stage in ("stage 2", "stage 3"):
+        rows = [row for row in ablations if ABLATIONS[row["ablation"]][0] == stage]
+        if not rows:
+            continue
+        spread, left, right = seeds[-1][f"{stage} mean"], x - 0.5, x + len(rows) - 0.5  # the last seed row is the spread
+        ax.fill_between([left, right], -spread, spread, color="tab:gray", alpha=0.3, lw=0,
+                        label="± the seed spread of the stage" if not ticks else None)
+        for row in rows:
+            gain = row["default mean"] - row["variant mean"]
+            ax.bar(x, gain, width=0.6, color="tab:green" if gain > 0 else "tab:red")
+            ticks.append((x, f"{row['ablation']}\n({stage})"))
+            x += 1
+        x += 0.5
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=8)
+    ax.set(ylabel="default − ablation, suite mean", title="What each design choice buys, against what a seed moves")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+    return fig
+
 # %% ../nbs/12_reproduce.ipynb #e6b6b43e
 def chosen_ablations(ablations: bool | str | Sequence[str]) -> list[str]:
     "The ablations asked for, in `ABLATIONS` order: True or 'all' for every one, a comma-separated string or a list for some."
@@ -465,6 +493,9 @@ def reproduce(out: str | os.PathLike = "reproduction", budget: str = "small", ab
     if LONG_DOCUMENT_TASK in results["tasks"]:
         plot_lengths(results, out / "lengths.png")
         figures.append(out / "lengths.png")
+    if seed_spread and ablation_table:
+        plot_ablations(seed_spread, ablation_table, out / "ablations.png")
+        figures.append(out / "ablations.png")
     report(f"wrote {out / 'results.md'}, {out / 'results.json'}, " + ", ".join(map(str, figures)))
     return payload
 
