@@ -48,6 +48,8 @@ median per-round ratio [range]; peak resident MiB Embedder / st_torch / onnxrunt
   mixed     1.40x [1.34-1.60] st_torch, 1.30x [1.12-1.35] onnxruntime; peak 1,234 / 1,905 / 3,030   (96 paragraphs, 3 rounds)
   long2048  1.41x [1.28-1.66] st_torch, 1.44x [1.12-1.67] onnxruntime; peak 1,107 / 1,173 / 3,049   (3 rounds)
   long8192  0.91x [0.77-1.04] st_torch, onnxruntime skipped (over 17 GiB); peak 1,362 / 1,787      (2 rounds)
+  long8192  1.03x [1.00-1.17] st_torch, re-measured over 4 rounds (`--cases long8192 --engines embedder st_torch --rounds 4`,
+            load 3 on 2 cores); peak 1,412 / 1,637; max |dv| 1.5e-08
 """
 from __future__ import annotations
 
