@@ -440,6 +440,7 @@ def _cut_task_data(task: OfflineTask, cut: Callable[[Sequence[str]], list[str]])
 
 def score_task(encoder, task: OfflineTask, max_length: int = 512, batch_size: int = 32) -> dict[str, float] | None:
     "One offline task through `mteb.evaluate` at `max_length` tokens: its main score and a few others (None: BM25 on a non-retrieval task)."
+    import warnings
     import mteb
     from nomic_embed.embed import in_memory_task
     if encoder.kind == "bm25":
@@ -449,8 +450,10 @@ def score_task(encoder, task: OfflineTask, max_length: int = 512, batch_size: in
     else:
         data = task.data
     mteb_task = in_memory_task(task.type, task.name, task.description, **data)
-    result = mteb.evaluate(encoder.mteb_model(max_length), [mteb_task], cache=None, show_progress_bar=False,
-                           encode_kwargs={"batch_size": batch_size, "show_progress_bar": False})
+    with warnings.catch_warnings():  # MTEB's classifier protocol caps the logistic regression at 100 iterations
+        warnings.filterwarnings("ignore", message="lbfgs failed to converge")
+        result = mteb.evaluate(encoder.mteb_model(max_length), [mteb_task], cache=None, show_progress_bar=False,
+                               encode_kwargs={"batch_size": batch_size, "show_progress_bar": False})
     scores = result.task_results[0].scores["test"][0]
     return {"main_score": float(scores["main_score"]), **{name: float(scores[name]) for name in EXTRA_SCORES[task.type] if name in scores}}
 

@@ -51,6 +51,7 @@ class Budget:
     text_sources: tuple | None = None  # stage-1 text sources (None: every offline text source)
     pair_sources: tuple | None = None  # stage-2/3 pair sources (None: every offline pair source)
     seed: int = 0
+    cpu_threads: int | None = 1  # torch threads per training process (None: torch's default, every core)
     expected_seconds: dict = field(default_factory=dict)  # per phase, on 2 CPU cores: for the time-left estimate
 
     def key(self) -> str:
@@ -70,9 +71,9 @@ BUDGETS: dict[str, Budget] = {
                     expected_seconds=dict(mlm=10, pairs=5, filter=20, pretrain=5, mine=5, finetune=5, evaluate=20)),
     "small": Budget("small", expected_seconds=dict(mlm=190, pairs=15, filter=220, pretrain=200, mine=85, finetune=90, evaluate=370)),
     "medium": Budget("medium", model=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
-                     mlm_steps=2000, mlm_batch=32, pretrain_steps=1500, pretrain_batch=256, pretrain_pairs_per_source=20000,
-                     finetune_steps=300, finetune_batch=64, finetune_pairs_per_source=3000, filter_sample_size=16384,
-                     expected_seconds=dict(mlm=1500, pairs=60, filter=900, pretrain=3000, mine=300, finetune=600, evaluate=600)),
+                     mlm_steps=1200, mlm_batch=32, mlm_lr=1e-3, pretrain_steps=600, pretrain_lr=5e-4, pretrain_pairs_per_source=6000,
+                     finetune_steps=100, finetune_pairs_per_source=1000, filter_sample_size=8192, cpu_threads=None,
+                     expected_seconds=dict(mlm=1185, pairs=5, filter=400, pretrain=1560, mine=75, finetune=445, evaluate=300)),
 }
 
 # %% ../nbs/12_reproduce.ipynb #76e92c99
@@ -136,10 +137,10 @@ def run_curation(command: str, config: dict, output: Path) -> dict:
 def stage_config(stage: str, budget: Budget, out: Path, init_from: str | None, pairs_config: Path | None = None, **data) -> dict:
     "The raw training config of `stage` ('mlm', 'contrastive_pretrain' or 'contrastive_finetune') at `budget`."
     b, quiet = budget, {"progress_bar": False}
-    one_thread = {"cpu_threads": 1}  # tiny models on shared CPU cores: one thread per process is faster (trainer chapter)
+    threads = {"cpu_threads": b.cpu_threads}  # the tiny models: one thread per process is faster (trainer chapter)
     model = {**b.model, "max_trained_positions": b.trained_length}
     if stage == "mlm":
-        return {"stage": "mlm", "seed": b.seed, "output_dir": str(out), "model": model, "distributed": one_thread,
+        return {"stage": "mlm", "seed": b.seed, "output_dir": str(out), "model": model, "distributed": threads,
                 "data": {"sources": stage1_texts(b), "chunk_length": b.trained_length, "val_fraction": 0.05},
                 "optimizer": {"lr": b.mlm_lr, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 1e-5},
                 "schedule": {"name": "linear", "warmup_fraction": 0.06}, "checkpoint": {"every_steps": max(b.mlm_steps // 4, 1)},
@@ -147,7 +148,7 @@ def stage_config(stage: str, budget: Budget, out: Path, init_from: str | None, p
                 "logging": {**quiet, "eval_every_steps": max(b.mlm_steps // 4, 1), "eval_max_chunks": 256, "eval_batch_size": 64}}
     pretrain = stage == "contrastive_pretrain"
     steps, batch, lr = (b.pretrain_steps, b.pretrain_batch, b.pretrain_lr) if pretrain else (b.finetune_steps, b.finetune_batch, b.finetune_lr)
-    return {"stage": stage, "seed": b.seed, "output_dir": str(out), "init_from": init_from, "distributed": one_thread,
+    return {"stage": stage, "seed": b.seed, "output_dir": str(out), "init_from": init_from, "distributed": threads,
             "model": {} if init_from else model,
             "data": {"pairs_config": str(pairs_config), "sources": None, "query_max_length": b.query_length,
                      "document_max_length": b.trained_length, "num_negatives": 0 if pretrain else 7, "mine_negatives": None,
