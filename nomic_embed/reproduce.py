@@ -137,7 +137,7 @@ def run_curation(command: str, config: dict, output: Path) -> dict:
 def stage_config(stage: str, budget: Budget, out: Path, init_from: str | None, pairs_config: Path | None = None, **data) -> dict:
     "The raw training config of `stage` ('mlm', 'contrastive_pretrain' or 'contrastive_finetune') at `budget`."
     b, quiet = budget, {"progress_bar": False}
-    threads = {"cpu_threads": b.cpu_threads}  # the tiny models: one thread per process is faster (trainer chapter)
+    threads = {"cpu_threads": b.cpu_threads}  # one per process for the tiny models (trainer chapter), every core at medium
     model = {**b.model, "max_trained_positions": b.trained_length}
     if stage == "mlm":
         return {"stage": "mlm", "seed": b.seed, "output_dir": str(out), "model": model, "distributed": threads,
