@@ -18,11 +18,12 @@ from typing import Any, Callable, Sequence
 from .model import atomic_file
 
 # %% auto #0
-__all__ = ['BUDGETS', 'REFERENCE_MODELS', 'CHAIN', 'ABLATIONS', 'SEEDS', 'Budget', 'stage1_texts', 'stage_sources', 'hash_order',
-           'write_pools', 'curate_config', 'run_curation', 'stage_config', 'run_stage', 'Phases', 'check_settings',
-           'reference_models', 'evaluate_models', 'run_chain', 'unfiltered_pairs', 'run_ablation', 'run_seed',
-           'chain_checks', 'seed_table', 'verdict', 'ablation_rows', 'results_markdown', 'write_results', 'plot_chain',
-           'plot_ablations', 'chosen_ablations', 'reproduce', 'run_command']
+__all__ = ['BUDGETS', 'REFERENCE_MODELS', 'CHAIN', 'ABLATIONS', 'SEEDS', 'FLOOR_SEEDS', 'PROBE_LRS', 'PROBE_SEEDS', 'Budget',
+           'stage1_texts', 'stage_sources', 'hash_order', 'write_pools', 'curate_config', 'run_curation',
+           'stage_config', 'run_stage', 'Phases', 'check_settings', 'reference_models', 'evaluate_models', 'run_chain',
+           'unfiltered_pairs', 'run_ablation', 'run_seed', 'save_floor', 'floor_verdict', 'probe_data', 'probe_models',
+           'floor_range', 'chain_checks', 'seed_table', 'verdict', 'ablation_rows', 'results_markdown', 'write_results',
+           'plot_chain', 'plot_ablations', 'chosen_ablations', 'reproduce', 'run_command']
 
 # %% ../nbs/12_reproduce.ipynb #326b4357
 @dataclass(frozen=True)
@@ -68,12 +69,12 @@ BUDGETS: dict[str, Budget] = {
                     eval_tasks=("NewsLeadRetrieval", "ManPageRetrieval"), references=False,
                     text_sources=("offline_wikipedia", "jargon"), pair_sources=("wikipedia_sections", "python_docstrings",
                     "python_doc_api", "foldoc_definitions", "wordnet_synonyms"),
-                    expected_seconds=dict(mlm=10, pairs=5, filter=20, pretrain=5, mine=5, finetune=5, evaluate=20)),
-    "small": Budget("small", expected_seconds=dict(mlm=190, pairs=15, filter=220, pretrain=200, mine=85, finetune=90, evaluate=370)),
+                    expected_seconds=dict(mlm=10, pairs=5, filter=20, pretrain=5, mine=5, finetune=5, evaluate=20, floor=10, probe=30)),
+    "small": Budget("small", expected_seconds=dict(mlm=190, pairs=15, filter=220, pretrain=200, mine=85, finetune=90, evaluate=370, floor=40, probe=220)),
     "medium": Budget("medium", model=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
                      mlm_steps=1200, mlm_batch=32, mlm_lr=1e-3, pretrain_steps=600, pretrain_lr=5e-4, pretrain_pairs_per_source=6000,
                      finetune_steps=100, finetune_pairs_per_source=1000, filter_sample_size=8192, cpu_threads=None,
-                     expected_seconds=dict(mlm=1185, pairs=5, filter=400, pretrain=1560, mine=75, finetune=445, evaluate=300)),
+                     expected_seconds=dict(mlm=1185, pairs=5, filter=400, pretrain=1560, mine=75, finetune=445, evaluate=300, floor=130, probe=840)),
 }
 
 # %% ../nbs/12_reproduce.ipynb #76e92c99
@@ -240,12 +241,12 @@ def reference_models() -> list[tuple[str, str]]:
     from nomic_embed.filter import offline_teacher_path
     return [("all-MiniLM-L6-v2", offline_teacher_path()), ("BM25", "bm25")]
 
-def evaluate_models(models: Sequence[tuple[str, str]], out: Path, budget: Budget, cache: str) -> dict:
-    "The offline suite for `models` (finished scores kept in `out/evaluation/CACHE/`), at the budget's lengths."
+def evaluate_models(models: Sequence[tuple[str, str]], out: Path, budget: Budget, cache: str, plain_rope: bool = True) -> dict:
+    "The offline suite for `models` (finished scores kept in `out/evaluation/CACHE/`), at the budget's lengths (and without eq. 5 beyond the trained one when `plain_rope`)."
     from nomic_embed.evaluate import default_lengths, evaluate_offline
     return evaluate_offline(models, list(budget.eval_tasks) if budget.eval_tasks else None, max_length=512,
                             lengths=default_lengths(budget.trained_length), trained_length=budget.trained_length,
-                            partial=out / "evaluation" / cache, progress=None)
+                            plain_rope=plain_rope, partial=out / "evaluation" / cache, progress=None)
 
 # %% ../nbs/12_reproduce.ipynb #0f8cd271
 def run_chain(out: Path, budget: Budget, phases: Phases) -> dict[str, str]:
@@ -317,15 +318,80 @@ def run_seed(seed: int, out: Path, budget: Budget) -> dict[str, str]:
     stage3 = run_stage(stage_config("contrastive_finetune", b, runs / f"finetune_seed{seed}", str(stage2), curated / "stage3" / "pairs.yaml"))
     return {"stage 2": str(stage2), "stage 3": str(stage3)}
 
+# %% ../nbs/12_reproduce.ipynb #f1004a02
+FLOOR_SEEDS = (1, 2, 3, 4)  # more initialisation seeds of the random-init floor (the chain's is the budget's seed)
+
+def save_floor(out: Path, budget: Budget) -> list[tuple[str, str]]:
+    "The random-init floor at each of `FLOOR_SEEDS`, saved under `out/runs/random_init_seedN`: `(label, directory)` pairs."
+    from nomic_embed.evaluate import save_random_init
+    models = []
+    for seed in FLOOR_SEEDS:
+        directory = out / "runs" / f"random_init_seed{seed}"
+        if not (directory / "config.json").exists():
+            save_random_init(directory, seed=seed, **budget.model, max_trained_positions=budget.trained_length)
+        models.append((f"random init, seed {seed}", str(directory)))
+    return models
+
+def floor_verdict(score: float, floor: Sequence[float]) -> str:
+    "A score against the random-init floor's scores at several initialisation seeds."
+    return "above" if score > max(floor) else "below" if score < min(floor) else "within"
+
+
+# %% ../nbs/12_reproduce.ipynb #b10be002
+PROBE_LRS = (3e-4, 1e-3)  # for tiny encoders; GLUE's grid (1e-5 to 3e-5) is for BERT-base
+PROBE_SEEDS = (0, 1, 2)
+
+def probe_data(per_category: int = 120, min_entries: int = 140) -> tuple[tuple, tuple]:
+    """The fine-tuning probe's topic task: up to `per_category` fortunes of 8–80 words from each database with at least
+    `min_entries` entries, every third held out; (train, test), each (texts, None, labels) as `finetune_classifier` takes them."""
+    from nomic_embed.evaluate import FORTUNE_CATEGORIES, fortunes
+    from nomic_embed.offline import stable_order
+    categories = [c for c in FORTUNE_CATEGORIES if len(fortunes(c)) >= min_entries]
+    if not categories:
+        raise FileNotFoundError("the fine-tuning probe reads the fortune databases: install them with bash tools/offline_data.sh")
+    train, test = ([], []), ([], [])
+    for label, category in enumerate(categories):
+        entries = [e for e in fortunes(category) if 8 <= len(e.split()) <= 80]
+        for i, entry in enumerate(stable_order(dict.fromkeys(entries), category)[:per_category]):
+            texts, labels = test if i % 3 == 0 else train
+            texts.append(entry)
+            labels.append(label)
+    return (train[0], None, train[1]), (test[0], None, test[1])
+
+def probe_models(models: Sequence[tuple[str, str]], lrs: Sequence[float] = PROBE_LRS, seeds: Sequence[int] = PROBE_SEEDS,
+                 epochs: int = 10, data: tuple | None = None) -> dict[str, dict]:
+    """Fine-tune each `(label, model)` with a linear head on `probe_data` at every learning rate and seed; per model the
+    better learning rate's median test accuracy ×100 (`accuracy`), that rate, and every run's accuracy by rate."""
+    from statistics import median
+    from nomic_embed.evaluate import finetune_classifier
+    train, test = data or probe_data()
+    results = {}
+    for label, model in models:
+        runs = {str(lr): [100 * finetune_classifier(model, train, test, num_labels=len(set(train[2])), lr=lr, seed=seed,
+                                                    epochs=epochs, batch_size=16, max_length=128)[0] for seed in seeds] for lr in lrs}
+        best = max(runs, key=lambda lr: median(runs[lr]))
+        results[label] = {"accuracy": median(runs[best]), "lr": float(best), "runs": runs}
+    return results
+
+
 # %% ../nbs/12_reproduce.ipynb #952492ab
-def chain_checks(rows: Sequence[dict]) -> dict[str, Any]:
-    "Stage 3 against random init on every task, and each model of the chain against the one before it on the mean."
+def floor_range(rows: Sequence[dict], floor_rows: Sequence[dict] = ()) -> dict[str, tuple[float, float]]:
+    "Each column's lowest and highest score of random init over its seeds (the chain's row and `floor_rows`)."
+    floors = [row for row in rows if row["model"] == "random init"] + list(floor_rows)
+    if not floors:
+        return {}
+    columns = [k for k, v in floors[0].items() if k != "model" and isinstance(v, (int, float))]
+    return {c: (min(row[c] for row in floors), max(row[c] for row in floors)) for c in columns}
+
+def chain_checks(rows: Sequence[dict], floor_rows: Sequence[dict] = ()) -> dict[str, Any]:
+    "Stage 3 against the random-init floor's range on every task, and each model of the chain against the one before it on the mean."
     by_label = {row["model"]: row for row in rows}
-    floor, final = by_label.get("random init"), by_label.get("stage 3")
+    floor, final = floor_range(rows, floor_rows), by_label.get("stage 3")
     checks = {}
     if floor and final:
-        tasks = [k for k, v in floor.items() if k not in ("model", "Mean", "Retrieval mean") and isinstance(v, (int, float))]
-        checks["stage 3 beats random init on"] = {task: final[task] > floor[task] for task in tasks if final.get(task) is not None}
+        tasks = [k for k in floor if k not in ("Mean", "Retrieval mean") and final.get(k) is not None]
+        seeds = 1 + len(floor_rows)
+        checks[f"stage 3 against random init at {seeds} seed{'s' * (seeds > 1)}"] = {task: floor_verdict(final[task], floor[task]) for task in tasks}
     chain = [by_label[label] for label in CHAIN if label in by_label]
     checks["mean rises stage by stage"] = {f"{b['model']} > {a['model']}": b["Mean"] > a["Mean"] for a, b in zip(chain, chain[1:])}
     return checks
@@ -361,18 +427,25 @@ def ablation_rows(rows: Sequence[dict], ablation_rows_by_name: dict[str, dict], 
 
 # %% ../nbs/12_reproduce.ipynb #c67ee9b7
 def results_markdown(rows: Sequence[dict], checks: dict, ablations: Sequence[dict], budget: Budget, seconds: dict[str, float],
-                     kept: dict, seeds: Sequence[dict] = ()) -> str:
-    "The results as Markdown: the main table, the checks, the filter's kept fractions, the seed spread and the ablation table."
+                     kept: dict, seeds: Sequence[dict] = (), floor: dict | None = None, probe: dict | None = None) -> str:
+    "The results as Markdown: the main table, the floor's range, the checks, the filter's kept fractions, the fine-tuning probe, the seed spread and the ablation table."
     from nomic_embed.evaluate import markdown_table
     took = f"the chain took {seconds['chain'] / 60:.1f} min on this machine"
-    took += f", the ablations and seeds' training {seconds['ablations'] / 60:.1f} min more" if seconds.get("ablations") else ""
+    took += f", the seeds, the probe and the ablations {seconds['ablations'] / 60:.1f} min more" if seconds.get("ablations") else ""
     lines = [f"Offline suite (scores × 100; sources no training stage reads), budget `{budget.name}`: {took}.", "",
              markdown_table(rows), ""]
+    if floor:
+        lines.append("- random init's range over its seeds: " + ", ".join(f"{k} {lo:.1f}–{hi:.1f}" for k, (lo, hi) in floor.items()))
     for name, results in checks.items():
-        lines.append(f"- {name}: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in results.items()))
+        shown = lambda v: v if isinstance(v, str) else "yes" if v else "no"
+        lines.append(f"- {name}: " + ", ".join(f"{k} {shown(v)}" for k, v in results.items()))
     if kept:
         total, pairs = sum(s["kept"] for s in kept.values()), sum(s["pairs"] for s in kept.values())
         lines.append(f"- consistency filtering kept {total:,} of {pairs:,} stage-2 pairs ({total / pairs:.0%})")
+    if probe:
+        probed = [f"{label} {r['accuracy']:.1f} (lr {r['lr']:g}; seeds {min(r['runs'][str(r['lr'])]):.1f}–{max(r['runs'][str(r['lr'])]):.1f})"
+                 for label, r in probe.items()]
+        lines.append("- fine-tuned on the topic probe (accuracy ×100, median over seeds at the better learning rate): " + ", ".join(probed))
     if seeds:
         lines += ["", "Stages 2 and 3 trained with other seeds (the same data and MLM start; seed 0 is the chain above):", "",
                   markdown_table(seeds)]
@@ -461,17 +534,19 @@ def reproduce(out: str | os.PathLike = "reproduction", budget: str = "small", ab
     ablations = chosen_ablations(ablations)
     check_settings(out, {"budget": chosen.name, "budget_key": chosen.key()})  # --ablations may be added to a finished run
     seeds = SEEDS if ablations else ()  # the ablations' yardstick
-    chain_names = ["mlm", "pairs", "filter", "pretrain", "mine", "finetune", "evaluate"]
-    names = chain_names + [f"seed:{s}" for s in seeds] + [f"ablation:{n}" for n in ablations]
+    chain_names = ["mlm", "pairs", "filter", "pretrain", "mine", "finetune", "evaluate", "floor"]
+    names = chain_names + [f"seed:{s}" for s in seeds] + ["probe"] * bool(ablations) + [f"ablation:{n}" for n in ablations]
     phases = Phases(out, chosen, names, report)
     models = run_chain(out, chosen, phases)
     references = reference_models() if chosen.references else []
     evaluation = phases.run("evaluate", lambda: {"results": evaluate_models([*models.items(), *references], out, chosen, "chain")})
+    floor = phases.run("floor", lambda: {"results": evaluate_models(save_floor(out, chosen), out, chosen, "floor", plain_rope=False)})
     from nomic_embed.evaluate import LONG_DOCUMENT_TASK, offline_summary, plot_lengths
     seed_rows = {}
     for seed in seeds:
         trained = phases.run(f"seed:{seed}", lambda seed=seed: run_seed(seed, out, chosen))
         seed_rows[seed] = offline_summary(evaluate_models([(s, trained[s]) for s in ("stage 2", "stage 3")], out, chosen, f"seed-{seed}"))
+    probe = phases.run("probe", lambda: {"results": probe_models([(label, models[label]) for label in CHAIN[:2]])}) if ablations else {}
     variants = {}
     for name in ablations:
         phases.run(f"ablation:{name}", lambda name=name: run_ablation(name, out, chosen))
@@ -481,14 +556,20 @@ def reproduce(out: str | os.PathLike = "reproduction", budget: str = "small", ab
     seed_spread = seed_table(rows, seed_rows) if seed_rows else []
     ablation_table = ablation_rows(rows, {name: offline_summary(r)[0] for name, r in variants.items()}, seed_spread)
     kept = (phases.done("filter") or {}).get("sources", {})
-    checks = chain_checks(rows)
+    floor_rows = offline_summary(floor["results"])
+    checks = chain_checks(rows, floor_rows)
+    if probe:
+        floor_runs = probe["results"]["random init"]["runs"][str(probe["results"]["random init"]["lr"])]
+        checks["stage 1 (MLM) against random init, fine-tuned (probe)"] = {
+            "accuracy": floor_verdict(probe["results"]["stage 1 (MLM)"]["accuracy"], floor_runs)}
     if seed_spread:
         checks["stage 3 beats stage 2 on the mean at seed"] = {r["seed"]: r["stage 3 mean"] > r["stage 2 mean"] for r in seed_spread[:-1]}
     seconds = {part: sum((phases.done(n) or {}).get("seconds", 0) for n in names if (n in chain_names) == (part == "chain"))
                for part in ("chain", "ablations")}
-    payload = {"budget": asdict(chosen), "rows": rows, "checks": checks, "filter": kept, "seeds": seed_spread, "ablations": ablation_table,
-               "results": results, "seed_results": seed_rows, "ablation_results": variants}
-    write_results(out, payload, results_markdown(rows, checks, ablation_table, chosen, seconds, kept, seed_spread))
+    payload = {"budget": asdict(chosen), "rows": rows, "floor": floor_range(rows, floor_rows), "checks": checks, "filter": kept,
+               "seeds": seed_spread, "probe": probe.get("results", {}), "ablations": ablation_table, "results": results, "floor_results": floor["results"],
+               "seed_results": seed_rows, "ablation_results": variants}
+    write_results(out, payload, results_markdown(rows, checks, ablation_table, chosen, seconds, kept, seed_spread, payload["floor"], payload["probe"]))
     plot_chain(out, out / "stages.png")
     figures = [out / "stages.png"]
     if LONG_DOCUMENT_TASK in results["tasks"]:

@@ -19,7 +19,7 @@ from conftest import ENV, bin_path
 REPRODUCE = [bin_path("nomic_embed_reproduce")] if Path(bin_path("nomic_embed_reproduce")).exists() else [
     sys.executable, "-c", "from nomic_embed.cli import reproduce; reproduce()"]
 FILES = {"settings.json", "results.json", "results.md", "stages.png", "phases", "runs", "pools", "curated", "evaluation"}
-PHASES = {"mlm", "pairs", "filter", "pretrain", "mine", "finetune", "evaluate"}
+PHASES = {"mlm", "pairs", "filter", "pretrain", "mine", "finetune", "evaluate", "floor"}
 
 
 def scores(out: Path) -> dict:
@@ -48,6 +48,11 @@ def test_micro_chain_writes_every_file_and_improves(micro_run):
     assert rows["stage 2"]["Retrieval mean"] > rows["random init"]["Retrieval mean"]
     assert rows["stage 3"]["Retrieval mean"] >= rows["stage 2"]["Retrieval mean"] - 1
     assert "| model |" in (micro_run / "results.md").read_text()
+    # the floor is scored at every initialisation seed, and stage 3 is judged against its range on each task
+    payload = json.loads((micro_run / "results.json").read_text())
+    assert len(payload["floor_results"]["models"]) == 4
+    verdicts = payload["checks"]["stage 3 against random init at 5 seeds"]
+    assert set(verdicts) == {"NewsLeadRetrieval", "ManPageRetrieval"} and set(verdicts.values()) <= {"above", "within", "below"}
 
 
 def test_a_changed_setting_is_refused(micro_run):
