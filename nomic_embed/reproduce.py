@@ -20,10 +20,11 @@ from .model import atomic_file
 # %% auto #0
 __all__ = ['BUDGETS', 'REFERENCE_MODELS', 'CHAIN', 'ABLATIONS', 'SEEDS', 'FLOOR_SEEDS', 'PROBE_LRS', 'PROBE_SEEDS', 'Budget',
            'stage1_texts', 'stage_sources', 'hash_order', 'write_pools', 'curate_config', 'run_curation',
-           'stage_config', 'run_stage', 'Phases', 'check_settings', 'reference_models', 'evaluate_models', 'run_chain',
-           'unfiltered_pairs', 'run_ablation', 'run_seed', 'save_floor', 'floor_verdict', 'probe_data', 'probe_models',
-           'floor_range', 'chain_checks', 'seed_table', 'verdict', 'ablation_rows', 'results_markdown', 'write_results',
-           'plot_chain', 'plot_ablations', 'chosen_ablations', 'reproduce', 'run_command']
+           'stage_config', 'run_stage', 'Phases', 'check_settings', 'reference_models', 'evaluate_models',
+           'random_init', 'run_chain', 'unfiltered_pairs', 'run_ablation', 'run_seed', 'save_floor', 'floor_verdict',
+           'probe_data', 'probe_models', 'probe_seeds', 'floor_range', 'chain_checks', 'seed_table', 'verdict',
+           'ablation_rows', 'results_markdown', 'write_results', 'plot_chain', 'plot_ablations', 'chosen_ablations',
+           'reproduce', 'run_command']
 
 # %% ../nbs/12_reproduce.ipynb #326b4357
 @dataclass(frozen=True)
@@ -249,6 +250,14 @@ def evaluate_models(models: Sequence[tuple[str, str]], out: Path, budget: Budget
                             plain_rope=plain_rope, partial=out / "evaluation" / cache, progress=None)
 
 # %% ../nbs/12_reproduce.ipynb #0f8cd271
+def random_init(out: Path, budget: Budget, seed: int) -> Path:
+    "The budget's model randomly initialised with `seed`, saved once under `out/runs/` (`random_init` for the chain's seed): the floor."
+    from nomic_embed.evaluate import save_random_init
+    directory = out / "runs" / ("random_init" if seed == budget.seed else f"random_init_seed{seed}")
+    if not (directory / "config.json").exists():
+        save_random_init(directory, seed=seed, **budget.model, max_trained_positions=budget.trained_length)
+    return directory
+
 def run_chain(out: Path, budget: Budget, phases: Phases) -> dict[str, str]:
     "The default chain's phases; returns each model of the chain by label."
     b, runs = budget, out / "runs"
@@ -260,11 +269,7 @@ def run_chain(out: Path, budget: Budget, phases: Phases) -> dict[str, str]:
     phases.run("mine", lambda: run_curation("mine", curate_config(out / "pools", b, 3), out / "curated" / "stage3"))
     phases.run("finetune", lambda: {"model": str(run_stage(stage_config(
         "contrastive_finetune", b, runs / "finetune", str(runs / "pretrain" / "final"), out / "curated" / "stage3" / "pairs.yaml")))})
-    from nomic_embed.evaluate import save_random_init
-    random_init = out / "runs" / "random_init"
-    if not (random_init / "config.json").exists():
-        save_random_init(random_init, seed=b.seed, **b.model, max_trained_positions=b.trained_length)
-    return dict(zip(CHAIN, [str(random_init), str(runs / "mlm" / "final"), str(runs / "pretrain" / "final"), str(runs / "finetune" / "final")]))
+    return dict(zip(CHAIN, [str(random_init(out, b, b.seed)), str(runs / "mlm" / "final"), str(runs / "pretrain" / "final"), str(runs / "finetune" / "final")]))
 
 # %% ../nbs/12_reproduce.ipynb #ca144382
 ABLATIONS = {  # name: (the stage it repeats, what it changes, the report's claim)
@@ -323,14 +328,7 @@ FLOOR_SEEDS = (1, 2, 3, 4)  # more initialisation seeds of the random-init floor
 
 def save_floor(out: Path, budget: Budget) -> list[tuple[str, str]]:
     "The random-init floor at each of `FLOOR_SEEDS`, saved under `out/runs/random_init_seedN`: `(label, directory)` pairs."
-    from nomic_embed.evaluate import save_random_init
-    models = []
-    for seed in FLOOR_SEEDS:
-        directory = out / "runs" / f"random_init_seed{seed}"
-        if not (directory / "config.json").exists():
-            save_random_init(directory, seed=seed, **budget.model, max_trained_positions=budget.trained_length)
-        models.append((f"random init, seed {seed}", str(directory)))
-    return models
+    return [(f"random init, seed {seed}", str(random_init(out, budget, seed))) for seed in FLOOR_SEEDS]
 
 def floor_verdict(score: float, floor: Sequence[float]) -> str:
     "A score against the random-init floor's scores at several initialisation seeds."
@@ -346,12 +344,12 @@ def probe_data(per_category: int = 120, min_entries: int = 140) -> tuple[tuple, 
     `min_entries` entries, every third held out; (train, test), each (texts, None, labels) as `finetune_classifier` takes them."""
     from nomic_embed.evaluate import FORTUNE_CATEGORIES, fortunes
     from nomic_embed.offline import stable_order
-    categories = [c for c in FORTUNE_CATEGORIES if len(fortunes(c)) >= min_entries]
-    if not categories:
+    databases = {c: entries for c in FORTUNE_CATEGORIES if len(entries := fortunes(c)) >= min_entries}
+    if not databases:
         raise FileNotFoundError("the fine-tuning probe reads the fortune databases: install them with bash tools/offline_data.sh")
     train, test = ([], []), ([], [])
-    for label, category in enumerate(categories):
-        entries = [e for e in fortunes(category) if 8 <= len(e.split()) <= 80]
+    for label, (category, entries) in enumerate(databases.items()):
+        entries = [e for e in entries if 8 <= len(e.split()) <= 80]
         for i, entry in enumerate(stable_order(dict.fromkeys(entries), category)[:per_category]):
             texts, labels = test if i % 3 == 0 else train
             texts.append(entry)
@@ -372,6 +370,10 @@ def probe_models(models: Sequence[tuple[str, str]], lrs: Sequence[float] = PROBE
         best = max(runs, key=lambda lr: median(runs[lr]))
         results[label] = {"accuracy": median(runs[best]), "lr": float(best), "runs": runs}
     return results
+
+def probe_seeds(result: dict) -> list[float]:
+    "One model's probe accuracies at its chosen learning rate, one per seed."
+    return result["runs"][str(result["lr"])]
 
 
 # %% ../nbs/12_reproduce.ipynb #952492ab
@@ -436,15 +438,15 @@ def results_markdown(rows: Sequence[dict], checks: dict, ablations: Sequence[dic
              markdown_table(rows), ""]
     if floor:
         lines.append("- random init's range over its seeds: " + ", ".join(f"{k} {lo:.1f}–{hi:.1f}" for k, (lo, hi) in floor.items()))
+    shown = lambda v: v if isinstance(v, str) else "yes" if v else "no"  # a verdict as it is, a check as yes or no
     for name, results in checks.items():
-        shown = lambda v: v if isinstance(v, str) else "yes" if v else "no"
         lines.append(f"- {name}: " + ", ".join(f"{k} {shown(v)}" for k, v in results.items()))
     if kept:
         total, pairs = sum(s["kept"] for s in kept.values()), sum(s["pairs"] for s in kept.values())
         lines.append(f"- consistency filtering kept {total:,} of {pairs:,} stage-2 pairs ({total / pairs:.0%})")
     if probe:
-        probed = [f"{label} {r['accuracy']:.1f} (lr {r['lr']:g}; seeds {min(r['runs'][str(r['lr'])]):.1f}–{max(r['runs'][str(r['lr'])]):.1f})"
-                 for label, r in probe.items()]
+        probed = [f"{label} {r['accuracy']:.1f} (lr {r['lr']:g}; seeds {min(probe_seeds(r)):.1f}–{max(probe_seeds(r)):.1f})"
+                  for label, r in probe.items()]
         lines.append("- fine-tuned on the topic probe (accuracy ×100, median over seeds at the better learning rate): " + ", ".join(probed))
     if seeds:
         lines += ["", "Stages 2 and 3 trained with other seeds (the same data and MLM start; seed 0 is the chain above):", "",
@@ -559,9 +561,9 @@ def reproduce(out: str | os.PathLike = "reproduction", budget: str = "small", ab
     floor_rows = offline_summary(floor["results"])
     checks = chain_checks(rows, floor_rows)
     if probe:
-        floor_runs = probe["results"]["random init"]["runs"][str(probe["results"]["random init"]["lr"])]
+        probed = probe["results"]
         checks["stage 1 (MLM) against random init, fine-tuned (probe)"] = {
-            "accuracy": floor_verdict(probe["results"]["stage 1 (MLM)"]["accuracy"], floor_runs)}
+            "accuracy": floor_verdict(probed["stage 1 (MLM)"]["accuracy"], probe_seeds(probed["random init"]))}
     if seed_spread:
         checks["stage 3 beats stage 2 on the mean at seed"] = {r["seed"]: r["stage 3 mean"] > r["stage 2 mean"] for r in seed_spread[:-1]}
     seconds = {part: sum((phases.done(n) or {}).get("seconds", 0) for n in names if (n in chain_names) == (part == "chain"))
