@@ -10,9 +10,10 @@
     python benchmarks/bench_contrastive.py --device cuda --model base --batch-sizes 64 256 1024 4096 --peer-batch 1024
     python benchmarks/bench_contrastive.py --device cuda --model base --precision bf16 --data .gpu   # pairs from bench_gpu.py prepare
 
-Timings are medians over --repeats steps after a warm-up step, all taken before any memory measurement; memory is
-the peak of one step above the level before it (CUDA allocator on GPU; process resident memory on Linux CPU, see
-benchtools.measure_peak_memory, which makes the C allocator return large blocks at once and so slows later steps).
+Timings are medians over --repeats steps after a warm-up step, all taken before any memory measurement (on CPU the
+profiler that counts memory slows a step); memory is the peak of live tensors in one step above the level before it
+(the CUDA allocator's count on GPU; on CPU the profiler's record of every allocation, see
+benchtools.measure_peak_memory).
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def main() -> None:
         return statistics.median(times)
 
     def mebibytes(encoder: nn.Module, step) -> float:
-        "Peak MiB of one `step` (after the timing runs: on CPU the measurement changes how the C allocator works)."
+        "Peak MiB of one `step` (after the timing runs: on CPU the profiler that counts memory slows the step)."
         encoder.zero_grad(set_to_none=True)
         with autocast():
             return measure_peak_memory(step, device)[1] / 2**20

@@ -1,18 +1,19 @@
 """Measurement helpers shared by the benchmarks (and the tests and chapters that measure memory or compare gradients).
 
-Not part of the library: `measure_peak_memory` on CPU switches the C allocator to return large freed blocks to the
-system at once, for the rest of the process (so resident memory follows live tensors), which slows later large
-allocations. Import from a script in this folder (`from benchtools import ...`) or put this folder on `sys.path`.
+Not part of the library. Import from a script in this folder (`from benchtools import ...`) or put this folder on
+`sys.path`.
 """
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import os
 import sys
 import time
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import DeviceType
 
 
 def status_kib(field: str) -> int:
@@ -24,8 +25,26 @@ def status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} field")
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    "Silence file descriptor 2 (the profiler's C++ library prints a line when it starts and stops)."
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved), os.close(devnull)
+
+
 def measure_peak_memory(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[Any, int]:
-    "Run `fn()`; return its result and the peak memory in bytes above the level at the start (CUDA allocator, or process RSS on Linux CPU)."
+    """Run `fn()`; return its result and the peak bytes of live tensors above the level at the start.
+
+    On CUDA the allocator keeps the count. On CPU the profiler records every tensor allocation and free in order and
+    the peak is read off their running sum: exact and the same on every run and machine, unlike the process's peak
+    resident memory, which the kernel samples and the C allocator blurs (it moved by ±16 MiB between identical steps).
+    """
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -34,16 +53,21 @@ def measure_peak_memory(fn: Callable[[], Any], device: torch.device | str = "cpu
         result = fn()
         torch.cuda.synchronize(device)
         return result, torch.cuda.max_memory_allocated(device) - start
-    if not sys.platform.startswith("linux"):
-        raise RuntimeError("CPU peak memory is read from /proc/self (Linux only); measure on Linux or on a CUDA device")
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: blocks >= 64 KiB are mmap-ed, so freeing returns them to the OS
-    libc.malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # reset the high-water mark VmHWM to the current RSS
-    start = status_kib("VmRSS")
-    result = fn()
-    return result, (status_kib("VmHWM") - start) * 1024
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():
+        profiler.start()
+    try:
+        result = fn()
+    finally:
+        with _quiet_stderr():
+            profiler.stop()
+    changes = sorted((event.start_ns(), event.nbytes()) for event in profiler.profiler.kineto_results.events()
+                     if event.name() == "[memory]" and event.device_type() == DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in changes:
+        live += nbytes
+        peak = max(peak, live)
+    return result, peak
 
 
 def reset_peak_rss() -> None:
