@@ -24,7 +24,7 @@ __all__ = ['BUDGETS', 'REFERENCE_MODELS', 'CHAIN', 'ABLATIONS', 'SEEDS', 'FLOOR_
            'random_init', 'run_chain', 'unfiltered_pairs', 'run_ablation', 'run_seed', 'save_floor', 'floor_verdict',
            'probe_data', 'probe_models', 'probe_seeds', 'floor_range', 'chain_checks', 'seed_table', 'verdict',
            'ablation_rows', 'results_markdown', 'write_results', 'plot_chain', 'plot_ablations', 'chosen_ablations',
-           'reproduce', 'run_command']
+           'reproduce', 'run_command', 'scored_negatives', 'negative_scores', 'positive_aware_pairs']
 
 # %% ../nbs/12_reproduce.ipynb #326b4357
 @dataclass(frozen=True)
@@ -591,3 +591,68 @@ def run_command(args) -> None:
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"nomic_embed_reproduce: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+# %% ../nbs/12_reproduce.ipynb #1202e2e7
+def scored_negatives(curated: str | os.PathLike):
+    """Per shard of a `nomic_embed_curate mine` output whose negatives were mined from its own documents: `(source,
+    parquet path, table, rows)`, each row `(positive score, negative scores)` in the teacher's cosines to the query."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import yaml
+    from nomic_embed.curate import load_table
+    curated = Path(curated)
+    report = json.loads((curated / "report.json").read_text())["sources"]
+    for source in yaml.safe_load((curated / "pairs.yaml").read_text())["sources"]:
+        name = source["name"]
+        if report[name].get("negatives") != "mined" or (curated / "work" / f"{name}.corpus").exists():
+            continue  # random or kept negatives, or an external corpus: no teacher score of the positive among them
+        for path in map(Path, source["data_files"]):
+            work = curated / "work" / name / path.stem
+            queries = np.load(f"{work}.query.npy").astype(np.float32)
+            documents = np.load(f"{work}.document.npy").astype(np.float32)
+            own = {text: i for i, text in enumerate(load_table(f"{work}.texts.arrow").column("document").to_pylist())}
+            table = pq.read_table(path)
+            rows = []
+            for q, (d, negatives) in enumerate(zip(documents, table.column("negatives").to_pylist())):
+                known = [own[text] for text in negatives if text in own]  # pool mining: every negative is a document of the shard
+                rows.append((float(queries[q] @ d), documents[known] @ queries[q] if len(known) == len(negatives) else None))
+            yield name, path, table, rows
+
+def negative_scores(curated: str | os.PathLike, ratio: float = 0.95) -> dict[str, dict]:
+    """Per mined source of a `nomic_embed_curate mine` output: its rows, the share of mined negatives the teacher scores
+    at least `ratio` × the positive (`near_positive`), and the share of rows with a negative scored above the positive."""
+    counts: dict[str, dict] = {}
+    for name, _, _, rows in scored_negatives(Path(curated)):
+        c = counts.setdefault(name, {"rows": 0, "negatives": 0, "near": 0, "above": 0})
+        for positive, negatives in rows:
+            if negatives is None:
+                raise ValueError(f"{name}: a negative is not among the source's documents; negative_scores reads outputs mined from the pool")
+            c["rows"] += 1; c["negatives"] += len(negatives)
+            c["near"] += int((negatives >= ratio * positive).sum()); c["above"] += int((negatives > positive).any())
+    return {name: {"rows": c["rows"], "near_positive": c["near"] / max(c["negatives"], 1),
+                   "rows_negative_above": c["above"] / max(c["rows"], 1)} for name, c in counts.items()}
+
+def positive_aware_pairs(curated: str | os.PathLike, out: str | os.PathLike, ratio: float = 0.95, keep: int = 7) -> Path:
+    """Copy a `mine` output to `out` without the mined negatives the teacher scores at least `ratio` × the positive (a row
+    left with fewer than `keep` keeps the `keep` it scores lowest); returns the copy's pairs config for stage 3."""
+    import numpy as np
+    import pyarrow as pa
+    import yaml
+    from nomic_embed.curate import save_parquet
+    curated, out = Path(curated), Path(out)
+    config = yaml.safe_load((curated / "pairs.yaml").read_text())
+    rewritten = {}
+    for name, path, table, rows in scored_negatives(curated):
+        negatives = []
+        for texts, (positive, scores) in zip(table.column("negatives").to_pylist(), rows):
+            chosen = [t for t, s in zip(texts, scores) if s < ratio * positive]
+            negatives.append(chosen if len(chosen) >= keep else [texts[i] for i in np.argsort(scores, kind="stable")[:keep]])
+        target = out / name / path.name
+        save_parquet(target, table.set_column(table.column_names.index("negatives"), "negatives", pa.array(negatives, pa.list_(pa.string()))))
+        rewritten[str(path)] = str(target)
+    for source in config["sources"]:
+        source["data_files"] = [rewritten.get(str(f), str(f)) for f in source["data_files"]]
+    target = out / "pairs.yaml"
+    with atomic_file(target) as written:
+        written.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target

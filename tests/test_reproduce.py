@@ -55,6 +55,33 @@ def test_micro_chain_writes_every_file_and_improves(micro_run):
     assert set(verdicts) == {"NewsLeadRetrieval", "ManPageRetrieval"} and set(verdicts.values()) <= {"above", "within", "below"}
 
 
+def test_mined_negatives_scored_and_filtered_against_the_positive(micro_run, tmp_path):
+    "The teacher's scores of the micro run's mined negatives, and a positive-aware copy that stage 3 can read."
+    import pyarrow.parquet as pq
+    import yaml
+    from nomic_embed.pairs import PairSource
+    from nomic_embed.reproduce import scored_negatives, negative_scores, positive_aware_pairs
+    curated = micro_run / "curated" / "stage3"
+    report = json.loads((curated / "report.json").read_text())["sources"]
+    by_source = negative_scores(curated)
+    assert set(by_source) == {name for name, info in report.items() if info["negatives"] == "mined"}
+    for name, s in by_source.items():
+        assert s["rows"] == report[name]["pairs"] and 0 <= s["near_positive"] <= 1 and 0 <= s["rows_negative_above"] <= 1
+    print(by_source)
+    assert any(s["near_positive"] > 0 for s in by_source.values())  # the teacher does score some mined negatives near the positive
+    pairs = positive_aware_pairs(curated, tmp_path / "positive_aware")
+    for name, path, original, rows in scored_negatives(curated):
+        rewritten = pq.read_table(tmp_path / "positive_aware" / name / path.name).column("negatives").to_pylist()
+        for before, after, (positive, negatives) in zip(original.column("negatives").to_pylist(), rewritten, rows):
+            near = {t for t, score in zip(before, negatives) if score >= 0.95 * positive}
+            assert set(after) <= set(before) and len(after) >= min(7, len(before))
+            assert not near & set(after) or len(before) - len(near) < 7  # dropped, unless fewer than 7 would be left
+    for source in yaml.safe_load(pairs.read_text())["sources"]:  # mined sources point to the copy, the others to the run
+        copied = str(tmp_path) in source["data_files"][0]
+        assert copied == (source["name"] in by_source)
+        assert PairSource(name=source["name"], data_files=source["data_files"]).load().num_rows == report[source["name"]]["pairs"]
+
+
 def test_a_changed_setting_is_refused(micro_run):
     done = subprocess.run(REPRODUCE + ["--budget", "small", "--out", str(micro_run)], capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 2 and "holds a reproduction with other settings" in done.stderr, done.stderr[-2000:]
