@@ -592,7 +592,7 @@ def run_command(args) -> None:
         print(f"nomic_embed_reproduce: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
-# %% ../nbs/12_reproduce.ipynb #1202e2e7
+# %% ../nbs/12_reproduce.ipynb #5dfceb96
 def scored_negatives(curated: str | os.PathLike):
     """Per shard of a `nomic_embed_curate mine` output whose negatives were mined from its own documents: `(source,
     parquet path, table, rows)`, each row `(positive score, negative scores)` in the teacher's cosines to the query."""
@@ -606,18 +606,23 @@ def scored_negatives(curated: str | os.PathLike):
         name = source["name"]
         if report[name].get("negatives") != "mined" or (curated / "work" / f"{name}.corpus").exists():
             continue  # random or kept negatives, or an external corpus: no teacher score of the positive among them
-        for path in map(Path, source["data_files"]):
-            work = curated / "work" / name / path.stem
+        paths = [Path(f) for f in source["data_files"]]
+        works = [curated / "work" / name / path.stem for path in paths]
+        corpus = np.concatenate([np.load(f"{work}.document.npy").astype(np.float32) for work in works])  # the source's documents: its pool
+        own = {text: i for i, text in enumerate(t for work in works for t in load_table(f"{work}.texts.arrow").column("document").to_pylist())}
+        first = 0
+        for path, work in zip(paths, works):
             queries = np.load(f"{work}.query.npy").astype(np.float32)
-            documents = np.load(f"{work}.document.npy").astype(np.float32)
-            own = {text: i for i, text in enumerate(load_table(f"{work}.texts.arrow").column("document").to_pylist())}
             table = pq.read_table(path)
             rows = []
-            for q, (d, negatives) in enumerate(zip(documents, table.column("negatives").to_pylist())):
-                known = [own[text] for text in negatives if text in own]  # pool mining: every negative is a document of the shard
-                rows.append((float(queries[q] @ d), documents[known] @ queries[q] if len(known) == len(negatives) else None))
+            for q, negatives in enumerate(table.column("negatives").to_pylist()):
+                if not all(text in own for text in negatives):
+                    raise ValueError(f"{path}: a negative is not among {name}'s documents; only negatives mined from a source's own pool can be scored")
+                rows.append((float(queries[q] @ corpus[first + q]), corpus[[own[text] for text in negatives]] @ queries[q]))
+            first += len(queries)
             yield name, path, table, rows
 
+# %% ../nbs/12_reproduce.ipynb #d4d94502
 def negative_scores(curated: str | os.PathLike, ratio: float = 0.95) -> dict[str, dict]:
     """Per mined source of a `nomic_embed_curate mine` output: its rows, the share of mined negatives the teacher scores
     at least `ratio` × the positive (`near_positive`), and the share of rows with a negative scored above the positive."""
@@ -625,13 +630,12 @@ def negative_scores(curated: str | os.PathLike, ratio: float = 0.95) -> dict[str
     for name, _, _, rows in scored_negatives(Path(curated)):
         c = counts.setdefault(name, {"rows": 0, "negatives": 0, "near": 0, "above": 0})
         for positive, negatives in rows:
-            if negatives is None:
-                raise ValueError(f"{name}: a negative is not among the source's documents; negative_scores reads outputs mined from the pool")
             c["rows"] += 1; c["negatives"] += len(negatives)
             c["near"] += int((negatives >= ratio * positive).sum()); c["above"] += int((negatives > positive).any())
     return {name: {"rows": c["rows"], "near_positive": c["near"] / max(c["negatives"], 1),
                    "rows_negative_above": c["above"] / max(c["rows"], 1)} for name, c in counts.items()}
 
+# %% ../nbs/12_reproduce.ipynb #1912efca
 def positive_aware_pairs(curated: str | os.PathLike, out: str | os.PathLike, ratio: float = 0.95, keep: int = 7) -> Path:
     """Copy a `mine` output to `out` without the mined negatives the teacher scores at least `ratio` × the positive (a row
     left with fewer than `keep` keeps the `keep` it scores lowest); returns the copy's pairs config for stage 3."""
