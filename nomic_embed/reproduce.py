@@ -24,7 +24,8 @@ __all__ = ['BUDGETS', 'REFERENCE_MODELS', 'CHAIN', 'ABLATIONS', 'SEEDS', 'FLOOR_
            'random_init', 'run_chain', 'unfiltered_pairs', 'run_ablation', 'run_seed', 'save_floor', 'floor_verdict',
            'probe_data', 'probe_models', 'probe_seeds', 'floor_range', 'chain_checks', 'seed_table', 'verdict',
            'ablation_rows', 'results_markdown', 'write_results', 'plot_chain', 'plot_ablations', 'chosen_ablations',
-           'reproduce', 'run_command', 'scored_negatives', 'negative_scores', 'positive_aware_pairs']
+           'reproduce', 'run_command', 'cut_after', 'layer_scores', 'participation_ratio', 'token_spread',
+           'scored_negatives', 'negative_scores', 'positive_aware_pairs']
 
 # %% ../nbs/12_reproduce.ipynb #326b4357
 @dataclass(frozen=True)
@@ -591,6 +592,61 @@ def run_command(args) -> None:
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"nomic_embed_reproduce: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+# %% ../nbs/12_reproduce.ipynb #90fe727c
+def cut_after(model, blocks: int):
+    "A copy of NomicBERT `model` that ends after its first `blocks` blocks (0: the embedding layer's output)."
+    import copy
+    import torch.nn as nn
+    if not 0 <= blocks <= len(model.encoder.layers):
+        raise ValueError(f"blocks must be between 0 and {len(model.encoder.layers)} (the model's blocks); got {blocks}")
+    cut = copy.deepcopy(model)
+    cut.encoder.layers = nn.ModuleList(list(cut.encoder.layers)[:blocks])
+    cut.config.num_hidden_layers = blocks
+    return cut
+
+def layer_scores(model_dir: str | os.PathLike, tasks: Sequence[str] = ("LeeSTS", "NewsLeadRetrieval", "ManPageRetrieval")
+                 ) -> dict[int, dict[str, float]]:
+    "The offline `tasks` (×100) with the mean pooled after each block of the model in `model_dir`: {blocks: {task: score}}."
+    from nomic_embed.evaluate import load_encoder, offline_tasks, score_task
+    chosen, encoder = offline_tasks(list(tasks)), load_encoder(model_dir)
+    full = encoder.embedder.model
+    scores = {}
+    for blocks in range(len(full.encoder.layers) + 1):
+        encoder.embedder.model = cut_after(full, blocks)
+        scores[blocks] = {task.name: 100 * score_task(encoder, task)["main_score"] for task in chosen}
+    return scores
+
+# %% ../nbs/12_reproduce.ipynb #bda6db9a
+def participation_ratio(vectors, weights=None) -> float:
+    "$(\\sum_i \\lambda_i)^2 / \\sum_i \\lambda_i^2$ of the (weighted) covariance of `vectors` `(n, d)`: d when they spread evenly, 1 on a line."
+    import numpy as np
+    x = np.asarray(vectors, dtype=np.float64)
+    w = np.full(len(x), 1 / len(x)) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    centred = x - w @ x
+    eigenvalues = np.linalg.eigvalsh((w[:, None] * centred).T @ centred)
+    return float(eigenvalues.sum() ** 2 / (eigenvalues ** 2).sum())
+
+def token_spread(model_dir: str | os.PathLike, texts: Sequence[str]) -> dict[str, float]:
+    """The input vectors (the embedding layer's output for each token alone) of the tokens in `texts`, weighted by how
+    often each occurs: how many there are, their participation ratio, and the mean |cosine| of two distinct ones, centred."""
+    import collections
+    import numpy as np
+    import torch
+    from nomic_embed.corpus import load_tokenizer
+    from nomic_embed.model import NomicBertModel
+    tokenizer, model = load_tokenizer(str(model_dir)), NomicBertModel.from_pretrained(model_dir).eval()
+    counts = collections.Counter(i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = torch.tensor(list(counts))
+    weights = np.array(list(counts.values()), dtype=np.float64) / sum(counts.values())
+    with torch.no_grad():
+        vectors = model.emb_ln(model.embeddings(ids[:, None]))[:, 0].double().numpy()
+    centred = vectors - weights @ vectors
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    cosines = np.abs(unit @ unit.T)
+    np.fill_diagonal(cosines, 0.0)
+    mean_abs_cos = weights @ cosines @ weights / (1 - weights @ weights)  # over pairs of distinct tokens
+    return {"tokens": len(ids), "participation_ratio": participation_ratio(vectors, weights), "mean_abs_cos": float(mean_abs_cos)}
 
 # %% ../nbs/12_reproduce.ipynb #5dfceb96
 def scored_negatives(curated: str | os.PathLike):
