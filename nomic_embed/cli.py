@@ -82,7 +82,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
                                      "evaluation — and write results.md / results.json. Run it again with the same --out to continue.")
     parser.add_argument("--out", default="reproduction", help="output directory (default: ./reproduction)")
     parser.add_argument("--budget", default="small", choices=BUDGET_NAMES,
-                        help="micro: about a minute (tests); small: the default, about 20 minutes on 2 CPU cores; medium: 4 layers x 256, about 68 minutes on 2 CPU cores")
+                        help="micro: about a minute (tests); small: the default, about 20 minutes on 2 CPU cores; medium: 4 layers x 256, about 90 minutes on 2 CPU cores")
     parser.add_argument("--ablations", nargs="?", const="all", default="", metavar="NAMES",
                         help="also run one training per design choice of the report and score it — all of them, or the comma-separated "
                              f"NAMES ({', '.join(ABLATION_NAMES)}) — and stages 2 and 3 at two more seeds, to judge each against")

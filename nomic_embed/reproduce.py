@@ -74,9 +74,9 @@ BUDGETS: dict[str, Budget] = {
                     expected_seconds=dict(mlm=10, pairs=5, filter=20, pretrain=5, mine=5, finetune=5, evaluate=20, floor=10, probe=30)),
     "small": Budget("small", expected_seconds=dict(mlm=190, pairs=15, filter=220, pretrain=200, mine=85, finetune=90, evaluate=370, floor=40, probe=220)),
     "medium": Budget("medium", model=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
-                     mlm_steps=1200, mlm_batch=32, mlm_lr=1e-3, pretrain_steps=600, pretrain_lr=5e-4, pretrain_pairs_per_source=6000,
+                     mlm_steps=1200, mlm_batch=32, mlm_lr=1e-3, pretrain_steps=600, pretrain_lr=5e-4, pretrain_pairs_per_source=12000,
                      finetune_steps=100, finetune_pairs_per_source=1000, filter_sample_size=8192, cpu_threads=None,
-                     expected_seconds=dict(mlm=1185, pairs=5, filter=400, pretrain=1560, mine=75, finetune=445, evaluate=300, floor=130, probe=840)),
+                     expected_seconds=dict(mlm=1185, pairs=20, filter=1440, pretrain=1690, mine=110, finetune=555, evaluate=375, floor=175, probe=840)),
 }
 
 # %% ../nbs/12_reproduce.ipynb #76e92c99
