@@ -204,10 +204,14 @@ class Phases:
             self.expected_done += self.expected(name)
             summary = self.done(name)
         index = self.names.index(name) + 1
-        left = sum(self.expected(n) for n in self.names[index:]) * (self.spent / self.expected_done if self.expected_done else 1.0)
+        left = sum(self.expected(n) for n in self.names[index:]) * self.speed()
         self.report(f"[{index}/{len(self.names)}] {name}: {'done' if ran else 'kept'} "
                     f"({summary.get('seconds', 0):.0f} s); {time.monotonic() - self.started:.0f} s so far, ~{left / 60:.0f} min left")
         return summary
+
+    def speed(self, prior: float = 300.0) -> float:
+        "This machine's time over the budget's expected time so far, pulled toward 1 by `prior` seconds (a phase of seconds says little)."
+        return (self.spent + prior) / (self.expected_done + prior)
 
     def expected(self, name: str) -> float:
         "The budget's expected seconds for phase `name` (ablation phases: like the stage they repeat, plus an evaluation)."
