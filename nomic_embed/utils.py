@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 # %% auto #0
 __all__ = ['USER_ERRORS', 'human_bytes', 'free_bytes', 'DiskFullError', 'ensure_free_space', 'is_disk_full', 'atomic_file',
            'CorruptFileError', 'sha256_file', 'load_json', 'write_manifest', 'verify_manifest', 'DirectoryInUseError',
-           'directory_lock', 'NonFiniteError', 'check_finite', 'Interrupted', 'is_user_error', 'error_line',
-           'run_console']
+           'directory_lock', 'NonFiniteError', 'check_finite', 'resolve_device', 'Interrupted', 'is_user_error',
+           'error_line', 'run_console']
 
 # %% ../nbs/00a_utils.ipynb #cafdfe18
 def human_bytes(count: int) -> str:
@@ -249,8 +249,34 @@ def check_finite(values, what: str, fix: str = "") -> None:
                 continue
             nan, inf, total = int(np.isnan(value).sum()), int(np.isinf(value).sum()), value.size
         which = f"{name} has " if name is not None else ""
-        raise NonFiniteError(f"{what} is not finite: {which}{nan:,} NaN and {inf:,} infinite of "
-                             f"{total:,} values" + (f"; {fix}" if fix else ""))
+        raise NonFiniteError(f"non-finite values in {what}: {which}{nan:,} NaN and {inf:,} infinite "
+                             f"of {total:,} values" + (f"; {fix}" if fix else ""))
+
+# %% ../nbs/00a_utils.ipynb #62265011
+def resolve_device(device: str | None = None):
+    """The `torch.device` for `device` (None or 'auto': cuda if available, else cpu); a device this
+    machine lacks is a `ValueError` that says what would work."""
+    import torch
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a PyTorch device; use cpu, cuda, cuda:N or mps"
+                         ) from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            built = torch.version.cuda is not None
+            why = "no GPU is visible" if built else "this PyTorch is built without CUDA"
+            raise ValueError(f"device {device!r}: {why}; use --device cpu, or run where a GPU is")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ValueError(f"device {device!r}: this machine has {count} GPU(s), numbered "
+                             f"from 0; use cuda:0 to cuda:{count - 1}")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS (Apple GPUs) is not available here; "
+                         "use --device cpu")
+    return chosen
 
 # %% ../nbs/00a_utils.ipynb #26f81d5f
 class Interrupted(BaseException):
