@@ -418,9 +418,9 @@ def test_a_full_disk_is_one_line_and_the_resume_is_exact(tiny, tmp_path, small_d
                    tmp_path / "texts.txt", "--output", small_disk / "out.npy", "--quiet", *LONG)
     done = run(argv, tmp_path)
     if where == "assembly":
-        assert (done.status, done.first_line) == (
-            2, f"nomic_embed_embed: error: no space left on the disk of {small_disk} writing out.npy, 1,000 rows (needs "
-               f"321.5 KB, "), done.stderr[-2000:]
+        assert done.status == 2 and done.first_line.startswith(
+            f"nomic_embed_embed: error: no space left on the disk of {small_disk} writing out.npy, 1,000 rows (needs "
+            "321.5 KB, "), done.stderr[-2000:]
         assert chunks_written(small_disk) == 10
     else:
         assert done.status == 2 and done.first_line.startswith(
