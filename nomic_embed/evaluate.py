@@ -1057,6 +1057,10 @@ def _evaluate(args) -> None:
             name = getattr(stopped, "signal_name", "SIGINT")
             raise Interrupted(name, f"stopped by {name}; the scores finished so far are kept in {partial}: run the same "
                                     "command again to continue") from None
+        except Exception:
+            if not any(p.is_file() and p.name not in ("run.json", ".lock") for p in partial.rglob("*")):
+                shutil.rmtree(partial, ignore_errors=True)  # no score finished: nothing for a rerun to reuse
+            raise
         results["settings"] = settings
         with atomic_file(output.with_suffix(".md")) as temporary:
             temporary.write_text(table + "\n")

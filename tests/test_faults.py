@@ -84,11 +84,17 @@ def command(name: str, *args) -> list[str]:
 def run(argv: list[str], cwd: Path, *, during: Callable[[subprocess.Popen], None] | None = None,
         timeout: float = 600, env: dict | None = None) -> Outcome:
     "Run `argv` in `cwd`; `during(process)` acts on it while it runs (a signal, a second process, a truncation)."
-    process = subprocess.Popen(argv, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(argv, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     if during is not None:
         during(process)
     stdout, stderr = process.communicate(timeout=timeout)
     return Outcome(process.returncode, stderr, stdout)
+
+
+def default_sigint() -> None:
+    "In the child: Ctrl-C's default action, even where this test runs in the background (a shell makes those ignore SIGINT)."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 300) -> None:
