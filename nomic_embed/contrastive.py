@@ -184,11 +184,11 @@ def matryoshka_info_nce_loss(
     scored against the batch of all ranks."""
     dims, weights = check_matryoshka_dims(dims, weights, query_embeddings.shape[-1])
     if layer_norm:
-        query_embeddings = matryoshka_layer_norm(query_embeddings)
-        document_embeddings = matryoshka_layer_norm(document_embeddings)
+        query_embeddings, document_embeddings = (matryoshka_layer_norm(query_embeddings),
+                                                 matryoshka_layer_norm(document_embeddings))
         hard_negatives = None if hard_negatives is None else matryoshka_layer_norm(hard_negatives)
-    dtype = torch.promote_types(query_embeddings.dtype, torch.float32)
-    loss = query_embeddings.new_zeros((), dtype=dtype)
+    loss = query_embeddings.new_zeros(
+        (), dtype=torch.promote_types(query_embeddings.dtype, torch.float32))
     for dim, weight in zip(dims, weights):
         if weight == 0:  # every rank skips the same prefixes, so the gathers stay matched
             continue

@@ -136,8 +136,8 @@ def masking_statistics(input_ids: Tensor, corrupted: Tensor, labels: Tensor,
 # %% ../nbs/03_mlm.ipynb #1aa9d886
 def example_seed(*keys: int) -> int:
     "A 63-bit seed that is a pure function of the integer `keys` (e.g. `(seed, epoch, index)`)."
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)
-    return int(state[0] >> np.uint64(1))
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]
+               >> np.uint64(1))
 
 # %% ../nbs/03_mlm.ipynb #95632b06
 def mask_examples(token_ids: Tensor, keys: Sequence[Sequence[int]], special=None,
@@ -185,11 +185,10 @@ class MLMBatches:
         if global_batch_size % (micro_batch_size * world_size):
             raise ValueError(f"global_batch_size ({global_batch_size}) must be a multiple of "
                              f"micro_batch_size × world_size ({micro_batch_size} × {world_size})")
-        self.corpus, self.special = corpus, as_special_tokens(special)
-        self.masking = masking or MaskingConfig()
-        self.seed, self.global_batch_size = seed, global_batch_size
-        self.micro_batch_size = micro_batch_size
-        self.rank, self.world_size = rank, world_size
+        self.corpus, self.special, self.masking = (corpus, as_special_tokens(special),
+                                                   masking or MaskingConfig())
+        (self.seed, self.global_batch_size, self.micro_batch_size,
+         self.rank, self.world_size) = seed, global_batch_size, micro_batch_size, rank, world_size
         self.accumulation_steps = global_batch_size // (micro_batch_size * world_size)
 
     @property
@@ -206,8 +205,8 @@ class MLMBatches:
         indices, epochs = indices[mine], epochs[mine]
         batches = []
         for start in range(0, per_rank, self.micro_batch_size):
-            idx = indices[start:start + self.micro_batch_size]
-            ep = epochs[start:start + self.micro_batch_size]
+            idx, ep = (indices[start:start + self.micro_batch_size],
+                       epochs[start:start + self.micro_batch_size])
             tokens = torch.from_numpy(self.corpus.batch(idx))
             batch = mask_examples(tokens, [(self.seed, 0, e, i) for e, i in zip(ep, idx)],
                                   self.special, self.masking.mlm_probability,
@@ -245,8 +244,9 @@ def unigram_baseline(train_corpus: PackedCorpus, val_corpus: PackedCorpus, speci
         counts += np.bincount(tokens.ravel(), minlength=special.vocab_size)[:special.vocab_size]
     counts[list(special.special_ids)] = 0
     log_p = np.log((counts + 1) / (counts.sum() + special.vocab_size))
-    batches = validation_batches(val_corpus, special, mlm_probability, seed, max_chunks=max_chunks)
-    targets = torch.cat([b["labels"][b["labels"] != -100] for b in batches]).numpy()
+    targets = torch.cat([b["labels"][b["labels"] != -100]
+                         for b in validation_batches(val_corpus, special, mlm_probability, seed,
+                                                     max_chunks=max_chunks)]).numpy()
     top = int(counts.argmax())
     return {"accuracy": float((targets == top).mean()), "loss": float(-log_p[targets].mean()),
             "top_token": top, "targets": len(targets)}

@@ -64,8 +64,8 @@ def random_negatives(positives: Sequence[Sequence[int]], corpus_size: int, num_n
     rng = np.random.default_rng(seed)
     drawn = np.empty((len(positives), num_negatives), dtype=np.int64)
     for row, own in enumerate(positives):
-        candidates = rng.choice(corpus_size, size=num_negatives + len(own), replace=False)
-        own = set(own)
+        candidates, own = (rng.choice(corpus_size, size=num_negatives + len(own), replace=False),
+                           set(own))
         drawn[row] = [c for c in candidates if c not in own][:num_negatives]
     return drawn
 

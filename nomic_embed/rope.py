@@ -83,8 +83,8 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"scheme must be one of {', '.join(ROPE_SCHEMES)}; got {scheme!r}")
         if alpha < 1:
             raise ValueError(f"the dynamic-NTK alpha must be >= 1; got {alpha}")
-        self.head_dim, self.base, self.trained_length = head_dim, base, trained_length
-        self.scheme, self.alpha = scheme, alpha
+        (self.head_dim, self.base, self.trained_length,
+         self.scheme, self.alpha) = head_dim, base, trained_length, scheme, alpha
         self.register_buffer("inv_freq", inv_frequencies(head_dim, base), persistent=False)
 
     def base_for(self, seq_len: int) -> float:
