@@ -767,7 +767,7 @@ def model_inputs(
 
 # %% ../nbs/11_evaluate.ipynb #3155c3b5
 def embed_inputs(
-    encoder, inputs: Sequence[str], max_length: int, batch_size: int = 32
+    encoder, inputs: Sequence[str], max_length: int, batch_size: int = 256
 ) -> np.ndarray:
     "Vectors of `inputs` at `max_length` tokens, length-sorted batches (ours: unnormalised)."
     if encoder.kind == "nomic_embed":
@@ -906,7 +906,7 @@ def applies(kind: str, task: OfflineTask) -> bool:
 
 
 def task_records(
-    encoder, tasks: Sequence[OfflineTask], max_length: int, batch_size: int = 32
+    encoder, tasks: Sequence[OfflineTask], max_length: int, batch_size: int = 256
 ) -> dict[str, dict]:
     "Per-item records of `tasks` at `max_length` tokens, each distinct input embedded once."
     if encoder.kind == "bm25":
@@ -959,7 +959,7 @@ def task_records(
 
 # %% ../nbs/11_evaluate.ipynb #99297d89
 def score_task(
-    encoder, task: OfflineTask, max_length: int = 512, batch_size: int = 32
+    encoder, task: OfflineTask, max_length: int = 512, batch_size: int = 256
 ) -> dict[str, Any] | None:
     "One offline task at `max_length` tokens: main score (0–1) and record (None: not done)."
     record = task_records(encoder, [task], max_length, batch_size).get(task.name)
@@ -1049,7 +1049,7 @@ def evaluate_offline(
     plain_rope: bool = True,
     trained_length: int | None = None,
     device: str | None = None,
-    batch_size: int = 32,
+    batch_size: int = 256,
     partial: str | os.PathLike | None = None,
     reference_cache: bool = True,
     progress: Callable[[str], None] | None = _log,
