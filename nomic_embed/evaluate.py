@@ -441,10 +441,11 @@ def save_random_init(directory: str | os.PathLike, seed: int = 0, **model_keys) 
     "A randomly initialised NomicBERT (`NomicBertConfig(**model_keys)`, the training init, seeded) saved with the offline tokenizer: the floor row."
     import torch
     from nomic_embed.corpus import load_tokenizer
+    from nomic_embed.checkpoints import save_model
     from nomic_embed.model import NomicBertConfig, NomicBertModel
     torch.manual_seed(seed)
     model = NomicBertModel(NomicBertConfig(**model_keys))
-    model.save_pretrained(directory)
+    save_model(model, directory)
     load_tokenizer().save_pretrained(str(directory))
     return Path(directory)
 
@@ -613,9 +614,9 @@ def load_encoder(spec: str | os.PathLike, label: str | None = None, *, device: s
         return SentenceTransformerEncoder(SentenceTransformer(str(spec), device=device), label)
     from nomic_embed.corpus import load_tokenizer
     from nomic_embed.embed import Embedder
-    from nomic_embed.model import NomicBertModel
+    from nomic_embed.checkpoints import load_model
     overrides = {"rotary_scaling_factor": rotary_scaling_factor} | ({"max_trained_positions": trained_length} if trained_length else {})
-    model = NomicBertModel.from_pretrained(spec, **overrides)
+    model = load_model(spec, **overrides)
     has_tokenizer = any((Path(spec) / name).exists() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
     embedder = Embedder(model, load_tokenizer(str(spec) if has_tokenizer else None), device=device, dtype=dtype)
     return NomicEncoder(embedder, label, prefixes)
@@ -1501,6 +1502,7 @@ def median_of_seeds(runs: dict[tuple, Sequence[float]]) -> tuple[tuple, float]:
 def sequence_classifier(model_dir: str | os.PathLike, num_labels: int):
     "Our encoder with a sequence-classification head: masked mean pooling (the model's pooling) → linear layer (1 output: regression)."
     import torch
+    from nomic_embed.checkpoints import load_model
     from nomic_embed.model import NomicBertModel, mean_pool
 
     class NomicBertForSequenceClassification(torch.nn.Module):
@@ -1513,7 +1515,7 @@ def sequence_classifier(model_dir: str | os.PathLike, num_labels: int):
             hidden = self.encoder(input_ids, attention_mask=attention_mask).last_hidden_state  # (batch, seq, dim)
             return self.classifier(mean_pool(hidden, attention_mask))  # (batch, num_labels)
 
-    return NomicBertForSequenceClassification(NomicBertModel.from_pretrained(model_dir))
+    return NomicBertForSequenceClassification(load_model(model_dir))
 
 def finetune_classifier(model_dir: str | os.PathLike, train: tuple[Sequence[str], Sequence[str] | None, Sequence[float]],
                         test: tuple[Sequence[str], Sequence[str] | None, Sequence[float]], *, num_labels: int = 2, metric: str = "accuracy",
