@@ -15,10 +15,10 @@ from .utils import PRECISIONS, TASK_PREFIXES, run_console
 # %% ../nbs/13_cli.ipynb #4f9257d9
 def train_parser() -> argparse.ArgumentParser:
     "The arguments of `nomic_embed_train`."
-    parser = argparse.ArgumentParser(prog="nomic_embed_train",
-                                     description="Train a Nomic Embed stage: mlm (stage 1), "
-                                     "contrastive_pretrain (stage 2) or contrastive_finetune "
-                                     "(stage 3).")
+    parser = argparse.ArgumentParser(
+        prog="nomic_embed_train",
+        description="Train a Nomic Embed stage: mlm (stage 1), contrastive_pretrain (stage 2) or "
+                    "contrastive_finetune (stage 3).")
     parser.add_argument("--config", help="YAML config (see configs/); optional with --resume")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set training.max_steps=100 "
@@ -29,7 +29,7 @@ def train_parser() -> argparse.ArgumentParser:
                         help="print the validated config and exit")
     return parser
 
-# %% ../nbs/13_cli.ipynb #c3d71531
+# %% ../nbs/13_cli.ipynb #de06b4a6
 def train(argv: list[str] | None = None) -> None:
     """Console entry point `nomic_embed_train --config FILE [--set key=value ...] [--resume DIR]`
     (under torchrun: `torchrun ... --no-python nomic_embed_train ...`)."""
@@ -45,16 +45,15 @@ def train(argv: list[str] | None = None) -> None:
 # %% ../nbs/13_cli.ipynb #6386a9c7
 def embed_parser() -> argparse.ArgumentParser:
     "The arguments of `nomic_embed_embed`."
-    parser = argparse.ArgumentParser(prog="nomic_embed_embed",
-                                     description="Embed a .txt (one text per line) or .jsonl file "
-                                                 "with a nomic-embed model "
-                                     "into a .npy or .parquet file. Streams in chunks; --resume "
-                                     "continues an interrupted run.")
+    parser = argparse.ArgumentParser(
+        prog="nomic_embed_embed",
+        description="Embed a .txt (one text per line) or .jsonl file with a nomic-embed model into "
+                    "a .npy or .parquet file. Streams in chunks; --resume continues an interrupted "
+                    "run.")
     parser.add_argument("--model", required=True,
                         help="model directory (this project's, the released layout, or "
-                             "transformers') or hub id, "
-                        "e.g. nomic-ai/nomic-embed-text-v1.5 (read from the hub cache; "
-                        "HF_HUB_OFFLINE=1 reads only the cache)")
+                             "transformers') or hub id, e.g. nomic-ai/nomic-embed-text-v1.5 (read "
+                             "from the hub cache; HF_HUB_OFFLINE=1 reads only the cache)")
     parser.add_argument("--revision", default=None,
                         help="hub branch, tag or commit of --model (default: main)")
     parser.add_argument("--task", required=True, choices=TASK_PREFIXES, help="task prefix")
@@ -67,11 +66,11 @@ def embed_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32,
                         help="texts per forward pass (default: 32)")
     parser.add_argument("--chunk-size", type=int, default=4096,
-                        help="texts embedded and saved together; the unit of --resume (default: "
-                             "4096)")
+                        help="texts embedded and saved together; the unit of --resume "
+                             "(default: 4096)")
     parser.add_argument("--max-length", type=int, default=8192,
-                        help="truncate longer texts to this many tokens, prefix included (default: "
-                             "8192)")
+                        help="truncate longer texts to this many tokens, prefix included "
+                             "(default: 8192)")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                         help="L2-normalise (default: yes, except for --task classification)")
     parser.add_argument("--rotary-scaling-factor", type=float, default=2.0,
@@ -98,7 +97,7 @@ def embed_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
-# %% ../nbs/13_cli.ipynb #d1f721cf
+# %% ../nbs/13_cli.ipynb #11052cba
 def embed(argv: list[str] | None = None) -> None:
     """Console entry point `nomic_embed_embed --model DIR --task TASK --input FILE --output FILE
     [...]`."""
@@ -111,13 +110,12 @@ def embed(argv: list[str] | None = None) -> None:
 # %% ../nbs/13_cli.ipynb #a3a0c299
 def reproduce_parser() -> argparse.ArgumentParser:
     "The arguments of `nomic_embed_reproduce`."
-    parser = argparse.ArgumentParser(prog="nomic_embed_reproduce",
-                                     description="Run the whole Nomic Embed recipe at small scale "
-                                                 "on "
-                                     "offline real text — stage 1, consistency filtering, stage 2, "
-                                     "mining, stage 3, the offline "
-                                     "evaluation — and write results.md / results.json. Run it "
-                                     "again with the same --out to continue.")
+    parser = argparse.ArgumentParser(
+        prog="nomic_embed_reproduce",
+        description="Run the whole Nomic Embed recipe at small scale on offline real text — "
+                    "stage 1, consistency filtering, stage 2, mining, stage 3, the offline "
+                    "evaluation — and write results.md / results.json. Run it again with the same "
+                    "--out to continue.")
     parser.add_argument("--out", default="reproduction",
                         help="output directory (default: ./reproduction)")
     parser.add_argument("--budget", default="small", choices=list(BUDGETS),
@@ -125,13 +123,13 @@ def reproduce_parser() -> argparse.ArgumentParser:
                              "on 2 CPU cores; medium: 4 layers x 256, about 90 minutes on 2 CPU "
                              "cores")
     parser.add_argument("--ablations", nargs="?", const="all", default="", metavar="NAMES",
-                        help="also run one training per design choice of the report and score it — "
-                             "all of them, or the comma-separated "
-                             f"NAMES ({', '.join(ABLATIONS)}) — and stages 2 and 3 at two more "
-                             "seeds, to judge each against")
+                        help="also run one training per design choice of the report and score it "
+                             "— all of them, or the comma-separated NAMES "
+                             f"({', '.join(ABLATIONS)}) — and stages 2 and 3 at two more seeds, "
+                             "to judge each against")
     return parser
 
-# %% ../nbs/13_cli.ipynb #217b0b81
+# %% ../nbs/13_cli.ipynb #5acf64cc
 def reproduce(argv: list[str] | None = None) -> None:
     """Console entry point `nomic_embed_reproduce [--out DIR] [--budget micro|small|medium]
     [--ablations [NAMES]]`."""
@@ -141,7 +139,7 @@ def reproduce(argv: list[str] | None = None) -> None:
         run_command(args)
     run_console("nomic_embed_reproduce", work)
 
-# %% ../nbs/13_cli.ipynb #9de15dc9
+# %% ../nbs/13_cli.ipynb #240c5391
 def demo_parser() -> argparse.ArgumentParser:
     "The arguments of `nomic_embed_demo`."
     parser = argparse.ArgumentParser(
@@ -153,7 +151,7 @@ def demo_parser() -> argparse.ArgumentParser:
                         help="dynamic-NTK alpha (the paper uses 2)")
     return parser
 
-# %% ../nbs/13_cli.ipynb #36a5ab54
+# %% ../nbs/13_cli.ipynb #f2f33490
 def demo(argv: list[str] | None = None) -> None:
     """Console entry point `nomic_embed_demo [--lengths N ...] [--alpha A]`: the RoPE table of eqs.
     3–5."""

@@ -26,7 +26,7 @@ __all__ = ['ATTENTION_BACKENDS', 'check_rotary_scaling_factor', 'NomicBertConfig
            'NomicBertHeadTransform', 'NomicBertLMPredictions', 'NomicBertMLMHead', 'NomicBertForPreTraining',
            'forward_flops_per_token']
 
-# %% ../nbs/01_model.ipynb #704c1ae7
+# %% ../nbs/01_model.ipynb #9a571016
 ATTENTION_BACKENDS = ("auto", "sdpa", "sdpa_unpadded", "flash_attn", "torch_varlen")
 
 def _is_number(value) -> bool:
@@ -46,7 +46,7 @@ def check_rotary_scaling_factor(factor) -> float | None:
                          f"got {factor!r}")
     return factor
 
-# %% ../nbs/01_model.ipynb #8b0e5441
+# %% ../nbs/01_model.ipynb #fa1f2e55
 class NomicBertConfig(PretrainedConfig):
     "Hyperparameters of NomicBERT; the defaults are the paper's 137M encoder (§4.1.2)."
     model_type = "nomic_embed_bert"
@@ -54,23 +54,20 @@ class NomicBertConfig(PretrainedConfig):
 
     def __init__(self, vocab_size: int = 30528, hidden_size: int = 768, num_hidden_layers: int = 12,
                  num_attention_heads: int = 12, intermediate_size: int = 3072,
-                 layer_norm_eps: float = 1e-12,
-                 type_vocab_size: int = 2, rotary_emb_base: float = 1000.0,
-                 max_trained_positions: int = 2048,
+                 layer_norm_eps: float = 1e-12, type_vocab_size: int = 2,
+                 rotary_emb_base: float = 1000.0, max_trained_positions: int = 2048,
                  max_position_embeddings: int = 8192, rotary_scaling_factor: float | None = None,
                  pad_token_id: int = 0, initializer_range: float = 0.02,
                  attention_backend: str = "auto", **kwargs):
         _check_sizes(vocab_size=vocab_size, hidden_size=hidden_size,
-                     num_hidden_layers=num_hidden_layers,
-                     num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
-                     type_vocab_size=type_vocab_size,
+                     num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                     intermediate_size=intermediate_size, type_vocab_size=type_vocab_size,
                      max_trained_positions=max_trained_positions,
                      max_position_embeddings=max_position_embeddings)
         if hidden_size % num_attention_heads or (hidden_size // num_attention_heads) % 2:
             raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of "
-                             f"num_attention_heads ({num_attention_heads}) "
-                             "with an even quotient: each head's width, whose coordinates RoPE "
-                             "rotates in pairs")
+                             f"num_attention_heads ({num_attention_heads}) with an even quotient: "
+                             "each head's width, whose coordinates RoPE rotates in pairs")
         for name, value, low in (("layer_norm_eps", layer_norm_eps, 0),
                                  ("rotary_emb_base", rotary_emb_base, 1)):
             if not _is_number(value) or not math.isfinite(value) or value <= low:
@@ -79,13 +76,13 @@ class NomicBertConfig(PretrainedConfig):
         if attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}; "
                              f"got {attention_backend!r}")
-        self.vocab_size, self.hidden_size, self.num_hidden_layers = (vocab_size, hidden_size,
-                                                                     num_hidden_layers)
+        self.vocab_size, self.hidden_size, self.num_hidden_layers = (
+            vocab_size, hidden_size, num_hidden_layers)
         self.num_attention_heads, self.intermediate_size, self.layer_norm_eps = (
             num_attention_heads, intermediate_size, layer_norm_eps)
         self.type_vocab_size, self.rotary_emb_base = type_vocab_size, rotary_emb_base
-        self.max_trained_positions, self.max_position_embeddings = (max_trained_positions,
-                                                                    max_position_embeddings)
+        self.max_trained_positions, self.max_position_embeddings = (
+            max_trained_positions, max_position_embeddings)
         self.rotary_scaling_factor, self.initializer_range, self.attention_backend = (
             rotary_scaling_factor, initializer_range, attention_backend)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -124,8 +121,8 @@ class NomicBertAttention(nn.Module):
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
     def forward(self, hidden_states: Tensor, cos: Tensor, sin: Tensor,
-                attention_mask: Tensor | None = None,
-                packed: PackedBatch | None = None, backend: str = "sdpa") -> Tensor:
+                attention_mask: Tensor | None = None, packed: PackedBatch | None = None,
+                backend: str = "sdpa") -> Tensor:
         """Attend within each sequence. Padded: `hidden_states` `(batch, seq, hidden)` with an
         optional boolean `attention_mask` `(batch, 1, 1, seq)`. Packed: `(tokens, hidden)` with
         `packed` saying where sequences start."""
@@ -177,14 +174,14 @@ class NomicBertBlock(nn.Module):
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: Tensor, cos: Tensor, sin: Tensor,
-                attention_mask: Tensor | None = None,
-                packed: PackedBatch | None = None, backend: str = "sdpa") -> Tensor:
+                attention_mask: Tensor | None = None, packed: PackedBatch | None = None,
+                backend: str = "sdpa") -> Tensor:
         "Run attention and the MLP, each followed by residual add and LayerNorm."
-        hidden_states = self.norm1(hidden_states + self.attn(hidden_states, cos, sin,
-                                                             attention_mask, packed, backend))
+        hidden_states = self.norm1(hidden_states + self.attn(
+            hidden_states, cos, sin, attention_mask, packed, backend))
         return self.norm2(hidden_states + self.mlp(hidden_states))
 
-# %% ../nbs/01_model.ipynb #083c0a50
+# %% ../nbs/01_model.ipynb #6b7c9270
 class NomicBertEncoder(nn.Module):
     "The stack of blocks (`encoder.layers.{i}` in the released weights)."
 
@@ -203,7 +200,7 @@ class PackedBatch:
     seq_lengths: list[int]  # real length of each sequence
     max_seqlen: int  # the longest sequence
 
-# %% ../nbs/01_model.ipynb #f87c4b8b
+# %% ../nbs/01_model.ipynb #51c7eb01
 def pack_batch(attention_mask: Tensor) -> PackedBatch:
     """Describe the real tokens of a `(batch, seq)` `attention_mask` (1 = token, 0 = padding) as a
     `PackedBatch`."""
@@ -216,7 +213,7 @@ def pack_batch(attention_mask: Tensor) -> PackedBatch:
     seq_lengths = lengths.tolist()
     return PackedBatch(indices, positions, cu_seqlens, seq_lengths, max(seq_lengths, default=0))
 
-# %% ../nbs/01_model.ipynb #ff1789df
+# %% ../nbs/01_model.ipynb #40410c3d
 def unpack_hidden(packed_hidden: Tensor, packed: PackedBatch, batch: int, seq: int) -> Tensor:
     "Scatter packed `(tokens, hidden)` back to `(batch, seq, hidden)`, with zeros at padding."
     out = packed_hidden.new_zeros(batch * seq, packed_hidden.shape[-1])
@@ -242,7 +239,7 @@ def _torch_varlen_available() -> bool:
         return False
     return True
 
-# %% ../nbs/01_model.ipynb #81bbe0ee
+# %% ../nbs/01_model.ipynb #f84e8790
 def varlen_attention(query: Tensor, key: Tensor, value: Tensor, packed: PackedBatch,
                      backend: str = "sdpa_unpadded") -> Tensor:
     """Attention of packed `(tokens, heads, head_dim)` queries/keys/values, each sequence attending
@@ -274,10 +271,10 @@ def varlen_attention(query: Tensor, key: Tensor, value: Tensor, packed: PackedBa
         if end > start:  # an all-padding row has no tokens and nothing to attend
             # (heads, length, head_dim)
             q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
-            # 4-D input selects the fused CPU kernel; 3-D falls back to one that materialises heads
-            # x L x L scores
-            out[start:end] = F.scaled_dot_product_attention(q[None], k[None],
-                                                            v[None])[0].transpose(0, 1)
+            # 4-D input selects the fused CPU kernel; 3-D falls back to one that materialises
+            # heads x L x L scores
+            out[start:end] = F.scaled_dot_product_attention(
+                q[None], k[None], v[None])[0].transpose(0, 1)
     return out
 
 # %% ../nbs/01_model.ipynb #3470e9bd
@@ -313,8 +310,8 @@ class NomicBertModel(NomicBertPreTrainedModel):
         self.encoder = NomicBertEncoder(config)
         scheme = "none" if config.rotary_scaling_factor is None else "dynamic_ntk"
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rotary_emb_base,
-                                          config.max_trained_positions,
-                                          scheme=scheme, alpha=config.rotary_scaling_factor or 2.0)
+                                          config.max_trained_positions, scheme=scheme,
+                                          alpha=config.rotary_scaling_factor or 2.0)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -400,10 +397,8 @@ class NomicBertModel(NomicBertPreTrainedModel):
             # (batch, head_dim/2)
             per_sequence = torch.stack([self.rotary_emb.inv_freq_for(n)
                                         for n in packed.seq_lengths])
-            # (tokens, head_dim/2)
-            inv_freq = per_sequence.repeat_interleave(torch.tensor(packed.seq_lengths,
-                                                                   device=per_sequence.device),
-                                                                   dim=0)
+            inv_freq = per_sequence.repeat_interleave(  # (tokens, head_dim/2)
+                torch.tensor(packed.seq_lengths, device=per_sequence.device), dim=0)
         cos, sin = rope_cos_sin(packed.positions, inv_freq)  # (tokens, head_dim)
         hidden = self._run_layers(hidden, cos[None], sin[None], None, packed, backend)
         return unpack_hidden(hidden, packed, batch, seq)
@@ -448,7 +443,7 @@ class NomicBertHeadTransform(nn.Module):
     def forward(self, hidden_states: Tensor) -> Tensor:
         return self.layer_norm(F.silu(self.dense(hidden_states)))
 
-# %% ../nbs/01_model.ipynb #e69d7ee2
+# %% ../nbs/01_model.ipynb #e15401dd
 class NomicBertLMPredictions(nn.Module):
     "Transform, then the decoder tied to the word embeddings (no bias)."
 
@@ -460,7 +455,7 @@ class NomicBertLMPredictions(nn.Module):
     def forward(self, hidden_states: Tensor) -> Tensor:
         return self.decoder(self.transform(hidden_states))
 
-# %% ../nbs/01_model.ipynb #62ff6a49
+# %% ../nbs/01_model.ipynb #f1465ba3
 class NomicBertMLMHead(nn.Module):
     "The MLM head (`cls.predictions.*` in the released weights)."
 
@@ -475,8 +470,8 @@ class NomicBertMLMHead(nn.Module):
 # %% ../nbs/01_model.ipynb #c1f95efc
 class NomicBertForPreTraining(NomicBertPreTrainedModel):
     "Encoder (`.bert`) + MLM head (`.cls`); with `labels`, logits only at target positions."
-    _tied_weights_keys = ({
-                              "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"})
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
 
     def __init__(self, config: NomicBertConfig):
         super().__init__(config)
@@ -492,8 +487,7 @@ class NomicBertForPreTraining(NomicBertPreTrainedModel):
         return self.cls.predictions.decoder
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None,
-                labels: Tensor | None = None,
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None,
                 return_dict: bool | None = None) -> MaskedLMOutput | tuple:
         """MLM forward. `labels` `(batch, seq)` with -100 at non-targets → loss and logits
         `(n_targets, vocab)`; without labels → logits `(batch, seq, vocab)`."""

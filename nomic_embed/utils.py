@@ -299,9 +299,10 @@ def resolve_device(device: str | None = None):
                          "use --device cpu")
     return chosen
 
-# %% ../nbs/00a_utils.ipynb #1152434c
+# %% ../nbs/00a_utils.ipynb #40c6f7f5
 TASK_PREFIXES = ("search_query", "search_document", "classification", "clustering")  # report §4.2.2
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # stored vectors, as sentence-transformers names them
+# stored vectors, as sentence-transformers names them
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 
 # %% ../nbs/00a_utils.ipynb #26f81d5f
 class Interrupted(BaseException):
@@ -361,16 +362,16 @@ def _in_main_thread() -> bool:
     "Whether this is the main thread (the only one that may install signal handlers)."
     return threading.current_thread() is threading.main_thread()
 
-# %% ../nbs/00a_utils.ipynb #3ca2fac8
+# %% ../nbs/00a_utils.ipynb #884f47c6
 class LogProgress:
     """Progress for logs: one plain line (`desc: n/total unit, elapsed, rate, time left, postfix`)
     every `every_seconds` and at the end."""
 
     def __init__(self, iterable: Any = None, total: int | None = None, desc: str = "",
-                 unit: str = "it", initial: int = 0,
-                 every_seconds: float = 30.0, disable: bool = False, file: Any = None):
-        self.iterable, self.desc, self.unit, self.every_seconds, self.disable = (iterable, desc,
-                                                                                 unit, every_seconds, disable)
+                 unit: str = "it", initial: int = 0, every_seconds: float = 30.0,
+                 disable: bool = False, file: Any = None):
+        self.iterable, self.desc, self.unit, self.every_seconds, self.disable = (
+            iterable, desc, unit, every_seconds, disable)
         self.total = (total if total is not None or iterable is None
                       or not hasattr(iterable, "__len__") else len(iterable))
         self.n, self.start_n, self.postfix, self.file = initial, initial, "", file
@@ -397,7 +398,8 @@ class LogProgress:
         rate = (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
         count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         left = f", ~{(self.total - self.n) / rate:.0f} s left" if self.total and rate > 0 else ""
-        return (f"{self.desc}: {count} {self.unit}, {elapsed:.0f} s, {rate:.3g} {self.unit}/s{left}" + (f"; {self.postfix}" if self.postfix else ""))
+        return (f"{self.desc}: {count} {self.unit}, {elapsed:.0f} s, {rate:.3g} {self.unit}/s{left}"
+                + (f"; {self.postfix}" if self.postfix else ""))
 
     def print_line(self) -> None:
         print(self.line(), file=self.file or sys.stderr, flush=True)
@@ -409,10 +411,10 @@ class LogProgress:
             self.print_line()
             self.disable = True
 
-# %% ../nbs/00a_utils.ipynb #8d326594
+# %% ../nbs/00a_utils.ipynb #2216f255
 def progress_bar(iterable: Any = None, *, total: int | None = None, desc: str = "",
-                 unit: str = "it", initial: int = 0,
-                 disable: bool = False, every_seconds: float = 30.0):
+                 unit: str = "it", initial: int = 0, disable: bool = False,
+                 every_seconds: float = 30.0):
     """tqdm on a terminal or in a notebook; a `LogProgress` (a plain line every `every_seconds`)
     when stderr is a log."""
     interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
