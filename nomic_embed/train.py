@@ -33,6 +33,7 @@ from .pairs import (NEGATIVE_SAMPLING, WEIGHTINGS, MixedBatchSampler, OneSourceB
 from .trainer import (STAGES, Backprop, CheckpointError, DistInfo, Stage, Trainer, TrainConfig, _coerce,
                                  TrainingInterrupted, build_section, find_checkpoint, load_config, main_process_first,
                                  read_metrics, register_stage, resolve_precision, resolve_resume_config, run_training)
+from .utils import run_console
 
 # %% auto #0
 __all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MLMStage', 'eval_autocast', 'plot_mlm_metrics',
@@ -40,7 +41,7 @@ __all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MLMStage', '
            'check_pair_rows', 'pair_splits', 'with_built_negatives', 'retrieval_metrics', 'held_out_corpus',
            'corpus_rows', 'HeldOutRetrieval', 'ContrastiveBatches', 'pooled_encoder', 'with_negatives',
            'starting_encoder_config', 'ContrastiveStage', 'ContrastivePretrainStage', 'ContrastiveFinetuneStage',
-           'plot_contrastive_metrics', 'run_command']
+           'plot_contrastive_metrics', 'run_command', 'train_command']
 
 # %% ../nbs/09a_train.ipynb #5a5de3ca
 @register_stage
@@ -642,25 +643,23 @@ def plot_contrastive_metrics(run_dir: str | Path):
 
 # %% ../nbs/09a_train.ipynb #07232177
 def run_command(args: argparse.Namespace) -> None:
-    "Run `nomic_embed_train` with parsed arguments: config and checkpoint errors exit 2; an interruption exits 130/143."
-    try:
-        config = resolve_resume_config(args.config, args.overrides, args.resume)
-        if args.print_config:
-            print(yaml.safe_dump(config.to_dict(), sort_keys=False)); return
-        trainer = Trainer(config, args.resume)
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError, ImportError) as error:
-        print(f"nomic_embed_train: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    "Run `nomic_embed_train` with parsed arguments in the console boundary (`utils.run_console`)."
+    run_console("nomic_embed_train", lambda: train_command(args))
+
+def train_command(args: argparse.Namespace) -> None:
+    "Validate the config, build the run (resumed if asked), train, and print the summary."
+    config = resolve_resume_config(args.config, args.overrides, args.resume)
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return
+    trainer = Trainer(config, args.resume)
     try:
         summary = trainer.train()
-    except TrainingInterrupted as stopped:
         if trainer.dist.is_main:
-            print(f"nomic_embed_train: {stopped}", file=sys.stderr)
-        raise SystemExit(stopped.exit_code) from None
-    if trainer.dist.is_main:
-        print(json.dumps(summary))
-    if trainer.dist.distributed:
-        torch.distributed.destroy_process_group()
+            print(json.dumps(summary))
+    finally:
+        if trainer.dist.distributed:
+            torch.distributed.destroy_process_group()
 
 # %% ../nbs/09a_train.ipynb #9429e7ad
 if __name__ == "__main__" and "__file__" in globals():  # python -m / torchrun -m nomic_embed.train (not in a notebook)
