@@ -866,7 +866,7 @@ def removed_on_failure(tmp: Path, what: str, needed: int | None = None) -> Itera
     try:
         yield tmp
     except BaseException as error:
-        full = isinstance(error, Exception) and not isinstance(error, DiskFullError) and is_disk_full(error, tmp.parent)
+        full = isinstance(error, DiskFullError) or isinstance(error, Exception) and is_disk_full(error, tmp.parent)
         free = free_bytes(tmp.parent) if full else None  # before the removal frees some
         shutil.rmtree(tmp, ignore_errors=True)
         if full:
@@ -986,7 +986,6 @@ class Trainer(TrainingSetup):
             apply_update(self.optimizer, self.scheduler, self.engine)
         else:  # not applied: the weights stay those of the last finite step
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
         seconds = time.perf_counter() - start
         metrics = {"step": step + 1, "loss": total_loss, "lr": lr, "tokens": int(total_tokens),
                    "seconds": round(seconds, 4), "tokens_per_s": round(total_tokens / seconds, 1)}
@@ -997,6 +996,9 @@ class Trainer(TrainingSetup):
             if not self.guard.allows(metrics, self.total_steps, self.dist.is_main):
                 self.files.log(metrics)  # the step that stops the run, for the record
                 raise self.guard.error(metrics, self.total_steps, self.run_dir)
+            with warnings.catch_warnings():  # the schedule keeps pace with the steps; torch warns without an update
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
         return metrics | self.stage.step_metrics(self.model)
 
     def evaluate(self) -> dict[str, float]:
