@@ -58,7 +58,7 @@ class MLMStage(Stage):
             self.train_corpus = packed_corpus(config.data, "train", self.tokenizer, progress=dist.is_main)
             self.val_corpus = packed_corpus(config.data, "validation", self.tokenizer, progress=dist.is_main) if config.data.val_fraction > 0 else None
         t = config.training
-        self.batches = MLMBatches(self.train_corpus, self.special, config.mlm, config.seed, t.global_batch_size,
+        self.batches = MLMBatches(self.train_corpus, self.special, config.mlm, config.data_seed, t.global_batch_size,
                                   t.micro_batch_for(dist.world_size), dist.rank, dist.world_size)
 
     def build_model(self) -> nn.Module:
@@ -85,7 +85,7 @@ class MLMStage(Stage):
         if self.val_corpus is None:
             return {}
         log, autocast = self.config.logging, eval_autocast(self.config, self.dist)
-        sums = evaluate_mlm(model, self.val_corpus, self.special, self.config.mlm.val_mlm_probability, self.config.seed,
+        sums = evaluate_mlm(model, self.val_corpus, self.special, self.config.mlm.val_mlm_probability, self.config.data_seed,
                             log.eval_batch_size, log.eval_max_chunks, self.dist.device, self.dist.rank, self.dist.world_size, autocast)
         return {"loss_sum": sums["loss_sum"], "correct": sums["correct"], "targets": sums["targets"]}
 
@@ -98,7 +98,7 @@ class MLMStage(Stage):
         if self.val_corpus is None:
             return None
         return unigram_baseline(self.train_corpus, self.val_corpus, self.special, self.config.mlm.val_mlm_probability,
-                                self.config.seed, self.config.logging.eval_max_chunks)
+                                self.config.data_seed, self.config.logging.eval_max_chunks)
 
     def save_final(self, model: nn.Module, directory: Path) -> None:
         model.save_pretrained(directory)
@@ -342,7 +342,9 @@ def with_built_negatives(rows: Sequence[dict], mode: str, pool: int = 20, teache
     "`rows` with a `negatives` list of `pool` texts each (top-`pool` by the teacher, or random), cached on disk by content."
     if mode not in NEGATIVE_MODES:
         raise ValueError(f"mode must be one of {', '.join(NEGATIVE_MODES)}; got {mode!r}")
-    key = hashlib.sha256(json.dumps([_rows_digest(rows), mode, pool, teacher if mode == "mined" else None, seed]).encode()).hexdigest()[:24]
+    # mining is deterministic: only random pools depend on the seed (a new negative_seed re-uses a mined pool)
+    key = [_rows_digest(rows), mode, pool, teacher if mode == "mined" else None, seed if mode == "random" else None]
+    key = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
     path = Path(cache_dir or default_cache_dir()) / "negatives" / f"{mode}-{pool}-{key}.jsonl"
     if path.exists():
         return read_pairs(path)
@@ -441,9 +443,9 @@ class ContrastiveBatches:
 
     def __init__(self, train: dict[str, Sequence[dict]], prefixes: dict[str, tuple], tokenizer, config: TrainConfig, dist: DistInfo):
         t, data = config.training, config.data
-        self.dataset = PairDataset(train, prefixes, data.num_negatives, seed=config.seed, negatives_sampling=data.negatives_sampling)
+        self.dataset = PairDataset(train, prefixes, data.num_negatives, seed=config.negative_seed, negatives_sampling=data.negatives_sampling)
         sampler = OneSourceBatchSampler if data.batch_sources == "one" else MixedBatchSampler
-        self.sampler = sampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size, config.seed, data.weighting)
+        self.sampler = sampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size, config.data_seed, data.weighting)
         self.collator = PairCollator(tokenizer, data.query_max_length, data.document_max_length, data.pad_to_multiple_of,
                                      one_source=data.batch_sources == "one")
         self.rank, self.steps_per_epoch, self._plan = dist.rank, len(self.sampler), (None, None)
@@ -531,7 +533,7 @@ class ContrastiveStage(Stage):
         self.tokenizer = load_tokenizer(config.data.tokenizer)
         with main_process_first(dist):  # rank 0 mines and caches the negatives; the other ranks then read the cache
             train, held_out, prefixes = pair_splits(config.data)
-            train = with_negatives(train, config.data, config.seed)
+            train = with_negatives(train, config.data, config.negative_seed)
         self.batches = ContrastiveBatches(train, prefixes, self.tokenizer, config, dist)
         self.held_out = HeldOutRetrieval(train, held_out, prefixes, self.tokenizer, config.data, config.logging.eval_batch_size, dist)
 

@@ -35,11 +35,11 @@ from .utils import (CorruptFileError, DiskFullError, NonFiniteError, atomic_file
                                directory_lock, free_bytes, is_disk_full, load_json, verify_manifest, write_manifest)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'CORE_SECTIONS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig', 'ScheduleConfig',
-           'TrainingConfig', 'CheckpointConfig', 'LoggingConfig', 'DistributedConfig', 'build_section',
-           'register_stage', 'Backprop', 'Stage', 'TrainConfig', 'check_model_keys', 'check_model_sizes',
-           'apply_overrides', 'read_config_file', 'load_config', 'parameter_groups', 'build_optimizer',
-           'build_scheduler', 'DistInfo', 'setup_distributed', 'restoring_threads', 'all_reduce_sum',
+__all__ = ['SCHEDULES', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig',
+           'ScheduleConfig', 'TrainingConfig', 'CheckpointConfig', 'LoggingConfig', 'DistributedConfig',
+           'build_section', 'register_stage', 'Backprop', 'Stage', 'TrainConfig', 'check_model_keys',
+           'check_model_sizes', 'apply_overrides', 'read_config_file', 'load_config', 'parameter_groups',
+           'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed', 'restoring_threads', 'all_reduce_sum',
            'main_process_first', 'resolve_precision', 'seed_everything', 'to_device', 'data_parallel',
            'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'CheckpointError', 'list_checkpoints',
            'find_checkpoint', 'verify_checkpoint', 'tied_parameter_names', 'model_state', 'with_tied',
@@ -172,7 +172,11 @@ class DistributedConfig:
 
 CORE_SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "training": TrainingConfig,
                  "checkpoint": CheckpointConfig, "logging": LoggingConfig, "distributed": DistributedConfig}
-TOP_LEVEL = {"stage": "str", "seed": "int", "output_dir": "str", "init_from": "str | None", "model": "dict"}
+SEED_STREAMS = {"init_seed": "the model's initialisation (the global RNGs, seeded just before it is built)",
+                "data_seed": "the data order and batch sampling, MLM masks included",
+                "negative_seed": "the hard negatives a step draws from each row's pool, and random negative pools"}
+TOP_LEVEL = {"stage": "str", "seed": "int", **dict.fromkeys(SEED_STREAMS, "int | None"), "output_dir": "str",
+             "init_from": "str | None", "model": "dict"}
 RESUME_FREE_SECTIONS = ("checkpoint", "logging", "output_dir")  # may change between a run and its resume
 
 # %% ../nbs/09_trainer.ipynb #724b87a3
@@ -318,9 +322,13 @@ class TrainConfig:
         unknown = sorted(set(raw) - set(allowed))
         if unknown:
             raise ValueError(f"unknown top-level key(s) {', '.join(unknown)} for stage {stage!r}; allowed: {', '.join(allowed)}")
-        defaults = {"stage": "mlm", "seed": 42, "output_dir": f"runs/{stage}", "init_from": None, "model": {}}
+        defaults = {"stage": "mlm", "seed": 42, "output_dir": f"runs/{stage}", "init_from": None, "model": {},
+                    **dict.fromkeys(SEED_STREAMS)}
         for key, annotation in TOP_LEVEL.items():
             setattr(self, key, _coerce(raw.get(key, defaults[key]), annotation, key))
+        for key in SEED_STREAMS:  # each random stream defaults to `seed`
+            if getattr(self, key) is None:
+                setattr(self, key, self.seed)
         self.model = check_model_keys(self.model)
         if self.init_from is None:  # a fresh model: its sizes are checked now, not after the data is read
             check_model_sizes(self.model)
@@ -969,8 +977,9 @@ class TrainingSetup:
         self.dist = setup_distributed(config.distributed)
         self.precision = resolve_precision(config.training.precision, self.dist.device)
         self.run_dir, self.files = Path(config.output_dir), RunFiles(config.output_dir, self.dist.is_main)
-        seed_everything(config.seed)
+        seed_everything(config.data_seed)  # whatever the data pipeline draws from the global RNGs
         self.stage: Stage = STAGES[config.stage](config, self.dist)
+        seed_everything(config.init_seed)  # the initialisation draws from its own stream alone
         self.model = self.stage.build_model().to(self.dist.device)
         t = config.training
         t.micro_batch_for(self.dist.world_size)  # the batch geometry must fit the number of processes
