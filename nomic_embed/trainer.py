@@ -947,17 +947,13 @@ class TrainingSetup:
     "Everything a run is made of, built from a `TrainConfig` (and a checkpoint to resume): processes, stage, model, optimiser, schedule, backprop."
 
     def __init__(self, config: TrainConfig, resume: str | Path | None = None):
-        run_dir = Path(config.output_dir)
-        created = not run_dir.exists()
+        self.run_dir, self.created = Path(config.output_dir), not Path(config.output_dir).exists()
         # rank 0 holds the run directory for the whole run: a second run there is refused at once
-        self.lock = lock_run_dir(run_dir) if int(os.environ.get("RANK", 0)) == 0 else None
+        self.lock = lock_run_dir(self.run_dir) if int(os.environ.get("RANK", 0)) == 0 else None
         try:
             self.setup(config, resume)
         except BaseException:
             self.release()
-            if created:  # nothing of a run that never started is left behind
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()
             raise
 
     def setup(self, config: TrainConfig, resume: str | Path | None) -> None:
@@ -1001,6 +997,9 @@ class TrainingSetup:
         if self.lock is not None:
             self.lock.close()
             self.lock = None
+            if self.created:  # a directory made for a run that wrote nothing is not left behind
+                with contextlib.suppress(OSError):
+                    self.run_dir.rmdir()
 
     def restore(self) -> int:
         "Load the checkpoint being resumed (model, optimiser, schedule, RNG states); return its step."
