@@ -58,8 +58,9 @@ class MLMStage(Stage):
             self.train_corpus = packed_corpus(config.data, "train", self.tokenizer, progress=dist.is_main)
             self.val_corpus = packed_corpus(config.data, "validation", self.tokenizer, progress=dist.is_main) if config.data.val_fraction > 0 else None
         t = config.training
-        self.batches = MLMBatches(self.train_corpus, self.special, config.mlm, config.data_seed, t.global_batch_size,
-                                  t.micro_batch_for(dist.world_size), dist.rank, dist.world_size)
+        self.batches = MLMBatches(self.train_corpus, self.special, config.mlm, config.data_seed,
+                                  t.global_batch_size, t.micro_batch_for(dist.world_size),
+                                  dist.rank, dist.world_size)
 
     def build_model(self) -> nn.Module:
         if self.config.init_from:
@@ -85,8 +86,10 @@ class MLMStage(Stage):
         if self.val_corpus is None:
             return {}
         log, autocast = self.config.logging, eval_autocast(self.config, self.dist)
-        sums = evaluate_mlm(model, self.val_corpus, self.special, self.config.mlm.val_mlm_probability, self.config.data_seed,
-                            log.eval_batch_size, log.eval_max_chunks, self.dist.device, self.dist.rank, self.dist.world_size, autocast)
+        masking = self.config.mlm.val_mlm_probability
+        sums = evaluate_mlm(model, self.val_corpus, self.special, masking, self.config.data_seed,
+                            log.eval_batch_size, log.eval_max_chunks, self.dist.device,
+                            self.dist.rank, self.dist.world_size, autocast)
         return {"loss_sum": sums["loss_sum"], "correct": sums["correct"], "targets": sums["targets"]}
 
     def summarize_evaluation(self, sums: dict[str, float]) -> dict[str, float]:

@@ -773,7 +773,7 @@ def gradient_norm(model: nn.Module, max_grad_norm: float | None) -> Tensor:
     return norm
 
 def apply_update(optimizer, scheduler, engine=None) -> None:
-    "Step the optimiser and the schedule, zero the gradients; DeepSpeed's engine does all of it (and clips)."
+    "Step the optimiser and the schedule, zero the gradients; DeepSpeed's engine does it all."
     if engine is not None:
         engine.step()
         return
@@ -821,12 +821,12 @@ def stop_agreed(stop: StopRequest, dist: DistInfo) -> bool:
 # %% ../nbs/09_trainer.ipynb #c4d2f1b2
 @dataclass
 class NonFiniteGuard:
-    "Counts steps whose loss or gradient norm is not finite; the run stops at the first beyond `allowed`."
+    "Counts steps whose loss or gradient norm is not finite; the run stops past `allowed`."
     allowed: int = 0   # training.skip_nonfinite_steps
     skipped: int = 0   # non-finite steps so far (checkpointed)
 
     def allows(self, metrics: dict, total_steps: int, is_main: bool = True) -> bool:
-        "Count the non-finite step of `metrics` (its update was dropped); whether the run may go on."
+        "Count the non-finite step of `metrics` (its update was dropped); whether the run goes on."
         self.skipped += 1
         if self.skipped <= self.allowed and is_main:
             print(f"{self.describe(metrics, total_steps)}; update skipped ({self.skipped} of "
@@ -836,10 +836,11 @@ class NonFiniteGuard:
     def error(self, metrics: dict, total_steps: int, run_dir: Path) -> NonFiniteError:
         "The error that stops the run at the step of `metrics`, naming the checkpoint that is kept."
         kept = list_checkpoints(run_dir)
-        return NonFiniteError(f"{self.describe(metrics, total_steps)}: training stopped without applying "
-                              f"the step; the last checkpoint, {kept[-1] if kept else 'none yet'}, is finite "
-                              "and kept. Lower optimizer.lr or lengthen the warmup and start a new run, or "
-                              "let training.skip_nonfinite_steps drop a few such steps")
+        return NonFiniteError(
+            f"{self.describe(metrics, total_steps)}: training stopped without applying the step; "
+            f"the last checkpoint, {kept[-1] if kept else 'none yet'}, is finite and kept. Lower "
+            "optimizer.lr or lengthen the warmup and start a new run, or let "
+            "training.skip_nonfinite_steps drop a few such steps")
 
     @staticmethod
     def describe(metrics: dict, total_steps: int) -> str:
@@ -957,7 +958,7 @@ class TrainingSetup:
             raise
 
     def setup(self, config: TrainConfig, resume: str | Path | None) -> None:
-        "Verify a checkpoint to resume, join the processes, build stage, model, optimiser, schedule, backprop."
+        "Verify a checkpoint to resume, join the processes, build stage, model, optimiser…"
         self.config, self.resume_from = config, None
         if resume is not None:  # verify before touching anything
             self.resume_from = find_checkpoint(resume)
@@ -967,8 +968,9 @@ class TrainingSetup:
         if config.distributed.deepspeed:
             import_deepspeed()  # a missing DeepSpeed is reported before any data is built
         if config.distributed.deepspeed and config.training.skip_nonfinite_steps:
-            raise ValueError("training.skip_nonfinite_steps needs the trainer's own optimiser step; DeepSpeed's engine "
-                             "has reduced the gradients into its partitions: set it to 0 with distributed.deepspeed")
+            raise ValueError("training.skip_nonfinite_steps needs the trainer's optimiser step; "
+                             "DeepSpeed's engine has reduced the gradients into its partitions: "
+                             "set it to 0 with distributed.deepspeed")
         self.caller_threads = torch.get_num_threads()  # given back when train() ends (an in-process caller embeds next)
         self.dist = setup_distributed(config.distributed)
         self.precision = resolve_precision(config.training.precision, self.dist.device)
@@ -1007,19 +1009,21 @@ class TrainingSetup:
             self.engine.load_checkpoint(str(self.resume_from / "deepspeed"), tag="state")
             state = load_checkpoint(self.resume_from, self.model, None, None, self.dist)
         else:
-            state = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler, self.dist)
+            state = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler,
+                                    self.dist)
         self.guard.skipped = state.get("nonfinite_steps", 0)
         return state["step"]
 
     def save(self) -> Path:
         "Write a checkpoint of the current step (with DeepSpeed: its own partitioned optimiser files under `deepspeed/`)."
-        check_finite(self.model.state_dict(), f"the model after step {self.step}", "not saved (every rank checks "
-                     "the same weights and stops); the checkpoints already written are kept")
+        check_finite(self.model.state_dict(), f"the model after step {self.step}", "not saved "
+                     "(every rank checks the same weights and stops); the checkpoints stay")
         state = {"step": self.step, "total_steps": self.total_steps, "world_size": self.dist.world_size,
                  "samples_seen": self.step * self.config.training.global_batch_size, "config": self.config.to_dict(),
                  "torch": torch.__version__, "nonfinite_steps": self.guard.skipped}
-        tmp = self.run_dir / "checkpoints" / f"step-{self.step:06d}.tmp"  # a full disk: removed, and said so
-        with removed_on_failure(tmp, f"checkpoint {tmp.stem} of {self.run_dir}", checkpoint_bytes(self.run_dir, self.model)):
+        tmp = self.run_dir / "checkpoints" / f"step-{self.step:06d}.tmp"  # on a full disk: removed
+        needed = checkpoint_bytes(self.run_dir, self.model)
+        with removed_on_failure(tmp, f"checkpoint {tmp.stem} of {self.run_dir}", needed):
             return self.write_checkpoint(state)
 
     def write_checkpoint(self, state: dict) -> Path:
@@ -1038,11 +1042,14 @@ class Trainer(TrainingSetup):
         "Run optimiser step `step` (0-based) over the global batch; return its metrics."
         start = time.perf_counter()
         batches = self.next_batches(step)
-        loss, tokens = accumulate_gradients(self.stage, self.train_model, batches, self.backprop, self.dist)
+        loss, tokens = accumulate_gradients(self.stage, self.train_model, batches, self.backprop,
+                                            self.dist)
         lr = self.scheduler.get_last_lr()[0]
-        norm = None if self.engine else float(gradient_norm(self.model, self.config.training.max_grad_norm))
+        clip = self.config.training.max_grad_norm
+        norm = None if self.engine else float(gradient_norm(self.model, clip))
         # summed over ranks: a NaN or inf on any rank reaches all of them, and all decide alike
-        total_loss, total_tokens, norms = all_reduce_sum([float(loss), tokens, norm or 0.0], self.dist)
+        total_loss, total_tokens, norms = all_reduce_sum([float(loss), tokens, norm or 0.0],
+                                                         self.dist)
         finite = math.isfinite(total_loss) and math.isfinite(norms)
         if finite:
             apply_update(self.optimizer, self.scheduler, self.engine)
@@ -1058,7 +1065,7 @@ class Trainer(TrainingSetup):
             if not self.guard.allows(metrics, self.total_steps, self.dist.is_main):
                 self.files.log(metrics)  # the step that stops the run, for the record
                 raise self.guard.error(metrics, self.total_steps, self.run_dir)
-            with warnings.catch_warnings():  # the schedule keeps pace with the steps; torch warns without an update
+            with warnings.catch_warnings():  # the schedule keeps pace with the steps (torch warns)
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
         return metrics | self.stage.step_metrics(self.model)
@@ -1073,7 +1080,7 @@ class Trainer(TrainingSetup):
         return {"step": self.step, **self.stage.summarize_evaluation(totals)}
 
     def train(self) -> dict:
-        "Train from the current step to the end (see `run`), then release the run directory; return a summary."
+        "Train from the current step to the end (`run`), then release the run directory."
         try:
             return self.run()
         finally:
@@ -1090,7 +1097,8 @@ class Trainer(TrainingSetup):
         last, last_eval = {}, {}
         if self.step == 0 and self.stage.evaluate_at_start:  # the starting model's numbers, logged as step 0
             self.files.log(self.evaluate())
-        with StopRequest() as stop, restoring_threads(self.caller_threads), contextlib.closing(progress):
+        threads = restoring_threads(self.caller_threads)
+        with StopRequest() as stop, threads, contextlib.closing(progress):
             while self.step < self.total_steps:
                 last = self.train_step(self.step)
                 self.step += 1
