@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .model import NomicBertConfig, progress_bar
 from .utils import (CorruptFileError, DiskFullError, NonFiniteError, atomic_file, check_finite,
-                               directory_lock, free_bytes, is_disk_full, load_json, verify_manifest, write_manifest)
+                               directory_lock, is_disk_full, load_json, verify_manifest, write_manifest)
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig',
@@ -45,9 +45,9 @@ __all__ = ['SCHEDULES', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FR
            'find_checkpoint', 'verify_checkpoint', 'tied_parameter_names', 'model_state', 'with_tied',
            'load_model_state', 'holding_weights', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir',
            'check_resume_config', 'accumulate_gradients', 'gradient_norm', 'apply_update', 'TrainingInterrupted',
-           'StopRequest', 'stop_agreed', 'NonFiniteGuard', 'Prefetcher', 'RunFiles', 'lock_run_dir',
-           'removed_on_failure', 'checkpoint_bytes', 'TrainingSetup', 'Trainer', 'metric_rows', 'read_metrics',
-           'plot_loss', 'run_training', 'resolve_resume_config']
+           'StopRequest', 'stop_agreed', 'NonFiniteGuard', 'Prefetcher', 'lock_run_dir', 'naming_a_full_disk',
+           'removed_on_failure', 'checkpoint_bytes', 'RunFiles', 'TrainingSetup', 'Trainer', 'metric_rows',
+           'read_metrics', 'plot_loss', 'run_training', 'resolve_resume_config']
 
 # %% ../nbs/09_trainer.ipynb #85b42d43
 @dataclass
@@ -863,6 +863,46 @@ class Prefetcher:
             self.pending = {step + 1: self.pool.submit(self.make, step + 1)}
         return future.result()
 
+# %% ../nbs/09_trainer.ipynb #e6f4b3d4
+def lock_run_dir(run_dir: Path) -> contextlib.ExitStack:
+    "Create `run_dir` and hold its lock until the returned stack is closed; a file or unwritable path is a `ValueError`."
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(directory_lock(run_dir, "training"))
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"output_dir {run_dir} is a file (or lies under one); choose a directory path") from None
+    except OSError as error:
+        raise ValueError(f"output_dir {run_dir} cannot be written ({error.strerror}); choose another output_dir or "
+                         "make it writable") from None
+    return stack
+
+@contextlib.contextmanager
+def naming_a_full_disk(what: str, directory: Path, needed: int | None = None) -> Iterator[None]:
+    "A full disk while the block writes into `directory` becomes a `DiskFullError` naming `what` (and `needed`)."
+    try:
+        yield
+    except Exception as error:
+        if isinstance(error, DiskFullError) or is_disk_full(error, directory):
+            raise DiskFullError(what, directory, needed) from error  # the free space measured now
+        raise
+
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path, what: str, needed: int | None = None) -> Iterator[Path]:
+    "Remove the temporary directory `tmp` if the block fails; a full disk becomes a `DiskFullError` naming `what`."
+    try:
+        with naming_a_full_disk(what, tmp.parent, needed):
+            yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+def checkpoint_bytes(run_dir: Path, model: nn.Module) -> int:
+    "About the bytes a checkpoint needs: the last one's size, or the weights and AdamW's two moments in fp32."
+    kept = list_checkpoints(run_dir)
+    if kept:
+        return sum(p.stat().st_size for p in kept[-1].rglob("*") if p.is_file())
+    return 3 * 4 * sum(p.numel() for p in model.parameters())
+
 # %% ../nbs/09_trainer.ipynb #ef38f062
 class RunFiles:
     "The files of a run directory other than checkpoints: config.yaml, metrics.jsonl, baseline.json, final/ and loss.png."
@@ -889,7 +929,7 @@ class RunFiles:
     def log(self, row: dict) -> None:
         "Append one row (a step's or an evaluation's metrics) to metrics.jsonl."
         if self.is_main and row:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
+            with naming_a_full_disk("a row of metrics.jsonl", self.run_dir), open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
     def save_final(self, stage: Stage, model: nn.Module, plot: bool = True) -> Path:
@@ -906,42 +946,10 @@ class RunFiles:
             with contextlib.suppress(ImportError):
                 import matplotlib.pyplot as plt
                 figure = stage.plot_metrics(self.run_dir)
-                figure.savefig(self.run_dir / "loss.png", dpi=100, bbox_inches="tight")
+                with naming_a_full_disk("loss.png (final/ is complete)", self.run_dir):
+                    figure.savefig(self.run_dir / "loss.png", dpi=100, bbox_inches="tight")
                 plt.close(figure)
         return final
-
-# %% ../nbs/09_trainer.ipynb #e6f4b3d4
-def lock_run_dir(run_dir: Path) -> contextlib.ExitStack:
-    "Create `run_dir` and hold its lock until the returned stack is closed; a file or unwritable path is a `ValueError`."
-    stack = contextlib.ExitStack()
-    try:
-        stack.enter_context(directory_lock(run_dir, "training"))
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"output_dir {run_dir} is a file (or lies under one); choose a directory path") from None
-    except OSError as error:
-        raise ValueError(f"output_dir {run_dir} cannot be written ({error.strerror}); choose another output_dir or "
-                         "make it writable") from None
-    return stack
-
-@contextlib.contextmanager
-def removed_on_failure(tmp: Path, what: str, needed: int | None = None) -> Iterator[Path]:
-    "Remove the temporary directory `tmp` if the block fails; a full disk becomes a `DiskFullError` naming `what`."
-    try:
-        yield tmp
-    except BaseException as error:
-        full = isinstance(error, DiskFullError) or isinstance(error, Exception) and is_disk_full(error, tmp.parent)
-        free = free_bytes(tmp.parent) if full else None  # before the removal frees some
-        shutil.rmtree(tmp, ignore_errors=True)
-        if full:
-            raise DiskFullError(what, tmp.parent, needed, free) from error
-        raise
-
-def checkpoint_bytes(run_dir: Path, model: nn.Module) -> int:
-    "About the bytes a checkpoint needs: the last one's size, or the weights and AdamW's two moments in fp32."
-    kept = list_checkpoints(run_dir)
-    if kept:
-        return sum(p.stat().st_size for p in kept[-1].rglob("*") if p.is_file())
-    return 3 * 4 * sum(p.numel() for p in model.parameters())
 
 # %% ../nbs/09_trainer.ipynb #7df6a155
 class TrainingSetup:
