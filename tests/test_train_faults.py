@@ -3,7 +3,9 @@ offline corpus: a diverging run, two runs in one directory, bad configs and outp
 metrics line, a full disk during a checkpoint, and ranks that must stop together. Each case asserts the exit status,
 the first line of stderr and that nothing half-written is left.
 
-Run: python -m pytest tests/test_train_faults.py  (add -m slow for the resumes after a fault and the two-process case)."""
+Run: python -m pytest tests/test_train_faults.py  (the fast set: a diverging run, skipped steps, bad configs, a read-only
+output directory); add -m slow for the cases that need several processes or a resume (the notebook checks the lock,
+the cut-short metrics line and the manifest in-process)."""
 from __future__ import annotations
 
 import json
@@ -97,6 +99,7 @@ def test_skipped_nonfinite_steps_are_counted_then_stop(tmp_path):
     finite_checkpoints(run)
 
 
+@pytest.mark.slow
 def test_a_second_run_in_the_same_directory_is_refused(tmp_path):
     run = tmp_path / "run"
     first = subprocess.Popen(train_cli("--config", str(TINY), *sets(*MICRO, "training.max_steps=5000", "checkpoint.every_steps=2",
@@ -167,6 +170,7 @@ def as_nobody() -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
+@pytest.mark.slow
 def test_unreadable_config_and_unwritable_output_dir():
     "As a user the files deny (root is dropped to nobody): an unreadable config and an output_dir it may not create."
     prefix = as_nobody()
@@ -279,6 +283,7 @@ def trained_final(tmp_path: Path) -> Path:
     return run / "final"
 
 
+@pytest.mark.slow
 def test_init_from_a_damaged_or_nonfinite_checkpoint_is_refused_at_load(tmp_path):
     from safetensors.torch import load_file, save_file
     from nomic_embed.utils import write_manifest
