@@ -598,7 +598,7 @@ def verify_checkpoint(checkpoint: str | Path) -> dict:
             raise CorruptFileError(f"{checkpoint} has no manifest.json, so it is incomplete")
         return load_json(checkpoint / "trainer_state.json")
     except (CorruptFileError, ValueError, OSError) as error:
-        raise CheckpointError(f"checkpoint {checkpoint} cannot be resumed: {error}; nothing was changed — or resume "
+        raise CheckpointError(f"checkpoint {checkpoint} is corrupted: {error}; nothing was changed — or resume "
                               f"from an earlier checkpoint of {checkpoint.parent}") from None
 
 # %% ../nbs/09_trainer.ipynb #250bcc45
