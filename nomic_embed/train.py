@@ -33,7 +33,6 @@ from .pairs import (NEGATIVE_SAMPLING, WEIGHTINGS, MixedBatchSampler, OneSourceB
 from .trainer import (STAGES, Backprop, CheckpointError, DistInfo, Stage, Trainer, TrainConfig, _coerce,
                                  TrainingInterrupted, build_section, find_checkpoint, load_config, main_process_first,
                                  read_metrics, register_stage, resolve_precision, resolve_resume_config, run_training)
-from .utils import run_console
 
 # %% auto #0
 __all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MLMStage', 'eval_autocast', 'plot_mlm_metrics',
@@ -41,7 +40,7 @@ __all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MLMStage', '
            'check_pair_rows', 'pair_splits', 'with_built_negatives', 'retrieval_metrics', 'held_out_corpus',
            'corpus_rows', 'HeldOutRetrieval', 'ContrastiveBatches', 'pooled_encoder', 'with_negatives',
            'starting_encoder_config', 'ContrastiveStage', 'ContrastivePretrainStage', 'ContrastiveFinetuneStage',
-           'plot_contrastive_metrics', 'run_command', 'train_command']
+           'plot_contrastive_metrics', 'run_command']
 
 # %% ../nbs/09a_train.ipynb #5a5de3ca
 @register_stage
@@ -64,7 +63,7 @@ class MLMStage(Stage):
 
     def build_model(self) -> nn.Module:
         if self.config.init_from:
-            return NomicBertForPreTraining.from_pretrained(self.config.init_from)
+            return NomicBertForPreTraining.from_pretrained(self.config.init_from, tokenizer=self.tokenizer)
         model_config = NomicBertConfig(**self.config.model)
         if model_config.vocab_size < self.special.vocab_size:
             raise ValueError(f"model.vocab_size ({model_config.vocab_size}) is smaller than the tokenizer's ({self.special.vocab_size})")
@@ -470,10 +469,10 @@ class ContrastiveBatches:
         return [{side: features[side] for side in SIDES if side in features}]
 
 # %% ../nbs/09a_train.ipynb #78e45406
-def pooled_encoder(config: TrainConfig) -> MeanPooledEncoder:
+def pooled_encoder(config: TrainConfig, tokenizer=None) -> MeanPooledEncoder:
     "The contrastive stages' model: the encoder inside a `MeanPooledEncoder`, with a `LogitScale` when the scale is learnable."
     if config.init_from:
-        encoder = NomicBertModel.from_pretrained(config.init_from, **config.model)
+        encoder = NomicBertModel.from_pretrained(config.init_from, tokenizer=tokenizer, **config.model)
     else:
         encoder = NomicBertModel(NomicBertConfig(**config.model))
     model = MeanPooledEncoder(encoder)
@@ -550,7 +549,7 @@ class ContrastiveStage(Stage):
                 raise ValueError(f"contrastive.matryoshka_{error}") from None
 
     def build_model(self) -> nn.Module:
-        model = pooled_encoder(self.config)
+        model = pooled_encoder(self.config, self.tokenizer)  # init_from: its vocabulary must cover the tokenizer's
         self.check_matryoshka(model.model.config.hidden_size)  # a hub checkpoint's size is only known now
         if self.layer_norm or hasattr(model.model.config, MATRYOSHKA_LAYER_NORM_KEY):  # recorded in the saved config.json
             setattr(model.model.config, MATRYOSHKA_LAYER_NORM_KEY, self.layer_norm)
@@ -648,11 +647,7 @@ def plot_contrastive_metrics(run_dir: str | Path):
 
 # %% ../nbs/09a_train.ipynb #07232177
 def run_command(args: argparse.Namespace) -> None:
-    "Run `nomic_embed_train` with parsed arguments in the console boundary (`utils.run_console`)."
-    run_console("nomic_embed_train", lambda: train_command(args))
-
-def train_command(args: argparse.Namespace) -> None:
-    "Validate the config, build the run (resumed if asked), train, and print the summary."
+    "Validate the config, build the run (resumed if asked), train and print the summary (in `run_console`)."
     config = resolve_resume_config(args.config, args.overrides, args.resume)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .model import NomicBertConfig, progress_bar
 from .utils import (CorruptFileError, DiskFullError, NonFiniteError, atomic_file, check_finite,
-                               directory_lock, is_disk_full, load_json, verify_manifest, write_manifest)
+                               check_unlocked, directory_lock, is_disk_full, load_json, verify_manifest, write_manifest)
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig',
@@ -1180,6 +1180,9 @@ def run_training(config: TrainConfig | str | Path, overrides: list[str] | None =
 
 def resolve_resume_config(config_path: str | None, overrides: list[str] | None, resume: str | None) -> TrainConfig:
     "The config of a (resumed) run: `--config` + `--set`, or, when resuming without `--config`, the checkpoint's own."
+    if resume is not None:  # a run still writing there is named at once, before its checkpoints are read
+        path = Path(resume)
+        check_unlocked(path.parent.parent if (path / "trainer_state.json").exists() else path)
     if config_path is not None:
         return load_config(config_path, overrides)
     checkpoint = find_checkpoint(resume)

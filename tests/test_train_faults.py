@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENV, ROOT, TORCHRUN, sets, train_cli, weights
+from conftest import ENV, ROOT, TORCHRUN, bin_path, sets, train_cli, weights
 from nomic_embed.train import read_metrics, run_training
 from nomic_embed.trainer import list_checkpoints
 from nomic_embed.utils import NonFiniteError, check_finite
@@ -265,7 +265,7 @@ def test_half_written_metrics_line_does_not_block_resume(tmp_path):
 def test_ranks_stop_together_on_a_nonfinite_step(tmp_path):
     "Two gloo processes: the loss and gradient norm are summed over ranks, so both stop at the same step (no hang)."
     run = tmp_path / "run"
-    done = subprocess.run([*TORCHRUN, "-m", "nomic_embed.train", "--config", str(TINY),
+    done = subprocess.run([*TORCHRUN, "--no-python", bin_path("nomic_embed_train"), "--config", str(TINY),
                            *sets(*MICRO, *DIVERGING, "distributed.backend=gloo", f"output_dir={run}")],
                           env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
