@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import inspect
 import json
@@ -39,12 +40,13 @@ __all__ = ['SCHEDULES', 'CORE_SECTIONS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'S
            'register_stage', 'Backprop', 'Stage', 'TrainConfig', 'check_model_keys', 'apply_overrides', 'load_config',
            'parameter_groups', 'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed',
            'restoring_threads', 'all_reduce_sum', 'main_process_first', 'resolve_precision', 'seed_everything',
-           'to_device', 'data_parallel', 'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'CheckpointError',
-           'list_checkpoints', 'find_checkpoint', 'verify_checkpoint', 'tied_parameter_names', 'model_state',
-           'with_tied', 'load_model_state', 'holding_weights', 'save_checkpoint', 'load_checkpoint',
-           'refuse_used_run_dir', 'check_resume_config', 'accumulate_gradients', 'apply_update', 'TrainingInterrupted',
-           'StopRequest', 'stop_agreed', 'Prefetcher', 'RunFiles', 'TrainingSetup', 'Trainer', 'read_metrics',
-           'plot_loss', 'run_training', 'resolve_resume_config']
+           'to_device', 'data_parallel', 'import_deepspeed', 'deepspeed_engine', 'build_backprop',
+           'enable_gradient_checkpointing', 'CheckpointError', 'list_checkpoints', 'find_checkpoint',
+           'verify_checkpoint', 'tied_parameter_names', 'model_state', 'with_tied', 'load_model_state',
+           'holding_weights', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir', 'check_resume_config',
+           'accumulate_gradients', 'apply_update', 'TrainingInterrupted', 'StopRequest', 'stop_agreed', 'Prefetcher',
+           'RunFiles', 'TrainingSetup', 'Trainer', 'read_metrics', 'plot_loss', 'prepare_data', 'read_prepared',
+           'run_training', 'resolve_resume_config']
 
 # %% ../nbs/09_trainer.ipynb #85b42d43
 @dataclass
@@ -101,6 +103,7 @@ class TrainingConfig:
     micro_batch_size: int | None = None  # samples per forward pass per rank; null = the rank's whole share of the batch
     max_grad_norm: float | None = None  # None or 0 = no clipping (stage 1); 1.0 for stages 2-3
     precision: str = "auto"             # auto = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
+    gradient_checkpointing: bool = False  # recompute each block's activations in backward (less memory, +1 forward)
 
     def __post_init__(self):
         if (self.max_steps is None) == (self.num_epochs is None):
@@ -157,10 +160,13 @@ class DistributedConfig:
     deepspeed: str | None = None
     find_unused_parameters: bool = False
     cpu_threads: int | None = None  # torch.set_num_threads per process; null = torch's default (one per core)
+    timeout_minutes: float = 60.0  # how long a rank waits at a collective (barrier, all-reduce) before the run fails
 
     def __post_init__(self):
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"distributed.backend must be auto, nccl or gloo; got {self.backend!r}")
+        if not self.timeout_minutes > 0:
+            raise ValueError(f"distributed.timeout_minutes must be > 0; got {self.timeout_minutes}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"distributed.cpu_threads must be >= 1 or null (torch's default); got {self.cpu_threads}")
 
@@ -268,6 +274,10 @@ class Stage:
             loss = self.loss(model, batch)
         backprop.backward(loss.float() * loss_scale)
         return loss.detach()
+
+    def data_summary(self) -> dict[str, Any]:
+        "What `--prepare` records about the data: `samples` (in one epoch), and what a stage adds."
+        return {"samples": self.num_samples()}
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         "Held-out sums on this rank (added over ranks by the trainer); `{}` for none."
@@ -409,7 +419,8 @@ def setup_distributed(config: DistributedConfig) -> DistInfo:
         torch.cuda.set_device(device)
     if world_size > 1 and not torch.distributed.is_initialized():
         backend = config.backend if config.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
-        torch.distributed.init_process_group(backend=backend)
+        timeout = datetime.timedelta(minutes=config.timeout_minutes)  # NCCL's default, 10 minutes, is too short here
+        torch.distributed.init_process_group(backend=backend, timeout=timeout)
     return DistInfo(rank, world_size, local_rank, device)
 
 @contextlib.contextmanager
@@ -512,6 +523,16 @@ def build_backprop(train_model: nn.Module, engine, precision: str, device: torch
         return Backprop(autocast, Tensor.backward, train_model.no_sync)
     return Backprop(autocast, Tensor.backward, contextlib.nullcontext)
 
+# %% ../nbs/09_trainer.ipynb #bc9e7d7a
+def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
+    "Recompute each encoder block's activations in backward instead of keeping them."
+    encoders = [m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)]
+    if not encoders:
+        raise ValueError(f"training.gradient_checkpointing: {type(model).__name__} has no module that "
+                         "supports it; set it to false")
+    encoders[0].activation_checkpointing_enable({"use_reentrant": False})
+    return model
+
 # %% ../nbs/09_trainer.ipynb #7f3e498b
 class CheckpointError(RuntimeError):
     "A checkpoint is missing, incomplete or corrupted."
@@ -590,19 +611,21 @@ def tied_parameter_names(model: nn.Module) -> list[list[str]]:
 
 # %% ../nbs/09_trainer.ipynb #fc177d32
 def model_state(model: nn.Module, engine=None) -> dict[str, Tensor]:
-    """The model's tensors as separate fp32 CPU copies, a tied group once (under its first name); with a DeepSpeed
-    `engine`, the fp32 master weights gathered from ZeRO's shards (a collective: call it on every rank)."""
+    """The model's tensors as separate fp32 CPU copies, a tied group once (under its first name).
+    With a DeepSpeed `engine`: the fp32 master weights gathered from ZeRO's shards (a collective:
+    call it on every rank)."""
     state = model.state_dict()
     if engine is not None:
         from deepspeed.utils import safe_get_full_fp32_param
         masters: dict[int, Tensor | None] = {}
-        for name, param in model.named_parameters(remove_duplicate=False):  # same order on every rank
+        for name, param in model.named_parameters(remove_duplicate=False):  # same order everywhere
             if id(param) not in masters:
                 masters[id(param)] = safe_get_full_fp32_param(param)
             if masters[id(param)] is not None:
                 state[name] = masters[id(param)]
     duplicates = {name for names in tied_parameter_names(model) for name in names[1:]}
-    return {name: tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype, copy=True)
+    fp32 = lambda tensor: torch.float32 if tensor.is_floating_point() else tensor.dtype
+    return {name: tensor.detach().to("cpu", fp32(tensor), copy=True)
             for name, tensor in state.items() if name not in duplicates}
 
 # %% ../nbs/09_trainer.ipynb #9ddc1113
@@ -615,13 +638,13 @@ def with_tied(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor
     return state
 
 def load_model_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    "Copy a `model_state` into `model` (cast to its dtype); a missing, unknown or misshapen tensor is an error."
+    "Copy a `model_state` into `model` (cast to its dtype); a missing or unknown tensor is an error."
     model.load_state_dict(with_tied(model, state), strict=True)
 
 # %% ../nbs/09_trainer.ipynb #aac93505
 @contextlib.contextmanager
 def holding_weights(model: nn.Module, state: Mapping[str, Tensor]) -> Iterator[nn.Module]:
-    "Within the block `model`'s parameters are `state`'s tensors (e.g. fp32 masters); their own tensors afterwards."
+    "Within the block `model`'s parameters are `state`'s tensors (the fp32 masters); afterwards their own."
     state, params = with_tied(model, state), dict(model.named_parameters())
     own = {name: param.data for name, param in params.items()}
     try:
@@ -847,9 +870,16 @@ class TrainingSetup:
         self.precision = resolve_precision(config.training.precision, self.dist.device)
         self.run_dir, self.files = Path(config.output_dir), RunFiles(config.output_dir, self.dist.is_main)
         seed_everything(config.seed)
+        if self.dist.distributed and self.dist.is_main and resume is None and not read_prepared(config):
+            print("nomic_embed_train: the data of this config was not prepared: rank 0 builds it now "
+                  "while the other ranks wait (at most distributed.timeout_minutes = "
+                  f"{config.distributed.timeout_minutes:g}); for a long build run "
+                  "nomic_embed_train --config ... --prepare first, in one process", file=sys.stderr)
         self.stage: Stage = STAGES[config.stage](config, self.dist)
         self.model = self.stage.build_model().to(self.dist.device)
         t = config.training
+        if t.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         t.micro_batch_for(self.dist.world_size)  # the batch geometry must fit the number of processes
         self.total_steps = t.max_steps or math.ceil(t.num_epochs * self.stage.num_samples() / t.global_batch_size)
         self.optimizer = build_optimizer(self.model, config.optimizer)
@@ -876,8 +906,9 @@ class TrainingSetup:
                  "samples_seen": self.step * self.config.training.global_batch_size, "config": self.config.to_dict(),
                  "torch": torch.__version__}
         if self.engine is not None:  # every rank writes its partition
-            return save_checkpoint(self.run_dir, self.step, self.model, None, None, state, self.dist, self.config.checkpoint.keep_last,
-                                   lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state"), self.engine)
+            write_shards = lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+            return save_checkpoint(self.run_dir, self.step, self.model, None, None, state, self.dist,
+                                   self.config.checkpoint.keep_last, write_shards, self.engine)
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state, self.dist,
                                self.config.checkpoint.keep_last)
 
@@ -935,8 +966,10 @@ class Trainer(TrainingSetup):
                 if not done and stop_agreed(stop, self.dist):
                     self.stop(progress, stop.signal, checkpoint)
         progress.close()
-        # DeepSpeed: final/ holds the fp32 master weights (gathered on every rank), not the module's bf16 copies
-        masters = holding_weights(self.model, model_state(self.model, self.engine)) if self.engine else contextlib.nullcontext()
+        # DeepSpeed: final/ holds the fp32 master weights (gathered on every rank), not bf16 copies
+        masters = contextlib.nullcontext()
+        if self.engine is not None:
+            masters = holding_weights(self.model, model_state(self.model, self.engine))
         with masters:
             if self.dist.is_main:
                 self.files.save_final(self.stage, self.model, log.plot)
@@ -967,6 +1000,28 @@ def plot_loss(run_dir: str | Path):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/09_trainer.ipynb #01a4c996
+def prepare_data(config: TrainConfig) -> dict[str, Any]:
+    "Build and cache the stage's data in this one process; record a summary in `prepared.json`."
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ValueError("--prepare runs in one process, before torchrun: "
+                         "nomic_embed_train --config FILE --prepare")
+    stage = STAGES[config.stage](config, DistInfo())  # a stage builds (and caches) its data
+    summary = {"stage": config.stage, "data": config.to_dict().get("data"), **stage.data_summary()}
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    with atomic_file(Path(config.output_dir) / "prepared.json") as written:
+        written.write_text(json.dumps(summary, indent=1))
+    return summary
+
+def read_prepared(config: TrainConfig) -> dict[str, Any] | None:
+    "The summary `prepare_data` recorded for this config's data, or None (not prepared, other data)."
+    path = Path(config.output_dir) / "prepared.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    same_data = summary.get("data") == config.to_dict().get("data")
+    return summary if summary.get("stage") == config.stage and same_data else None
 
 # %% ../nbs/09_trainer.ipynb #bea5657e
 def run_training(config: TrainConfig | str | Path, overrides: list[str] | None = None, resume: str | Path | None = None) -> dict:

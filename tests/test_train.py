@@ -82,9 +82,13 @@ def test_torchrun_two_processes_match_one(tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run(train_cli("--config", str(TINY), *sets(*common, f"output_dir={single}")), env=ENV, check=True, capture_output=True)
     torchrun = [*TORCHRUN, "-m", "nomic_embed.train"]
-    result = subprocess.run(torchrun + ["--config", str(TINY), *sets(*common, f"output_dir={double}", "distributed.backend=gloo")],
-                            env=ENV, capture_output=True, text=True)
+    double_config = ["--config", str(TINY), *sets(*common, f"output_dir={double}", "distributed.backend=gloo")]
+    prepared = subprocess.run(train_cli(*double_config, "--prepare"), env=ENV, capture_output=True, text=True)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert json.loads(prepared.stdout.strip().splitlines()[-1])["samples"] == json.loads((double / "prepared.json").read_text())["samples"]
+    result = subprocess.run(torchrun + double_config, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "was not prepared" not in result.stderr  # the ranks found the prepared data
     (one_train, one_eval), (two_train, two_eval) = read_metrics(single), read_metrics(double)
     assert [r["step"] for r in one_train] == [r["step"] for r in two_train] == list(range(1, 7))
     differences = [abs(a["loss"] - b["loss"]) for a, b in zip(one_train, two_train)]
@@ -215,3 +219,18 @@ def test_help_loads_no_torch():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV)
     assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr
     assert "unrecognized arguments: --no-such-flag" in done.stderr
+
+
+def test_plan_of_the_full_scale_configs(capsys, monkeypatch):
+    "`--plan` prints per-GPU memory and time of the three full-scale configs; each fits an 80 GB H100."
+    from nomic_embed.cli import train as main
+    monkeypatch.chdir(ROOT)  # the configs' paths (the DeepSpeed JSON) start at the repository root
+    for name, unit in (("mlm_nomic_bert_2048", "micro-batch of 32"), ("contrastive_pretrain", "GradCache chunk of 32"),
+                       ("contrastive_finetune", "GradCache chunk of 32")):
+        main(["--config", str(ROOT / "configs" / f"{name}.yaml"), "--plan"])
+        out = capsys.readouterr().out
+        assert unit in out and "peak: fits" in out and "hours at 23% of the bf16 peak" in out, out
+    main(["--config", str(ROOT / "configs" / "mlm_nomic_bert_2048.yaml"), "--plan", "a100-40gb"])
+    assert "DOES NOT FIT" in capsys.readouterr().out
+    expect_error(capsys, ["--config", str(TINY), "--plan", "v100"], "known: h100-80gb")
+    expect_error(capsys, ["--config", str(TINY), "--plan", "--gpus", "3"], "--gpus must divide")
