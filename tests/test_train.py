@@ -138,7 +138,7 @@ def test_corrupted_checkpoint_is_detected_and_nothing_is_overwritten(tmp_path, c
         original = target.read_bytes()
         target.write_bytes(original[:50] + bytes([original[50] ^ 0xFF]) + original[51:])  # flip one byte
         before = snapshot(run)
-        err = expect_error(capsys, ["--resume", str(run)], "is corrupted")
+        err = expect_error(capsys, ["--resume", str(run)], "differs from the SHA-256")
         assert name in err
         assert snapshot(run) == before, "a failed resume must not change the run directory"
         target.write_bytes(original)
