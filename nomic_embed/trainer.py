@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,19 +37,21 @@ from .utils import (CorruptFileError, DiskFullError, NonFiniteError, atomic_file
                                directory_lock, free_bytes, is_disk_full, load_json, verify_manifest, write_manifest)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig',
-           'ScheduleConfig', 'TrainingConfig', 'CheckpointConfig', 'LoggingConfig', 'DistributedConfig',
-           'build_section', 'register_stage', 'Backprop', 'Stage', 'TrainConfig', 'check_model_keys',
-           'check_model_sizes', 'apply_overrides', 'read_config_file', 'load_config', 'parameter_groups',
-           'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed', 'restoring_threads', 'all_reduce_sum',
-           'main_process_first', 'resolve_precision', 'seed_everything', 'to_device', 'data_parallel',
-           'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'enable_gradient_checkpointing', 'CheckpointError',
-           'list_checkpoints', 'find_checkpoint', 'verify_checkpoint', 'tied_parameter_names', 'model_state',
-           'with_tied', 'load_model_state', 'holding_weights', 'save_checkpoint', 'load_checkpoint',
-           'refuse_used_run_dir', 'check_resume_config', 'accumulate_gradients', 'gradient_norm', 'apply_update',
-           'TrainingInterrupted', 'StopRequest', 'stop_agreed', 'NonFiniteGuard', 'Prefetcher', 'RunFiles',
-           'lock_run_dir', 'removed_on_failure', 'checkpoint_bytes', 'TrainingSetup', 'Trainer', 'metric_rows',
-           'read_metrics', 'plot_loss', 'prepare_data', 'read_prepared', 'run_training', 'resolve_resume_config']
+__all__ = ['SCHEDULES', 'TRACKERS', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES',
+           'TRACKER_CLASSES', 'OptimizerConfig', 'ScheduleConfig', 'TrainingConfig', 'CheckpointConfig',
+           'LoggingConfig', 'DistributedConfig', 'build_section', 'register_stage', 'Backprop', 'Stage', 'TrainConfig',
+           'check_model_keys', 'check_model_sizes', 'apply_overrides', 'read_config_file', 'load_config',
+           'parameter_groups', 'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed',
+           'restoring_threads', 'all_reduce_sum', 'main_process_first', 'resolve_precision', 'seed_everything',
+           'to_device', 'data_parallel', 'import_deepspeed', 'deepspeed_engine', 'build_backprop',
+           'enable_gradient_checkpointing', 'CheckpointError', 'list_checkpoints', 'find_checkpoint',
+           'verify_checkpoint', 'tied_parameter_names', 'model_state', 'with_tied', 'load_model_state',
+           'holding_weights', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir', 'check_resume_config',
+           'accumulate_gradients', 'gradient_norm', 'apply_update', 'TrainingInterrupted', 'StopRequest', 'stop_agreed',
+           'NonFiniteGuard', 'Prefetcher', 'import_tracker', 'tracker_scalars', 'TensorBoardTracker', 'WandbTracker',
+           'TrackioTracker', 'RunFiles', 'lock_run_dir', 'removed_on_failure', 'checkpoint_bytes', 'TrainingSetup',
+           'Trainer', 'metric_rows', 'read_metrics', 'plot_loss', 'prepare_data', 'read_prepared', 'run_training',
+           'resolve_resume_config']
 
 # %% ../nbs/09_trainer.ipynb #85b42d43
 @dataclass
@@ -144,6 +147,8 @@ class CheckpointConfig:
         if self.every_steps < 1 or self.keep_last < 1:
             raise ValueError(f"checkpoint.every_steps and checkpoint.keep_last must be >= 1; got {self.every_steps}, {self.keep_last}")
 
+TRACKERS = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "trackio": "trackio"}  # name: module
+
 @dataclass
 class LoggingConfig:
     "Metrics and evaluation cadence; `eval_every_steps: 0` evaluates only after the last step."
@@ -153,10 +158,15 @@ class LoggingConfig:
     eval_batch_size: int = 32
     progress_bar: bool = True
     plot: bool = True
+    report_to: list = field(default_factory=list)  # experiment trackers: tensorboard, wandb, trackio
+    project: str = "nomic_embed"  # the trackers' project (W&B, trackio); the run is named after output_dir
 
     def __post_init__(self):
         if self.every_steps < 1 or self.eval_every_steps < 0 or self.eval_batch_size < 1:
             raise ValueError("logging.every_steps and logging.eval_batch_size must be >= 1, logging.eval_every_steps >= 0")
+        unknown = [name for name in self.report_to if name not in TRACKERS]
+        if unknown:
+            raise ValueError(f"logging.report_to: unknown tracker(s) {unknown}; choose from {', '.join(TRACKERS)}")
 
 @dataclass
 class DistributedConfig:
@@ -884,12 +894,79 @@ class Prefetcher:
             self.pending = {step + 1: self.pool.submit(self.make, step + 1)}
         return future.result()
 
+# %% ../nbs/09_trainer.ipynb #c21269dc
+def import_tracker(name: str):
+    "The module of tracker `name` (`TRACKERS`), or an ImportError that says what to install."
+    import importlib
+    try:
+        return importlib.import_module(TRACKERS[name])
+    except ImportError as error:
+        raise ImportError(f"logging.report_to names {name}, which is not installed: pip install {name} (or "
+                          "'nomic_embed[tracking]' for all three), or remove it from logging.report_to") from error
+
+def tracker_scalars(row: dict) -> tuple[int, dict[str, float]]:
+    "A metrics row as (step, {`train/<key>` or `eval/<key>`: number}); other values are left out."
+    evaluation = any(key.startswith("eval_") for key in row)
+    scalars = {(f"eval/{key.removeprefix('eval_')}" if evaluation else f"train/{key}"): float(value)
+               for key, value in row.items()
+               if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return int(row["step"]), scalars
+
+# %% ../nbs/09_trainer.ipynb #5fa15895
+class TensorBoardTracker:
+    "Scalars as TensorBoard event files in `run_dir/tensorboard` (PyTorch's `SummaryWriter`)."
+
+    def __init__(self, run_dir: Path, config: TrainConfig, step: int):
+        writer = import_tracker("tensorboard").SummaryWriter
+        # a resumed run writes the steps after its checkpoint again: TensorBoard drops the old ones
+        self.writer = writer(str(run_dir / "tensorboard"), purge_step=step + 1 if step else None)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+class WandbTracker:
+    "A Weights & Biases run (`WANDB_MODE=offline` logs without a network); a resume continues its id."
+
+    def __init__(self, run_dir: Path, config: TrainConfig, step: int):
+        wandb, id_file = import_tracker("wandb"), run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        with atomic_file(id_file) as written:
+            written.write_text(run_id)
+        self.run = wandb.init(project=config.logging.project, name=run_dir.name, dir=str(run_dir), id=run_id,
+                              resume="allow", config=config.to_dict())
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+class TrackioTracker:
+    "A trackio run in its local database (`TRACKIO_DIR`); a resume continues the run of the same name."
+
+    def __init__(self, run_dir: Path, config: TrainConfig, step: int):
+        self.trackio = import_tracker("trackio")
+        self.trackio.init(project=config.logging.project, name=run_dir.name, config=config.to_dict(),
+                          resume="allow", embed=False, auto_log_cpu=False, auto_log_gpu=False)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.trackio.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.trackio.finish()
+
+TRACKER_CLASSES = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "trackio": TrackioTracker}
+
 # %% ../nbs/09_trainer.ipynb #ef38f062
 class RunFiles:
     "The files of a run directory other than checkpoints: config.yaml, metrics.jsonl, baseline.json, final/ and loss.png."
 
     def __init__(self, run_dir: Path, is_main: bool = True):
-        self.run_dir, self.is_main = Path(run_dir), is_main
+        self.run_dir, self.is_main, self.trackers = Path(run_dir), is_main, []
 
     def prepare(self, config: TrainConfig, step: int, stage: Stage) -> None:
         "Write config.yaml; drop metrics logged after `step` (a resumed run); write the stage's baseline on a fresh start."
@@ -906,12 +983,21 @@ class RunFiles:
         if step == 0 and (baseline := stage.baseline()) is not None:
             with atomic_file(self.run_dir / "baseline.json") as written:
                 written.write_text(json.dumps(baseline, indent=1))
+        self.trackers = [TRACKER_CLASSES[name](self.run_dir, config, step) for name in config.logging.report_to]
 
     def log(self, row: dict) -> None:
-        "Append one row (a step's or an evaluation's metrics) to metrics.jsonl."
+        "Append one row (a step's or an evaluation's metrics) to metrics.jsonl, and send it to the trackers."
         if self.is_main and row:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            for tracker in self.trackers:
+                tracker.log(*tracker_scalars(row))
+
+    def close(self) -> None:
+        "Finish the trackers' runs."
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
 
     def save_final(self, stage: Stage, model: nn.Module, plot: bool = True) -> Path:
         "The trained model for downstream use in `final/` (atomically), and the stage's figure as `loss.png`."
@@ -988,6 +1074,8 @@ class TrainingSetup:
             refuse_used_run_dir(Path(config.output_dir))
         if config.distributed.deepspeed:
             import_deepspeed()  # a missing DeepSpeed is reported before any data is built
+        for tracker in config.logging.report_to if int(os.environ.get("RANK", 0)) == 0 else []:
+            import_tracker(tracker)  # and a missing tracker
         if config.distributed.deepspeed and config.training.skip_nonfinite_steps:
             raise ValueError("training.skip_nonfinite_steps needs the trainer's own optimiser step; DeepSpeed's engine "
                              "has reduced the gradients into its partitions: set it to 0 with distributed.deepspeed")
@@ -1022,7 +1110,9 @@ class TrainingSetup:
         self.step = self.restore() if self.resume_from is not None else 0
 
     def release(self) -> None:
-        "Release the run directory's lock (rank 0, when the run ends): now it may be resumed."
+        "Finish the trackers and release the run directory's lock (rank 0): now it may be resumed."
+        if getattr(self, "files", None) is not None:
+            self.files.close()
         if self.lock is not None:
             self.lock.close()
             self.lock = None

@@ -6,6 +6,7 @@ cached under $NOMIC_EMBED_CACHE (default ~/.cache/nomic_embed), so only the firs
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import signal
 import subprocess
@@ -234,3 +235,59 @@ def test_plan_of_the_full_scale_configs(capsys, monkeypatch):
     assert "DOES NOT FIT" in capsys.readouterr().out
     expect_error(capsys, ["--config", str(TINY), "--plan", "v100"], "known: h100-80gb")
     expect_error(capsys, ["--config", str(TINY), "--plan", "--gpus", "3"], "--gpus must divide")
+
+
+def wandb_history(run_file: Path) -> list[dict]:
+    "The history rows of an offline W&B run file: a LevelDB-style log (32 KiB blocks, records with a 7-byte header)."
+    from wandb.proto import wandb_internal_pb2
+    data, rows, pending, position = run_file.read_bytes(), [], b"", 7  # after the file's header (':W&B', magic, version)
+    assert data[:4] == b":W&B", run_file
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:  # a block's tail too short for a header is padding
+            position += 32768 - position % 32768
+            continue
+        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+    return rows
+
+
+def test_trackers_hold_the_logged_scalars(tmp_path):
+    "logging.report_to: TensorBoard event files, W&B's offline run and trackio's database hold each logged loss at its step."
+    trackers = [name for name, module in (("tensorboard", "tensorboard"), ("wandb", "wandb"), ("trackio", "trackio"))
+                if importlib.util.find_spec(module)]
+    if not trackers:
+        pytest.skip("no tracker installed: pip install -e '.[tracking]'")
+    run = tmp_path / "tracked"
+    env = {**ENV, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TRACKIO_DIR": str(tmp_path / "trackio")}
+    done = subprocess.run(train_cli("--config", str(TINY), *sets(*MICRO, "training.max_steps=5", "training.global_batch_size=8",
+                                                              "training.micro_batch_size=4", f"output_dir={run}",
+                                                              f"logging.report_to={trackers}", "logging.project=trackers-test")),
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = [row["loss"] for row in read_metrics(run)[0]]
+    assert len(losses) == 5
+    if "tensorboard" in trackers:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        events = EventAccumulator(str(run / "tensorboard"))
+        events.Reload()
+        scalars = events.Scalars("train/loss")
+        assert [e.step for e in scalars] == [1, 2, 3, 4, 5]
+        assert all(abs(e.value - loss) <= 1e-5 * loss for e, loss in zip(scalars, losses))  # stored as float32
+    if "wandb" in trackers:
+        (run_file,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
+        history = [row for row in wandb_history(run_file) if "train/loss" in row]
+        assert [row["_step"] for row in history] == [1, 2, 3, 4, 5] and [row["train/loss"] for row in history] == losses
+    if "trackio" in trackers:
+        probe = ("import json, sys\nfrom trackio.sqlite_storage import SQLiteStorage\n"
+                 "print(json.dumps(SQLiteStorage.get_logs('trackers-test', sys.argv[1])))")
+        read = subprocess.run([sys.executable, "-c", probe, run.name], env=env, capture_output=True, text=True)
+        logs = [row for row in json.loads(read.stdout.strip().splitlines()[-1]) if "train/loss" in row]
+        assert [row["step"] for row in logs] == [1, 2, 3, 4, 5] and [row["train/loss"] for row in logs] == losses
+    print(f"{', '.join(trackers)}: 5 losses read back at their steps")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up nomic_embed from scratch: a virtual environment in .venv with PyTorch and this package
-# (editable, with the development extras: nbdev, pytest, sentence-transformers, mteb, offline data).
+# (editable, with the development extras: nbdev, pytest, sentence-transformers, mteb, offline data; and the
+# experiment trackers TensorBoard, W&B and trackio).
 #   bash tools/setup.sh                      # CPU PyTorch (torch==2.13.0)
 #   TORCH_SPEC=skip bash tools/setup.sh      # keep a PyTorch you installed yourself (GPU users)
 #   DEEPSPEED=0 bash tools/setup.sh          # without DeepSpeed (its tests are then skipped)
@@ -12,9 +13,9 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 if [ "$TORCH_SPEC" = skip ]; then
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  .venv/bin/python -m pip install --quiet -e ".[dev,tracking]"
 else
-  .venv/bin/python -m pip install --quiet "$TORCH_SPEC" -e ".[dev]"
+  .venv/bin/python -m pip install --quiet "$TORCH_SPEC" -e ".[dev,tracking]"
 fi
 # DeepSpeed (stage 1's ZeRO-2, tested on 2 CPU ranks; DEEPSPEED=0 skips it): built against the PyTorch above
 # (--no-build-isolation, so pip never fetches another torch). On CPU its shared-memory communication op is compiled
