@@ -291,3 +291,15 @@ def test_trackers_hold_the_logged_scalars(tmp_path):
         logs = [row for row in json.loads(read.stdout.strip().splitlines()[-1]) if "train/loss" in row]
         assert [row["step"] for row in logs] == [1, 2, 3, 4, 5] and [row["train/loss"] for row in logs] == losses
     print(f"{', '.join(trackers)}: 5 losses read back at their steps")
+
+
+def test_process_group_waits_distributed_timeout_minutes(tmp_path):
+    "The process group's timeout is distributed.timeout_minutes (PyTorch's own default is 10 minutes for NCCL, 30 for gloo)."
+    script = tmp_path / "timeout.py"
+    script.write_text("import torch\nfrom nomic_embed.trainer import DistributedConfig, setup_distributed\n"
+                      "setup_distributed(DistributedConfig(backend='gloo', timeout_minutes=7))\n"
+                      "group = torch.distributed.distributed_c10d._get_default_group()\n"
+                      "print(group._get_backend(torch.device('cpu')).options._timeout.total_seconds())\n")
+    done = subprocess.run([*TORCHRUN, str(script)], env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [float(line) for line in done.stdout.split()] == [420.0, 420.0]
