@@ -191,8 +191,8 @@ def main() -> None:
           "bytes per logit (inside a step part of it overlaps the encoder's buffers)")
     if args.layers == 12:
         print("\nagainst nomic_embed.train.MEMORY_BYTES (what --plan uses), measured / stored:")
-        for key, value in results.items():
-            print(f"   {key:>32}: {value:10,.0f} / {MEMORY_BYTES[key]:10,.0f} = {value / MEMORY_BYTES[key]:.3f}")
+        for key, stored in MEMORY_BYTES.items():
+            print(f"   {key:>32}: {results[key]:10,.0f} / {stored:10,.0f} = {results[key] / stored:.3f}")
     else:
         print("\n(nomic_embed.train.MEMORY_BYTES holds the 12-layer numbers: compare with --layers 12)")
     print(f"({time.time() - started:.0f} s)")
