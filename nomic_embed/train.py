@@ -703,7 +703,7 @@ GPUS = {"h100-80gb": GPU("H100 SXM 80GB", 79.6, 989.0), "h200-141gb": GPU("H200 
 CUDA_CONTEXT_GIB = 1.5  # per process, outside PyTorch's allocator: CUDA context, cuBLAS, NCCL
 HEADROOM = 0.15  # share of the GPU a plan leaves free: fragmentation and the estimate's own error
 MEASURED_MFU = 0.23  # stage 1's step on one H100 (benchmarks/bench_gpu.py): 243k tokens/s in bf16
-REPORT_STEPS = {"contrastive_pretrain": 14_316, "contrastive_finetune": 6_612}  # Tables 7 and 3
+REPORT_STEPS = {"contrastive_pretrain": (16_384, 14_316), "contrastive_finetune": (256, 6_612)}  # batch, steps
 ASSUMED_MEAN_TOKENS = (64, 256)  # query, document: the caps of the measured GradCache throughput
 
 # %% ../nbs/09a_train.ipynb #f59fed71
@@ -766,8 +766,9 @@ def planned_steps(config: TrainConfig, prepared: dict | None = None) -> tuple[in
     if prepared and prepared.get("samples"):
         steps = math.ceil(t.num_epochs * prepared["samples"] / t.global_batch_size)
         return steps, "the prepared data"
-    if config.stage in REPORT_STEPS and t.num_epochs == 1:
-        return REPORT_STEPS[config.stage], "the report; --prepare counts the data's own"
+    batch, steps = REPORT_STEPS.get(config.stage, (None, None))  # one epoch of Table 7 or Table 3
+    if t.num_epochs == 1 and t.global_batch_size == batch:
+        return steps, "the report; --prepare counts the data's own"
     raise ValueError("training.num_epochs needs the data's size: run nomic_embed_train "
                      "--config ... --prepare first")
 

@@ -1283,7 +1283,9 @@ def prepare_data(config: TrainConfig) -> dict[str, Any]:
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise ValueError("--prepare runs in one process, before torchrun: "
                          "nomic_embed_train --config FILE --prepare")
-    stage = STAGES[config.stage](config, DistInfo())  # a stage builds (and caches) its data
+    # the data does not depend on the starting weights: prepare it while the previous stage still trains
+    data_config = load_config(raw={**config.to_dict(), "init_from": None})
+    stage = STAGES[config.stage](data_config, DistInfo())  # a stage builds (and caches) its data
     summary = {"stage": config.stage, "data": config.to_dict().get("data"), **stage.data_summary()}
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     with atomic_file(Path(config.output_dir) / "prepared.json") as written:
