@@ -303,3 +303,17 @@ def test_process_group_waits_distributed_timeout_minutes(tmp_path):
     done = subprocess.run([*TORCHRUN, str(script)], env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [float(line) for line in done.stdout.split()] == [420.0, 420.0]
+
+
+def test_prepare_a_contrastive_stage_before_its_starting_checkpoint_exists(tmp_path, capsys, monkeypatch):
+    "--prepare builds stage 2's pairs while stage 1 has not finished (no init_from yet); --plan then counts the data's steps."
+    from nomic_embed.cli import train as main
+    monkeypatch.chdir(ROOT)  # the tiny configs' paths start at the repository root
+    config = ["--config", "configs/contrastive_pretrain_tiny.yaml", "--set", f"output_dir={tmp_path / 'run'}",
+              "--set", f"init_from={tmp_path / 'stage1' / 'final'}"]  # not there yet
+    main(config + ["--prepare"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps_per_epoch"] >= 1 and set(summary["pairs"]) and all(n > 0 for n in summary["mean_tokens"])
+    main(config + ["--plan"])
+    out = capsys.readouterr().out
+    assert f"run: {summary['steps_per_epoch']:,} steps (from the prepared data)" in out and "measured" in out, out
