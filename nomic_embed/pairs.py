@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .corpus import data_file_format, is_hub_dataset, load_hub_split
-from .model import atomic_file
+from .utils import atomic_file
 from .offline import PAIR_SOURCES, offline_pair_rows
 
 # %% auto #0
