@@ -24,9 +24,9 @@ from .offline import (TEXT_SOURCES, WIKI_DUMP_NAME, clean_wiki_text, default_cac
 
 # %% auto #0
 __all__ = ['HUB_MIRROR_ENV', 'FULL_SCALE_SOURCES', 'PRETOKENIZED_SOURCE', 'CORPUS_FORMAT_VERSION', 'offline_tokenizer_path',
-           'load_tokenizer', 'is_hub_dataset', 'hub_repo_root', 'dataset_card_configs', 'card_splits', 'hub_data_files',
-           'data_file_format', 'load_hub_split', 'check_source', 'source_rows', 'text_dataset', 'token_dataset',
-           'tokenize_documents', 'pack_token_stream', 'CorpusConfig', 'PackingStats', 'PackedCorpus',
+           'load_tokenizer', 'is_dataset_repository', 'hub_repo_root', 'dataset_card_configs', 'card_splits',
+           'hub_data_files', 'data_file_format', 'load_hub_split', 'check_source', 'source_rows', 'text_dataset',
+           'token_dataset', 'tokenize_documents', 'pack_token_stream', 'CorpusConfig', 'PackingStats', 'PackedCorpus',
            'corpus_cache_key', 'write_packed', 'packed_corpus', 'datasets_progress']
 
 # %% ../nbs/02_corpus.ipynb #c00c0c4f
@@ -60,14 +60,16 @@ def load_tokenizer(name_or_path: str | None = None, model_max_length: int = 8192
 HUB_MIRROR_ENV = "NOMIC_EMBED_HUB_MIRROR"  # a directory holding owner/name copies of hub dataset repositories
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
-def is_hub_dataset(path: str) -> bool:
-    "Whether `path` names a hub dataset repository (`owner/name`) rather than a local path or a `datasets` builder."
-    return bool(_HUB_ID.fullmatch(str(path))) and not os.path.exists(path)
+def is_dataset_repository(path: str) -> bool:
+    "Whether `path` is a hub dataset id (`owner/name`) or a local directory laid out like a repository."
+    return os.path.isdir(path) or bool(_HUB_ID.fullmatch(str(path)))
 
 def hub_repo_root(repo: str, revision: str | None = None) -> str:
-    """Where the files of hub dataset `repo` (at `revision`) are: `$NOMIC_EMBED_HUB_MIRROR/owner/name[@revision]`
-    when the variable is set, else `hf://datasets/owner/name[@revision]`."""
+    """Where the files of dataset repository `repo` (at `revision`) are: `repo` itself when it is a local directory,
+    `$NOMIC_EMBED_HUB_MIRROR/owner/name[@revision]` when the variable is set, else `hf://datasets/owner/name[@revision]`."""
     from urllib.parse import quote
+    if os.path.isdir(repo):
+        return str(repo)
     at = f"@{quote(revision, safe='')}" if revision else ""
     mirror = os.environ.get(HUB_MIRROR_ENV)
     if not mirror:
@@ -127,14 +129,21 @@ def _glob_files(root: str, pattern: str) -> list[str]:
 
 def hub_data_files(repo: str, config: str | None = None, split: str = "train", revision: str | None = None,
                    data_files: str | Sequence[str] | None = None) -> list[str]:
-    """The files of one split of hub dataset `repo`, as its card lists them (or those matching `data_files`, patterns
-    inside the repository), sorted; listed, never downloaded."""
+    """The files of one split of dataset repository `repo` (a hub id or a local copy), as its card's `configs:` lists them
+    (without one, by `datasets`' file-name conventions), or those matching `data_files` (patterns inside the repository);
+    sorted, listed, never downloaded."""
     root = hub_repo_root(repo, revision)
     where = f"{repo}{f'@{revision}' if revision else ''}"
     if data_files:
         patterns = [data_files] if isinstance(data_files, str) else list(data_files)
     else:
         splits = card_splits(dataset_card_configs(repo, revision), config)
+        if not splits and config is None:  # no `configs:` block: the file-name conventions `datasets` itself applies
+            from datasets.data_files import get_data_patterns
+            try:
+                splits = get_data_patterns(root)
+            except Exception:  # EmptyDatasetError: no file follows a convention
+                splits = {}
         if split not in splits:
             raise ValueError(f"the dataset card of {where} lists no files for config {config or 'default'!r}, split {split!r} "
                              f"(its splits there: {sorted(splits) or 'none'}); check the names, or give data_files "
@@ -220,14 +229,14 @@ def source_rows(source: dict, streaming: bool = False):
     "The rows of a dataset source as `datasets` reads them: a hub id through `load_hub_split`, anything else as given."
     import datasets
     data_files = source.get("data_files")
-    if is_hub_dataset(source["path"]):  # listing errors (no such split, no copy in the mirror) say what to fix
+    if is_dataset_repository(source["path"]):  # listing errors (no such split, no copy in the mirror) say what to fix
         hub_data_files(source["path"], source.get("name"), source.get("split", "train"), source.get("revision"), data_files)
     else:
         for file in ([data_files] if isinstance(data_files, str) else data_files or []):
             if isinstance(file, str) and os.path.isfile(file) and os.path.getsize(file) == 0:
                 raise ValueError(f"the corpus is empty: data file {file} has no text; check data.sources")
     try:
-        if is_hub_dataset(source["path"]):
+        if is_dataset_repository(source["path"]):
             return load_hub_split(source["path"], source.get("name"), source.get("split", "train"), source.get("revision"),
                                   data_files, streaming)
         return datasets.load_dataset(source["path"], source.get("name"), split=source.get("split", "train"),

@@ -914,6 +914,9 @@ def _spec_files(spec: Mapping) -> list[str]:
         return PairSource("check", data_files=spec["data_files"], made_by=spec.get("made_by")).local_files()
     return hub_data_files(spec["path"], spec.get("config"), spec.get("split", "train"), spec.get("revision"))
 
+def _count(files: Sequence[str]) -> str:
+    return f"{len(files)} file{'s' if len(files) != 1 else ''}"
+
 def _where(spec: Mapping) -> str:
     "How a spec names its data, for a report line."
     if spec.get("data_files"):
@@ -935,8 +938,9 @@ def check_pair_source(spec: Mapping, rows: int = 3) -> str:
     for i, row in enumerate(head):
         _check_row(row, f"{files[0]} row {i}")
     negatives = "/".join(str(len(row.get("negatives") or [])) for row in head)
-    return f"{len(files)} files; negatives in the first rows: {negatives}" if "negatives" in renames or any(
-        "negatives" in row for row in head) else f"{len(files)} files; query, document"
+    if "negatives" in renames or any("negatives" in row for row in head):
+        return f"{_count(files)}; negatives in the first rows: {negatives}"
+    return f"{_count(files)}; query, document"
 
 def check_corpus(spec: Mapping, rows: int = 3) -> str:
     "Check that a mining corpus's first rows hold its text columns; a one-line summary, or a `ValueError`."
@@ -944,16 +948,18 @@ def check_corpus(spec: Mapping, rows: int = 3) -> str:
     head = _first_rows(files, rows)
     columns = list(spec.get("columns") or ["text"])
     _check_columns(files[0], list(head[0]) if head else [], columns, {})
-    return f"{len(files)} files; columns {', '.join(columns)}"
+    return f"{_count(files)}; columns {', '.join(columns)}"
 
 def check_text_source(source: str | Mapping, rows: int = 3) -> str:
     "Check the first `rows` documents (or token rows) of a stage-1 source; a one-line summary, or a `ValueError`."
-    from nomic_embed.corpus import check_source, hub_data_files as files_of, is_hub_dataset, text_dataset, token_dataset
+    from nomic_embed.corpus import check_source, hub_data_files as files_of, is_dataset_repository, text_dataset, token_dataset
     source = check_source(dict(source) if isinstance(source, Mapping) else source)
     if isinstance(source, str):
         return "offline source (installed with the package)"
-    count = (f"{len(files_of(source['path'], source.get('name'), source.get('split', 'train'), source.get('revision'), source.get('data_files')))} files; "
-             if is_hub_dataset(source["path"]) else "")
+    count = ""
+    if is_dataset_repository(source["path"]):
+        count = _count(files_of(source["path"], source.get("name"), source.get("split", "train"), source.get("revision"),
+                                source.get("data_files"))) + "; "
     if source.get("token_column"):
         head = list(token_dataset(source, streaming=True).take(rows))
         bad = next((i for i, r in enumerate(head) if not r["input_ids"] or not all(isinstance(t, int) for t in r["input_ids"])), None)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .corpus import data_file_format, is_hub_dataset, load_hub_split
+from .corpus import data_file_format, is_dataset_repository, load_hub_split
 from .utils import atomic_file
 from .offline import PAIR_SOURCES, offline_pair_rows
 
@@ -153,9 +153,9 @@ class PairSource:
             files = self.local_files()
             kind = data_file_format(files[0])
             table = datasets.load_dataset(kind, data_files=files, split="train")
-        elif is_hub_dataset(self.path):
+        elif is_dataset_repository(self.path):  # a hub id or a local copy of a repository: its split's files only
             table = load_hub_split(self.path, self.config, self.split, self.revision)
-        else:  # a local dataset directory
+        else:  # a `datasets` builder name
             table = datasets.load_dataset(self.path, self.config, split=self.split)
         renames = {old: new for new, old in self.columns.items() if old != new}
         missing = sorted(set(self.columns.values()) - set(table.column_names))
