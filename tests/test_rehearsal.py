@@ -38,8 +38,10 @@ UNMINED = {"fever_hn_mine": 4}  # every 4th FEVER row without published negative
 NETWORK_SUITES = ("mteb", "loco", "jina", "longembed", "glue")
 
 # the only --set items the rehearsal adds: sizes, steps, batches (and the offline copy of bert-base-uncased)
-STEPS = {STAGE_1: ["training.max_steps=16", "training.global_batch_size=4", "training.micro_batch_size=1",
-                   "checkpoint.every_steps=4", "logging.eval_every_steps=8", "logging.eval_max_chunks=2", "data.tokenizer=null"],
+STAGE_1_STEPS, STAGE_1_EVERY = 8, 2
+STEPS = {STAGE_1: [f"training.max_steps={STAGE_1_STEPS}", "training.global_batch_size=4", "training.micro_batch_size=1",
+                   f"checkpoint.every_steps={STAGE_1_EVERY}", f"logging.eval_every_steps={STAGE_1_STEPS}", "logging.eval_max_chunks=2",
+                   "data.tokenizer=null"],
          STAGE_2: ["training.num_epochs=null", "training.max_steps=3", "training.global_batch_size=16", "contrastive.gradcache_chunk_size=4"],
          STAGE_3: ["training.num_epochs=null", "training.max_steps=3", "training.global_batch_size=8", "contrastive.gradcache_chunk_size=2"]}
 TINY_MODEL = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2", "model.intermediate_size=64"]
@@ -129,7 +131,7 @@ def rehearse(tmp_path: Path, full_size: bool = False) -> dict:
         if "--resume" in line:  # stage 1 was killed after a checkpoint: continue it exactly as the README says
             seen["resumed"] = run(args, work, env)
         elif line.endswith(f"--config {STAGE_1}") and line.startswith("torchrun"):
-            seen["killed_at"] = kill_after_checkpoint(args, work, env, work / "runs" / "nomic-bert-2048", every=4, total=16)
+            seen["killed_at"] = kill_after_checkpoint(args, work, env, work / "runs" / "nomic-bert-2048", STAGE_1_EVERY, STAGE_1_STEPS)
         elif "nomic_embed.curate mine" in line:  # stage 3 first, without its shards: a clear error, then the mine
             early = subprocess.run(rehearsed(next(l for l in lines if l.endswith(f"--config {STAGE_3}") and l.startswith("torchrun")),
                                              full_size), cwd=work, env=env, capture_output=True, text=True, timeout=900)
@@ -161,7 +163,8 @@ def check_rehearsal(result: dict) -> None:
     # stage 1: killed after its first checkpoint, resumed, every step logged once, final/ in fp32
     stage1 = work / "runs" / "nomic-bert-2048"
     steps = [json.loads(l)["step"] for l in (stage1 / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(l)]
-    assert steps == list(range(1, 17)), steps
+    assert steps == list(range(1, STAGE_1_STEPS + 1)), steps
+    assert STAGE_1_EVERY < seen["killed_at"] < STAGE_1_STEPS
     final = load_file(stage1 / "final" / "model.safetensors")
     assert final and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in final.values())
     for stage in ("nomic-embed-text-v1-unsupervised", "nomic-embed-text-v1"):
