@@ -30,8 +30,8 @@ __all__ = ['COMMANDS', 'NEGATIVE_MODES', 'PHASES', 'CURATE_SOURCE_KEYS', 'CORPUS
            'ingest_shard', 'ingest_corpus_shard', 'Teacher', 'embed_shard', 'embed_corpus_shard', 'Samples',
            'filter_sample', 'shard_keep', 'write_filtered_shard', 'Corpus', 'corpus_top_k', 'Positives',
            'pick_negatives', 'random_candidates', 'draw_negatives', 'positive_aware_candidates', 'mine_shard',
-           'run_fingerprint', 'check_output', 'run_curate', 'check_pair_source', 'check_corpus', 'check_text_source',
-           'data_sources', 'check_data', 'main']
+           'run_fingerprint', 'check_output', 'run_curate', 'parquet_rows', 'check_pair_source', 'check_corpus',
+           'check_text_source', 'data_sources', 'check_data', 'one_source_steps', 'main']
 
 # %% ../nbs/08a_curate.ipynb #5914ae97
 COMMANDS = ("filter", "mine")
@@ -693,9 +693,9 @@ def draw_negatives(corpus: Corpus, positives: Sequence[set], pool: int, rng: np.
     return picked
 
 # %% ../nbs/08a_curate.ipynb #b72a3974
-def positive_aware_candidates(candidates: np.ndarray, scores: np.ndarray, positive_scores: np.ndarray,
-                              ratio: float) -> list[list[int]]:
-    "Per row, the candidate ids (best first) the teacher scores below `ratio` × that row's positive score."
+def positive_aware_candidates(candidates: np.ndarray, scores: np.ndarray,
+                              positive_scores: np.ndarray, ratio: float) -> list[list[int]]:
+    "Per row, the candidate ids (best first) scored below `ratio` × the row's positive score."
     keep = scores < ratio * positive_scores[:, None]  # (rows, candidates)
     return [row[mask].tolist() for row, mask in zip(candidates, keep)]
 
@@ -917,6 +917,18 @@ def _spec_files(spec: Mapping) -> list[str]:
 def _count(files: Sequence[str]) -> str:
     return f"{len(files)} file{'s' if len(files) != 1 else ''}"
 
+def parquet_rows(files: Sequence[str]) -> int:
+    "Rows in parquet `files` (local or `hf://`), read from their footers alone."
+    import fsspec
+    import pyarrow.parquet as pq
+    total = 0
+    for file in files:
+        if data_file_format(file) != "parquet":
+            raise ValueError(f"{file}: rows are counted from parquet footers only")
+        with fsspec.open(file, "rb") as stream:
+            total += pq.ParquetFile(stream).metadata.num_rows
+    return total
+
 def _where(spec: Mapping) -> str:
     "How a spec names its data, for a report line."
     if spec.get("data_files"):
@@ -924,12 +936,15 @@ def _where(spec: Mapping) -> str:
     revision = f"@{spec['revision']}" if spec.get("revision") else ""
     return f"{spec['path']}{revision} {'/'.join(filter(None, (spec.get('config') or spec.get('name'), spec.get('split', 'train'))))}"
 
-def check_pair_source(spec: Mapping, rows: int = 3) -> str:
-    "Check the first `rows` rows of a pair source (its `columns:` applied); a one-line summary, or a `ValueError`."
+def check_pair_source(spec: Mapping, rows: int = 3, count: bool = False) -> tuple[str, int | None]:
+    """Check the first `rows` rows of a pair source (its `columns:` applied): (a one-line summary, its row count when
+    `count`), or a `ValueError`."""
     from nomic_embed.pairs import _check_row
     if spec.get("offline"):
-        return "offline source (installed with the package)"
+        return "offline source (installed with the package)", None
     files = _spec_files(spec)
+    total = parquet_rows(files) if count else None
+    size = f"{_count(files)}{f', {total:,} rows' if count else ''}"
     head = _first_rows(files, rows)
     renames = dict(spec.get("columns") or {})
     _check_columns(files[0], list(head[0]) if head else [], ("query", "document"), renames)
@@ -939,38 +954,41 @@ def check_pair_source(spec: Mapping, rows: int = 3) -> str:
         _check_row(row, f"{files[0]} row {i}")
     negatives = "/".join(str(len(row.get("negatives") or [])) for row in head)
     if "negatives" in renames or any("negatives" in row for row in head):
-        return f"{_count(files)}; negatives in the first rows: {negatives}"
-    return f"{_count(files)}; query, document"
+        return f"{size}; negatives in the first rows: {negatives}", total
+    return f"{size}; query, document", total
 
-def check_corpus(spec: Mapping, rows: int = 3) -> str:
-    "Check that a mining corpus's first rows hold its text columns; a one-line summary, or a `ValueError`."
+def check_corpus(spec: Mapping, rows: int = 3, count: bool = False) -> tuple[str, None]:
+    "Check that a mining corpus's first rows hold its text columns: (a one-line summary, None), or a `ValueError`."
     files = _spec_files(spec)
     head = _first_rows(files, rows)
     columns = list(spec.get("columns") or ["text"])
     _check_columns(files[0], list(head[0]) if head else [], columns, {})
-    return f"{_count(files)}; columns {', '.join(columns)}"
+    return f"{_count(files)}; columns {', '.join(columns)}", None
 
-def check_text_source(source: str | Mapping, rows: int = 3) -> str:
-    "Check the first `rows` documents (or token rows) of a stage-1 source; a one-line summary, or a `ValueError`."
+def check_text_source(source: str | Mapping, rows: int = 3, count: bool = False) -> tuple[str, int | None]:
+    """Check the first `rows` documents (or token rows) of a stage-1 source: (a one-line summary, its row count when
+    `count`), or a `ValueError`."""
     from nomic_embed.corpus import check_source, hub_data_files as files_of, is_dataset_repository, text_dataset, token_dataset
     source = check_source(dict(source) if isinstance(source, Mapping) else source)
     if isinstance(source, str):
-        return "offline source (installed with the package)"
-    count = ""
+        return "offline source (installed with the package)", None
+    size, total = "", None
     if is_dataset_repository(source["path"]):
-        count = _count(files_of(source["path"], source.get("name"), source.get("split", "train"), source.get("revision"),
-                                source.get("data_files"))) + "; "
+        files = files_of(source["path"], source.get("name"), source.get("split", "train"), source.get("revision"),
+                         source.get("data_files"))
+        total = parquet_rows(files) if count else None
+        size = f"{_count(files)}{f', {total:,} rows' if count else ''}; "
     if source.get("token_column"):
         head = list(token_dataset(source, streaming=True).take(rows))
         bad = next((i for i, r in enumerate(head) if not r["input_ids"] or not all(isinstance(t, int) for t in r["input_ids"])), None)
         if bad is not None or not head:
             raise ValueError(f"{_where(source)}: row {bad or 0} holds no token ids in {source['token_column']!r}")
-        return f"{count}rows of {len(head[0]['input_ids'])} token ids"
+        return f"{size}rows of {len(head[0]['input_ids'])} token ids", total
     head = list(text_dataset(source, streaming=True).take(rows))
     bad = next((i for i, r in enumerate(head) if not isinstance(r["text"], str) or not r["text"].strip()), None)
     if bad is not None or not head:
         raise ValueError(f"{_where(source)}: document {bad or 0} has no text in {source.get('text_column', 'text')!r}")
-    return f"{count}text: {head[0]['text'][:60]!r}"
+    return f"{size}text: {head[0]['text'][:60]!r}", total
 
 # %% ../nbs/08a_curate.ipynb #a7f9baff
 def data_sources(config: str | os.PathLike, overrides: Sequence[str] = ()) -> list[tuple[str, str, Mapping | str]]:
@@ -1002,16 +1020,22 @@ def data_sources(config: str | os.PathLike, overrides: Sequence[str] = ()) -> li
             found.append(("corpus", f"{spec['name']}.corpus", spec["corpus"]))
     return found
 
-def check_data(config: str | os.PathLike, overrides: Sequence[str] = (), rows: int = 3) -> list[tuple[str, str, bool, str]]:
-    "(kind, name, ok, summary or error) for every data source of `config`, each read from its first `rows` rows."
+def check_data(config: str | os.PathLike, overrides: Sequence[str] = (), rows: int = 3,
+               count: bool = False) -> list[tuple[str, str, bool, str, int | None]]:
+    """(kind, name, ok, summary or error, row count) for every data source of `config`, each read from its first `rows`
+    rows; with `count`, every parquet source's rows are counted from its files' footers."""
     checks = {"text": check_text_source, "pairs": check_pair_source, "corpus": check_corpus}
     results = []
     for kind, name, spec in data_sources(config, overrides):
         try:
-            results.append((kind, name, True, checks[kind](spec, rows)))
+            results.append((kind, name, True, *checks[kind](spec, rows, count)))
         except Exception as error:  # every failure is reported, with its source; the run goes on to the next
-            results.append((kind, name, False, f"{type(error).__name__}: {error}"))
+            results.append((kind, name, False, f"{type(error).__name__}: {error}", None))
     return results
+
+def one_source_steps(rows: Mapping[str, int], global_batch_size: int) -> int:
+    "Steps of one epoch of one-source batches: each source's full global batches (a remainder is dropped)."
+    return sum(n // global_batch_size for n in rows.values())
 
 # %% ../nbs/08a_curate.ipynb #3441afc6
 _OVERRIDES = {"teacher": str, "teacher_max_length": int, "batch_size": int, "rows_per_shard": int, "top_k": int,
@@ -1045,18 +1069,30 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a stage config's value, as nomic_embed_train --set does (repeatable)")
     sub.add_argument("--rows", type=int, default=3, help="rows read from each source's first file")
+    sub.add_argument("--count", action="store_true", help="also count every parquet source's rows (footers only) and, for "
+                     "a stage 2/3 config, the steps of one epoch of one-source batches")
     return parser
 
 def _check_command(args: argparse.Namespace) -> int:
     "`nomic_embed_curate check`: one line per source; the exit status is 2 when any fails."
     try:
-        results = check_data(args.config, args.overrides, args.rows)
+        results = check_data(args.config, args.overrides, args.rows, args.count)
     except ValueError as error:
         print(f"nomic_embed_curate: error: {error}", file=sys.stderr)
         return 2
-    for kind, name, ok, summary in results:
+    for kind, name, ok, summary, _ in results:
         print(f"{'ok' if ok else 'FAIL':5} {kind:7} {name:36} {summary}", flush=True)
-    failed = [name for _, name, ok, _ in results if not ok]
+    failed = [name for _, name, ok, *_ in results if not ok]
+    pairs = {name: n for kind, name, ok, _, n in results if kind == "pairs" and n is not None}
+    if args.count and pairs and not failed:
+        import yaml
+        raw = yaml.safe_load(Path(args.config).read_text()) or {}
+        if args.overrides:
+            from nomic_embed.trainer import apply_overrides
+            raw = apply_overrides(raw, list(args.overrides))
+        batch = (raw.get("training") or {}).get("global_batch_size")
+        total = f"{sum(pairs.values()):,} pairs"
+        print(f"{total}; one epoch of one-source batches of {batch:,}: {one_source_steps(pairs, batch):,} steps" if batch else total)
     if failed:
         print(f"nomic_embed_curate: error: {len(failed)} of {len(results)} sources failed: {', '.join(failed)}", file=sys.stderr)
     return 2 if failed else 0
