@@ -10,6 +10,8 @@ __all__ = ['TASK_NAMES', 'PRECISION_NAMES', 'BUDGET_NAMES', 'ABLATION_NAMES', 't
 import argparse
 import sys
 
+from .utils import run_console
+
 # %% ../nbs/13_cli.ipynb #4f9257d9
 def train_parser() -> argparse.ArgumentParser:
     "The arguments of `nomic_embed_train`."
@@ -28,8 +30,10 @@ def train(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.config is None and args.resume is None:
         parser.error("give --config FILE (or --resume DIR to continue a run)")
-    from nomic_embed.train import run_command  # PyTorch and the stages load only now
-    run_command(args)
+    def work():
+        from nomic_embed.train import run_command  # PyTorch and the stages load only now
+        run_command(args)
+    run_console("nomic_embed_train", work)
 
 # %% ../nbs/13_cli.ipynb #6386a9c7
 TASK_NAMES = ("search_query", "search_document", "classification", "clustering")  # pairs.TASK_PREFIXES
@@ -68,8 +72,10 @@ def embed_parser() -> argparse.ArgumentParser:
 def embed(argv: list[str] | None = None) -> None:
     "Console entry point `nomic_embed_embed --model DIR --task TASK --input FILE --output FILE [...]`."
     args = embed_parser().parse_args(argv)
-    from nomic_embed.embed import run_command  # PyTorch and the model load only now
-    run_command(args)
+    def work():
+        from nomic_embed.embed import run_command  # PyTorch and the model load only now
+        run_command(args)
+    run_console("nomic_embed_embed", work)
 
 # %% ../nbs/13_cli.ipynb #a3a0c299
 BUDGET_NAMES = ("micro", "small", "medium")  # the reproduce chapter's BUDGETS
@@ -91,5 +97,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
 def reproduce(argv: list[str] | None = None) -> None:
     "Console entry point `nomic_embed_reproduce [--out DIR] [--budget micro|small|medium] [--ablations [NAMES]]`."
     args = reproduce_parser().parse_args(argv)
-    from nomic_embed.reproduce import run_command  # PyTorch and every chapter load only now
-    run_command(args)
+    def work():
+        from nomic_embed.reproduce import run_command  # PyTorch and every chapter load only now
+        run_command(args)
+    run_console("nomic_embed_reproduce", work)

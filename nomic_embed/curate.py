@@ -1073,18 +1073,17 @@ def _parser() -> argparse.ArgumentParser:
                      "a stage 2/3 config, the steps of one epoch of one-source batches")
     return parser
 
-def _check_command(args: argparse.Namespace) -> int:
-    "`nomic_embed_curate check`: one line per source; the exit status is 2 when any fails."
-    try:
-        results = check_data(args.config, args.overrides, args.rows, args.count)
-    except ValueError as error:
-        print(f"nomic_embed_curate: error: {error}", file=sys.stderr)
-        return 2
+def _check_command(args: argparse.Namespace) -> None:
+    "`nomic_embed_curate check`: one line per source; exit status 2 when any fails."
+    results = check_data(args.config, args.overrides, args.rows, args.count)
     for kind, name, ok, summary, _ in results:
         print(f"{'ok' if ok else 'FAIL':5} {kind:7} {name:36} {summary}", flush=True)
     failed = [name for _, name, ok, *_ in results if not ok]
+    if failed:
+        print(f"nomic_embed_curate: error: {len(failed)} of {len(results)} sources failed: {', '.join(failed)}", file=sys.stderr)
+        raise SystemExit(2)
     pairs = {name: n for kind, name, ok, _, n in results if kind == "pairs" and n is not None}
-    if args.count and pairs and not failed:
+    if args.count and pairs:
         import yaml
         raw = yaml.safe_load(Path(args.config).read_text()) or {}
         if args.overrides:
@@ -1093,43 +1092,48 @@ def _check_command(args: argparse.Namespace) -> int:
         batch = (raw.get("training") or {}).get("global_batch_size")
         total = f"{sum(pairs.values()):,} pairs"
         print(f"{total}; one epoch of one-source batches of {batch:,}: {one_source_steps(pairs, batch):,} steps" if batch else total)
-    if failed:
-        print(f"nomic_embed_curate: error: {len(failed)} of {len(results)} sources failed: {', '.join(failed)}", file=sys.stderr)
-    return 2 if failed else 0
 
 # %% ../nbs/08a_curate.ipynb #18cc4697
-def _interrupted(signum, frame):
-    raise KeyboardInterrupt
-
 def main(argv: Sequence[str] | None = None) -> None:
-    "The `nomic_embed_curate` console script."
-    parser = _parser()
-    args = parser.parse_args(argv)
+    "The `nomic_embed_curate` console script: its work runs inside the console boundary every command shares."
+    from nomic_embed.utils import run_console
+    args = _parser().parse_args(argv)
+    run_console("nomic_embed_curate", lambda: _curate(args))
+
+def _curate(args: argparse.Namespace) -> None:
+    """The work of `nomic_embed_curate`: the config and output checked before torch loads; process 0 holds the lock on the
+    output directory; Ctrl-C or a scheduler's SIGTERM keep every finished shard."""
     if args.command == "check":
-        sys.exit(_check_command(args))
+        return _check_command(args)
+    import contextlib
+    from nomic_embed.utils import Interrupted, directory_lock, resolve_device
     overrides = {key: getattr(args, key) for key in _COMMAND_OVERRIDES[args.command] if getattr(args, key) is not None}
     names = [n.strip() for n in args.sources.split(",") if n.strip()] if args.sources else None
     try:
         config = load_curate_config(args.config, overrides)
-        known = [s["name"] for s in config.sources]
-        if names and (unknown := [n for n in names if n not in known]):
-            raise ValueError(f"unknown source(s) {unknown}; the config has {known}")
-        check_output(args.output, run_fingerprint(args.command, config, names))
-    except ValueError as error:
-        parser.error(str(error))  # exit status 2, before torch is imported
-    signal.signal(signal.SIGTERM, _interrupted)  # a scheduler's SIGTERM ends the run like Ctrl-C: finished units are kept
+    except Exception as error:
+        if type(error).__module__.split(".")[0] != "yaml":
+            raise
+        raise ValueError(f"--config {args.config} is not valid YAML: {' '.join(str(error).split())}") from None
+    known = [s["name"] for s in config.sources]
+    if names and (unknown := [n for n in names if n not in known]):
+        raise ValueError(f"unknown source(s) {unknown}; the config has {known}")
+    check_output(args.output, run_fingerprint(args.command, config, names))
+    if args.device != "auto":
+        resolve_device(args.device)  # cuda without CUDA, or a typo: one line before any data is read
+    rank = int(os.environ.get("RANK", 0))
+    lock = directory_lock(args.output, "nomic_embed_curate") if rank == 0 else contextlib.nullcontext()
     try:
-        report = run_curate(args.command, config, args.output, names, args.device, args.stop_after, args.progress, args.log_every)
-    except ValueError as error:
-        print(f"nomic_embed_curate: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"nomic_embed_curate: interrupted; finished shards are kept in {args.output}: run the same command again to resume",
-              file=sys.stderr)
-        sys.exit(130)
+        with lock:  # a second run into this output is refused, naming this one
+            report = run_curate(args.command, config, args.output, names, args.device, args.stop_after, args.progress,
+                                args.log_every)
+    except (KeyboardInterrupt, Interrupted) as stopped:
+        name = getattr(stopped, "signal_name", "SIGINT")
+        raise Interrupted(name, f"stopped by {name}; finished shards are kept in {args.output}: run the same command again "
+                                "to resume") from None
     finally:
         _leave_process_group()
-    if report is not None and int(os.environ.get("RANK", 0)) == 0:
+    if report is not None and rank == 0:
         print(_report_table(report))
 
 def _leave_process_group() -> None:
