@@ -217,7 +217,7 @@ def test_interrupted_runs_resume_to_identical_files(tmp_path, single, inputs):
     wait_for(tmp_path / "filtered" / "work" / "wiki", "00000.embedded.done", victim)
     victim.send_signal(signal.SIGTERM)
     _, err = victim.communicate(timeout=120)
-    assert victim.returncode == 130 and "interrupted; finished shards are kept in filtered: run the same command again to resume" in err
+    assert victim.returncode == 143 and "stopped by SIGTERM; finished shards are kept in filtered: run the same command again to resume" in err
     embedded = len(list((tmp_path / "filtered" / "work" / "wiki").glob("*.embedded.done")))
     assert 1 <= embedded < SHARDS
 

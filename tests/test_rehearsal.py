@@ -53,7 +53,7 @@ PENDING_SETS: dict = {}
 def full_scale_commands(readme: Path = README) -> list[str]:
     "The command lines of the README's full-scale block, verbatim, in order (comment and blank lines left out)."
     blocks = re.findall(r"```sh\n(.*?)```", readme.read_text(encoding="utf-8"), re.DOTALL)
-    block = next(b for b in blocks if "nomic_embed_curate check" in b and "nomic_embed.curate mine" in b)
+    block = next(b for b in blocks if "nomic_embed_curate check" in b and "nomic_embed_curate mine" in b)
     return [line.strip() for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -65,24 +65,21 @@ def teacher() -> str:
 def rehearsed(line: str, full_size: bool = False) -> list[str] | None:
     "The argv that rehearses README `line` here, or None for a line that needs the network (a hub evaluation suite)."
     args = shlex.split(line, comments=True)
-    if args[0] == "torchrun":
-        assert args[1] == "--nproc_per_node=8" and args[2] == "-m", line
-        args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", *args[3:]]
-        module = args[6]
-    else:
-        module = {"nomic_embed_train": "nomic_embed.train", "nomic_embed_curate": "nomic_embed.curate",
-                  "nomic_embed_evaluate": "nomic_embed.evaluate"}[args[0]]
-        args = [bin_path(args[0]), *args[1:]]
-    if module == "nomic_embed.train" and "--config" in args:
+    launcher = []
+    if args[0] == "torchrun":  # 8 GPUs become 2 CPU processes; the console script is this environment's
+        assert args[1:3] == ["--nproc_per_node=8", "--no-python"], line
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python"]
+        args = args[3:]
+    script, command = args[0], args[1]
+    args = [*launcher, bin_path(script), *args[1:]]
+    if script == "nomic_embed_train" and "--config" in args:
         config = args[args.index("--config") + 1]
         extra = STEPS[config] + (TINY_MODEL if config == STAGE_1 and not full_size else []) + PENDING_SETS.get(config, [])
         args += [arg for item in extra for arg in ("--set", item)]
-    command = args[args.index(module) + 1] if module in args else args[1]
-    if module == "nomic_embed.curate" and command in ("filter", "mine"):
+    if script == "nomic_embed_curate" and command in ("filter", "mine"):
         args += ["--teacher", teacher(), "--teacher-max-length", "32", "--batch-size", "64", "--log-every", "5"]
-    if module == "nomic_embed.evaluate":
-        suite = args[args.index("--suite") + 1]
-        if suite in NETWORK_SUITES:
+    if script == "nomic_embed_evaluate":
+        if args[args.index("--suite") + 1] in NETWORK_SUITES:
             return None
         args += ["--tasks", "LeeSTS"]
     return args
@@ -94,11 +91,27 @@ def run(args: list[str], cwd: Path, env: dict, timeout: float = 900) -> subproce
     return done
 
 
+def descendants(pid: int) -> list[int]:
+    "Every process below `pid` (torchrun's workers run in sessions of their own), read from /proc."
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def kill_after_checkpoint(args: list[str], cwd: Path, env: dict, run_dir: Path, every: int, total: int) -> int:
-    "Start a torchrun job, SIGKILL its whole process group once a checkpoint exists and training has moved past it."
-    process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    metrics, deadline = run_dir / "metrics.jsonl", time.time() + 600
+    "Start a torchrun job; SIGKILL it and every worker once a checkpoint exists and training has moved past it."
+    process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = run_dir / "metrics.jsonl", time.time() + 900
     while time.time() < deadline and process.poll() is None:
         steps = [json.loads(l).get("step", 0) for l in metrics.read_text().splitlines() if l.strip()] if metrics.exists() else []
         if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()) and steps and max(steps) > every:
@@ -106,7 +119,11 @@ def kill_after_checkpoint(args: list[str], cwd: Path, env: dict, run_dir: Path, 
         time.sleep(0.01)
     if process.poll() is not None:
         pytest.fail(f"stage 1 ended before it could be killed (status {process.returncode}): {process.stderr.read()[-4000:]}")
-    os.killpg(process.pid, signal.SIGKILL)
+    for pid in [process.pid, *descendants(process.pid)]:  # the whole node goes down at once
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     process.wait()
     logged = [json.loads(l)["step"] for l in metrics.read_text().splitlines() if l.strip() and "step" in json.loads(l)]
     assert every < max(logged) < total and not (run_dir / "final").exists()
@@ -130,9 +147,9 @@ def rehearse(tmp_path: Path, full_size: bool = False) -> dict:
         start = time.time()
         if "--resume" in line:  # stage 1 was killed after a checkpoint: continue it exactly as the README says
             seen["resumed"] = run(args, work, env)
-        elif line.endswith(f"--config {STAGE_1}") and line.startswith("torchrun"):
+        elif line.endswith(f"--config {STAGE_1}") and line.startswith("torchrun"):  # killed after a checkpoint
             seen["killed_at"] = kill_after_checkpoint(args, work, env, work / "runs" / "nomic-bert-2048", STAGE_1_EVERY, STAGE_1_STEPS)
-        elif "nomic_embed.curate mine" in line:  # stage 3 first, without its shards: a clear error, then the mine
+        elif "nomic_embed_curate mine" in line:  # stage 3 first, without its shards: a clear error, then the mine
             early = subprocess.run(rehearsed(next(l for l in lines if l.endswith(f"--config {STAGE_3}") and l.startswith("torchrun")),
                                              full_size), cwd=work, env=env, capture_output=True, text=True, timeout=900)
             seen["stage 3 before mine"] = early
@@ -172,7 +189,7 @@ def check_rehearsal(result: dict) -> None:
     # stage 3 before mine: the missing shards and the command that writes them
     early = seen["stage 3 before mine"]
     assert early.returncode != 0 and "data/curated/finetune/msmarco/*.parquet" in early.stderr
-    assert "nomic_embed.curate mine --config configs/curate_finetune.yaml --output data/curated/finetune" in early.stderr
+    assert "nomic_embed_curate mine --config configs/curate_finetune.yaml --output data/curated/finetune" in early.stderr
     # mine: the published negatives kept as they are, FEVER's unmined rows mined against BEIR's corpus
     mine = json.loads((work / "data" / "curated" / "finetune" / "report.json").read_text())["sources"]
     assert mine["fever"]["built"] == 10 and mine["fever"]["corpus"] is not None and mine["fever"]["without_negatives"] == 0
