@@ -211,7 +211,9 @@ def check_rehearsal(result: dict) -> None:
 def test_readme_block_is_the_full_sequence():
     "The README lists every step, in the order the rehearsal runs them."
     lines = full_scale_commands()
-    order = ["curate check", "--prepare", "curate filter", STAGE_1, "--resume", STAGE_2, "curate mine", STAGE_3, "evaluate"]
+    train = "--no-python nomic_embed_train --config "
+    order = ["nomic_embed_curate check", "--prepare", "nomic_embed_curate filter", train + STAGE_1, "--resume", train + STAGE_2,
+             "nomic_embed_curate mine", train + STAGE_3, "nomic_embed_evaluate"]
     firsts = [next(i for i, line in enumerate(lines) if key in line) for key in order]
     assert firsts == sorted(firsts), list(zip(order, firsts))
     assert {l.split("--config ")[1].split()[0] for l in lines if "curate check" in l} >= {STAGE_1, "configs/curate_pretrain.yaml",
