@@ -260,8 +260,10 @@ def with_pairs_config(data: dict) -> dict:
         return data
     path = Path(data["pairs_config"])
     if not path.is_file():
+        made = (f"; a pairs.yaml is written by the `nomic_embed_curate filter` or `mine` run with --output {path.parent} "
+                "when it finishes: run that first (the README's full-scale steps)" if path.name == "pairs.yaml" else "")
         raise ValueError(f"data.pairs_config {str(path)!r} does not exist (relative paths start at the working directory "
-                         f"{os.getcwd()}); run from the repository root or give an absolute path")
+                         f"{os.getcwd()}); run from the repository root or give an absolute path{made}")
     try:
         from_file = load_pair_config(path)
     except (TypeError, ValueError) as error:
