@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['TASK_NAMES', 'PRECISION_NAMES', 'BUDGET_NAMES', 'ABLATION_NAMES', 'train_parser', 'train', 'embed_parser', 'embed',
-           'reproduce_parser', 'reproduce']
+           'evaluate_parser', 'evaluate', 'reproduce_parser', 'reproduce']
 
 # %% ../nbs/13_cli.ipynb #6077e8fc
 import argparse
@@ -76,6 +76,45 @@ def embed(argv: list[str] | None = None) -> None:
         from nomic_embed.embed import run_command  # PyTorch and the model load only now
         run_command(args)
     run_console("nomic_embed_embed", work)
+
+# %% ../nbs/13_cli.ipynb #e7a1c0df
+def evaluate_parser() -> argparse.ArgumentParser:
+    "The arguments of `nomic_embed_evaluate`."
+    from nomic_embed.benchmarks import SUITES  # the suites' names, defined once; no PyTorch loads
+    parser = argparse.ArgumentParser(
+        prog="nomic_embed_evaluate",
+        description="Evaluate embedding models on the report's suites (MTEB, Jina long-context, LoCo, "
+        "LongEmbed, GLUE) or on the offline suite of real text that installs with the package.")
+    parser.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL",
+                        help="a model directory or hub id (nomic-embed checkpoint or sentence-transformers), "
+                        "or 'bm25'; repeat for a table of models")
+    parser.add_argument("--suite", default="offline",
+                        help=f"one of {', '.join(SUITES)} (default: offline, the one that runs without a network)")
+    parser.add_argument("--tasks", nargs="+", help="only these tasks of the suite (default: all)")
+    parser.add_argument("--max-length", type=int,
+                        help="token limit (default: 512 for offline and mteb, 8192 for longembed, 128 for glue)")
+    parser.add_argument("--lengths", type=int, nargs="+",
+                        help="token limits of the long-document task (offline; default 1,2,4,8 × the trained "
+                        "length), of the Jina suite (128 512 8191) or of LoCo (2048 4096 8192)")
+    parser.add_argument("--trained-length", type=int,
+                        help="override the checkpoint's max_trained_positions (L of eq. 5; dynamic NTK beyond it)")
+    parser.add_argument("--no-plain-rope", action="store_true",
+                        help="offline: skip the plain-RoPE rerun of the long-document task")
+    parser.add_argument("--reranking-prefix", choices=["classification", "search"], default="classification",
+                        help="mteb Reranking prefix: classification (the reference evaluation code) or "
+                        "search_query/search_document")
+    parser.add_argument("--output", default="results.json",
+                        help="results JSON; the Markdown table and the plot go beside it (default: results.json)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    return parser
+
+def evaluate(argv: list[str] | None = None) -> None:
+    "Console entry point `nomic_embed_evaluate --model [LABEL=]MODEL [...] [--suite SUITE] [--output FILE]`."
+    from nomic_embed.benchmarks import run_command  # the suites; PyTorch loads with the first model
+    args = evaluate_parser().parse_args(argv)
+    run_console("nomic_embed_evaluate", lambda: run_command(args))
 
 # %% ../nbs/13_cli.ipynb #a3a0c299
 BUDGET_NAMES = ("micro", "small", "medium")  # the reproduce chapter's BUDGETS
