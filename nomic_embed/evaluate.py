@@ -132,7 +132,7 @@ def manpage_text(sections: dict[str, str]) -> str:
     "A whole man page as one text: each section's heading on its own line, then its body."
     return "\n".join(f"{heading}\n{body}" for heading, body in sections.items() if body)
 
-# %% ../nbs/11_evaluate.ipynb #9edb9272
+# %% ../nbs/11_evaluate.ipynb #b89a31ee
 def manpage_long_documents(limit: int = 200, min_words: int = 1500, passage_words: int = 48,
                            deep: tuple[float, float] = (0.5, 0.85),
                            max_chars: int = 100_000) -> OfflineTask:
@@ -179,13 +179,13 @@ def pang_lee_polarity() -> OfflineTask:
     return OfflineTask("PangLeePolarity", "Classification", "gensim pang_lee_polarity.cor", data,
                        "movie-review sentence sentiment")
 
-# %% ../nbs/11_evaluate.ipynb #f5c6538c
+# %% ../nbs/11_evaluate.ipynb #d3fa22f1
 def newsgroup_posts() -> tuple[list[str], list[str]]:
     "The 200 Usenet posts of gensim's `mini_newsgroup` (two groups) without their headers, and each post's group."
     posts, groups = mini_newsgroup()
     return [" ".join(post.split("\n\n", 1)[-1].split()) for post in posts], groups  # the body: after the header block
 
-# %% ../nbs/11_evaluate.ipynb #78140657
+# %% ../nbs/11_evaluate.ipynb #8d87c593
 def newsgroup_classification(max_chars: int = 4000) -> OfflineTask:
     """Which of two newsgroups a post was sent to: every other post trains the classifier, the rest
     test it."""
@@ -208,7 +208,7 @@ def fortunes(category: str, root: str = FORTUNE_ROOT) -> list[str]:
                                 "or leave the fortune task out with --tasks")
     return fortune_entries(path)
 
-# %% ../nbs/11_evaluate.ipynb #7626d074
+# %% ../nbs/11_evaluate.ipynb #5646eac6
 FORTUNE_CATEGORIES = ("computers", "education", "food", "law", "love", "medicine", "politics",
                       "science", "sports", "startrek")
 
@@ -305,7 +305,7 @@ def austen_paragraph_retrieval(
         "a paragraph of a Jane Austen chapter → the rest of its chapter",
     )
 
-# %% ../nbs/11_evaluate.ipynb #bef5046e
+# %% ../nbs/11_evaluate.ipynb #4068bffe
 FORTUNE_TOPICS = ("art", "computers", "definitions", "men-women", "people", "politics", "science",
                   "songs-poems", "work")
 
@@ -324,7 +324,7 @@ def fortune_topics(
         texts, labels = texts + chosen, labels + [label] * len(chosen)
     return texts, labels
 
-# %% ../nbs/11_evaluate.ipynb #6149290c
+# %% ../nbs/11_evaluate.ipynb #7226cc25
 def fortune_topic_clustering(starts: int = 10) -> OfflineTask:
     "The fortune-topic sayings clustered into their databases (V-measure, `starts` k-means starts)."
     texts, labels = fortune_topics()
@@ -336,7 +336,7 @@ def fortune_topic_clustering(starts: int = 10) -> OfflineTask:
         "sayings → their fortune database",
     )
 
-# %% ../nbs/11_evaluate.ipynb #52af8581
+# %% ../nbs/11_evaluate.ipynb #ef16d86c
 def fortune_topic_classification(folds: int = 5) -> OfflineTask:
     "The fortune-topic sayings classified by database (`folds`-fold cross-validation)."
     texts, labels = fortune_topics()
@@ -481,7 +481,7 @@ def _model_meta(name: str, dim: int, max_tokens: int):
     from mteb.models.model_meta import ModelMeta
     return ModelMeta.create_empty({"name": name, "revision": "local", "embed_dim": dim, "max_tokens": max_tokens, "similarity_fn_name": "cosine"})
 
-# %% ../nbs/11_evaluate.ipynb #9d9333be
+# %% ../nbs/11_evaluate.ipynb #8201e2b9
 MTEB_REPORT_PREFIXES = {
     "Classification": "classification",
     "MultilabelClassification": "classification",
@@ -493,7 +493,7 @@ MTEB_REPORT_PREFIXES = {
     "Reranking": "classification",  # the reference evaluation code's choice (the report is silent)
 }
 
-# %% ../nbs/11_evaluate.ipynb #8f17b34a
+# %% ../nbs/11_evaluate.ipynb #e70d77b7
 class _NomicMTEB(_Deduplicating):
     "One of our models under mteb at one token limit: `embed.MTEBEncoder`'s prefixes and normalisation, distinct texts once."
     kind = "nomic_embed"
@@ -511,7 +511,7 @@ class _NomicMTEB(_Deduplicating):
             warnings.filterwarnings("ignore", message=".*longer than max_length")
             return self.inner.encode([{"text": texts}], task_metadata=task_metadata, prompt_type=prompt_type, **kwargs)
 
-# %% ../nbs/11_evaluate.ipynb #6b53d70e
+# %% ../nbs/11_evaluate.ipynb #97e37516
 class NomicEncoder:
     """A nomic-embed checkpoint in the suites: `embed.Embedder` + the report's MTEB rules (prefix
     per task type, no L2 for Classification)."""
@@ -597,7 +597,7 @@ class BM25Encoder:
         offsets = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
         return [text if len(spans) <= keep else text[: spans[keep - 1][1]] for text, spans in zip(texts, offsets)]
 
-# %% ../nbs/11_evaluate.ipynb #db06b9d4
+# %% ../nbs/11_evaluate.ipynb #a1ec03c8
 def _quiet_libraries() -> None:
     "No weight-loading or dataset-mapping bars from transformers and datasets: the suites report their own progress."
     import datasets
@@ -606,7 +606,7 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
-# %% ../nbs/11_evaluate.ipynb #913acb6c
+# %% ../nbs/11_evaluate.ipynb #80e5522e
 def load_encoder(spec: str | os.PathLike, label: str | None = None, *, device: str | None = None,
                  dtype: str | None = None, rotary_scaling_factor: float | None = 2.0,
                  trained_length: int | None = None, prefixes: dict[str, str] | None = None):
@@ -706,7 +706,7 @@ def ndcg_at_10(
             )
     return out
 
-# %% ../nbs/11_evaluate.ipynb #2b6a98be
+# %% ../nbs/11_evaluate.ipynb #dd98d446
 def classification_predictions(
     vectors, labels: Sequence[int], train: np.ndarray, test: np.ndarray, seed: int = 42
 ) -> np.ndarray:
@@ -724,7 +724,7 @@ def classification_predictions(
         )
     return model.predict(vectors[test])
 
-# %% ../nbs/11_evaluate.ipynb #dcaa4456
+# %% ../nbs/11_evaluate.ipynb #d8a62cd5
 def classification_record(task: OfflineTask, vectors, seed: int = 42) -> dict[str, Any]:
     "Per-item correctness (0/100): the fixed split's test items, or every item cross-validated."
     data = task.data
@@ -775,7 +775,7 @@ def clustering_record(task: OfflineTask, vectors, first_seed: int = 42) -> dict[
         "labels": starts,
     }
 
-# %% ../nbs/11_evaluate.ipynb #81aa8cd6
+# %% ../nbs/11_evaluate.ipynb #8b8d5cfd
 def task_parts(task: OfflineTask) -> list[tuple[str | None, list[str]]]:
     "The texts a task embeds, by side: queries and documents for retrieval, every text otherwise."
     data = task.data
@@ -790,7 +790,7 @@ def task_parts(task: OfflineTask) -> list[tuple[str | None, list[str]]]:
         return [(None, list(data["train_texts"]) + list(data["test_texts"]))]
     return [(None, list(data["texts"]))]
 
-# %% ../nbs/11_evaluate.ipynb #e7c95a6c
+# %% ../nbs/11_evaluate.ipynb #18c662d1
 def model_inputs(
     encoder, texts: Sequence[str], task_type: str, side: str | None = None
 ) -> list[str]:
@@ -933,14 +933,14 @@ def _record_from_vectors(
         record["groups"] = list(data["groups"])
     return record
 
-# %% ../nbs/11_evaluate.ipynb #7fafc65a
+# %% ../nbs/11_evaluate.ipynb #f5b9b699
 def applies(kind: str, task: OfflineTask) -> bool:
     "Whether a model of `kind` does `task`: BM25 only retrieves; lexical rows skip the probes."
     return (kind != "bm25" or task.type == "Retrieval") and (
         kind not in LEXICAL_KINDS or task.name not in PROBE_TASKS
     )
 
-# %% ../nbs/11_evaluate.ipynb #5b58f16c
+# %% ../nbs/11_evaluate.ipynb #44ef5042
 def task_records(
     encoder, tasks: Sequence[OfflineTask], max_length: int, batch_size: int = 256
 ) -> dict[str, dict]:
@@ -1250,7 +1250,7 @@ def _model_row(
         row["primary"] = primary_endpoint(records, primary_length)
     return row
 
-# %% ../nbs/11_evaluate.ipynb #b2222255
+# %% ../nbs/11_evaluate.ipynb #3a7cad04
 def _mean(values: Sequence[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else float(np.mean(values))
 
@@ -1262,7 +1262,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], digits: int = 1) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
     return "\n".join(lines + ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows])
 
-# %% ../nbs/11_evaluate.ipynb #c8a5e2e1
+# %% ../nbs/11_evaluate.ipynb #90622f92
 def offline_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per model: each task's main score ×100, the long-document task at each length, the
     retrieval mean, the mean over tasks (probes left out) and the primary endpoint."""
