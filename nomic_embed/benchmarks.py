@@ -352,11 +352,12 @@ def median_of_seeds(runs: dict[tuple, Sequence[float]]) -> tuple[tuple, float]:
     best = max(medians, key=lambda setting: medians[setting])
     return best, medians[best]
 
-# %% ../nbs/11b_benchmarks.ipynb #445151dc
+# %% ../nbs/11b_benchmarks.ipynb #cc0f3b87
 def sequence_classifier(model_dir: str | os.PathLike, num_labels: int):
     """Our encoder with a sequence-classification head: masked mean pooling (the model's pooling) →
     linear layer (1 output: regression)."""
     import torch
+    from nomic_embed.checkpoints import load_model
     from nomic_embed.model import NomicBertModel, mean_pool
 
     class NomicBertForSequenceClassification(torch.nn.Module):
@@ -371,7 +372,7 @@ def sequence_classifier(model_dir: str | os.PathLike, num_labels: int):
             ).last_hidden_state  # (batch, seq, dim)
             return self.classifier(mean_pool(hidden, attention_mask))  # (batch, num_labels)
 
-    return NomicBertForSequenceClassification(NomicBertModel.from_pretrained(model_dir))
+    return NomicBertForSequenceClassification(load_model(model_dir))
 
 # %% ../nbs/11b_benchmarks.ipynb #7d07724c
 def finetune_classifier(

@@ -26,20 +26,20 @@ import torch.nn.functional as F
 
 from .contrastive import MATRYOSHKA_LAYER_NORM_KEY, cosine_logits, read_matryoshka_layer_norm, resize_embeddings
 from .corpus import load_tokenizer
-from .model import (CHECKPOINT_FORMATS, NomicBertModel, check_rotary_scaling_factor, check_vocabulary, embed_texts,
-                               length_sorted_batches, progress_bar, tokenize)
-from .utils import (Interrupted, atomic_file, check_finite, check_unlocked, directory_lock, ensure_free_space, is_user_error,
-                               load_json, resolve_device, write_manifest)
+from .checkpoints import CHECKPOINT_FORMATS, check_vocabulary, load_model, save_model
+from .inference import embed_texts, length_sorted_batches, tokenize
+from .model import NomicBertModel, check_rotary_scaling_factor
 from .pairs import TASK_PREFIXES, with_prefix
+from .utils import (PRECISIONS, Interrupted, atomic_file, check_finite, check_unlocked, directory_lock,
+                               ensure_free_space, is_user_error, load_json, progress_bar, resolve_device, write_manifest)
 
 # %% auto #0
-__all__ = ['TASKS', 'HUB_ID', 'CHECKPOINT_FILES', 'PRECISIONS', 'EXPORT_FORMATS', 'MTEB_PREFIXES', 'MTEB_UNNORMALIZED',
-           'INPUT_SUFFIXES', 'OUTPUT_SUFFIXES', 'check_task', 'add_prefix', 'normalize_by_default', 'check_texts',
-           'resolve_model', 'check_precision', 'check_dimensionality', 'Embedder', 'save_sentence_transformers',
-           'save_pretrained', 'quantization_ranges', 'check_ranges', 'quantize_embeddings', 'hamming_distances',
-           'dequantize_embeddings', 'quantized_search', 'mteb_task', 'MTEBEncoder', 'in_memory_task', 'read_texts',
-           'count_texts', 'check_output_path', 'partial_dir', 'load_embeddings', 'InputChangedError', 'embed_file',
-           'run_command']
+__all__ = ['TASKS', 'HUB_ID', 'CHECKPOINT_FILES', 'EXPORT_FORMATS', 'MTEB_PREFIXES', 'MTEB_UNNORMALIZED', 'INPUT_SUFFIXES',
+           'OUTPUT_SUFFIXES', 'check_task', 'add_prefix', 'normalize_by_default', 'check_texts', 'resolve_model',
+           'check_precision', 'check_dimensionality', 'Embedder', 'save_sentence_transformers', 'save_pretrained',
+           'quantization_ranges', 'check_ranges', 'quantize_embeddings', 'hamming_distances', 'dequantize_embeddings',
+           'quantized_search', 'mteb_task', 'MTEBEncoder', 'in_memory_task', 'read_texts', 'count_texts',
+           'check_output_path', 'partial_dir', 'load_embeddings', 'InputChangedError', 'embed_file', 'run_command']
 
 # %% ../nbs/10_embed.ipynb #61f744ac
 TASKS = TASK_PREFIXES  # the four task prefixes (report §4.2.2), as the pairs chapter defines them
@@ -135,8 +135,6 @@ def resolve_model(spec: str | os.PathLike, revision: str | None = None) -> Path:
                                 "with internet (unset HF_HUB_OFFLINE), point HF_HUB_CACHE at a cache that holds it, or pass a directory") from None
 
 # %% ../nbs/10_embed.ipynb #95a7cefe
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # sentence-transformers' names
-
 def check_precision(precision: str) -> str:
     "Return `precision` if it is one of `PRECISIONS`; otherwise raise a `ValueError` that names them."
     if precision not in PRECISIONS:
@@ -172,10 +170,10 @@ class Embedder:
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                         max_length: int = 8192, rotary_scaling_factor: float | None = 2.0, matryoshka_layer_norm: bool | None = None,
                         revision: str | None = None, **kwargs) -> "Embedder":
-        """Load a model directory or hub id (`resolve_model`; any layout `model.from_pretrained` reads) and its tokenizer.
+        """Load a model directory or hub id (`resolve_model`; any layout `load_model` reads) and its tokenizer.
         `matryoshka_layer_norm` None: as the checkpoint's config.json records it (absent: False); say True for released v1.5."""
         path = resolve_model(path, revision)
-        model = NomicBertModel.from_pretrained(path, rotary_scaling_factor=rotary_scaling_factor)
+        model = load_model(path, rotary_scaling_factor=rotary_scaling_factor)
         if _has_tokenizer(path):
             tokenizer = _load_model_tokenizer(path)
         else:
@@ -260,7 +258,7 @@ def save_sentence_transformers(embedder: Embedder, path: str | os.PathLike) -> P
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         native = staging / "transformers"
-        embedder.model.save_pretrained(native, format="transformers")
+        save_model(embedder.model, native, format="transformers")
         embedder.tokenizer.save_pretrained(native)
         modules = [Transformer(str(native), max_seq_length=embedder.max_length), Pooling(embedder.dim, pooling_mode="mean")]
         if embedder.matryoshka_layer_norm:  # v1.5's layer norm: torch's LayerNorm at scale 1, shift 0 (its initial values), eps 1e-5
@@ -293,7 +291,7 @@ def save_pretrained(embedder: Embedder, path: str | os.PathLike, format: str = "
     path = _new_directory(path)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
-        embedder.model.save_pretrained(staging, format=format)
+        save_model(embedder.model, staging, format=format)
         embedder.tokenizer.save_pretrained(staging)
         _record_layer_norm(staging, embedder.matryoshka_layer_norm)  # the released and transformers layouts have no field for it
         _move_into_place(staging, path)

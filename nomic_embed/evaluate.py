@@ -444,10 +444,11 @@ def save_random_init(directory: str | os.PathLike, seed: int = 0, **model_keys) 
     seeded) saved with the offline tokenizer: the floor row."""
     import torch
     from nomic_embed.corpus import load_tokenizer
+    from nomic_embed.checkpoints import save_model
     from nomic_embed.model import NomicBertConfig, NomicBertModel
     torch.manual_seed(seed)
     model = NomicBertModel(NomicBertConfig(**model_keys))
-    model.save_pretrained(directory)
+    save_model(model, directory)
     load_tokenizer().save_pretrained(str(directory))
     return Path(directory)
 
@@ -606,7 +607,7 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
-# %% ../nbs/11_evaluate.ipynb #80e5522e
+# %% ../nbs/11_evaluate.ipynb #f9440d02
 def load_encoder(spec: str | os.PathLike, label: str | None = None, *, device: str | None = None,
                  dtype: str | None = None, rotary_scaling_factor: float | None = 2.0,
                  trained_length: int | None = None, prefixes: dict[str, str] | None = None):
@@ -628,10 +629,10 @@ def load_encoder(spec: str | os.PathLike, label: str | None = None, *, device: s
         return SentenceTransformerEncoder(SentenceTransformer(str(spec), device=device), label)
     from nomic_embed.corpus import load_tokenizer
     from nomic_embed.embed import Embedder
-    from nomic_embed.model import NomicBertModel
+    from nomic_embed.checkpoints import load_model
     overrides = ({"rotary_scaling_factor": rotary_scaling_factor}
                  | ({"max_trained_positions": trained_length} if trained_length else {}))
-    model = NomicBertModel.from_pretrained(spec, **overrides)
+    model = load_model(spec, **overrides)
     has_tokenizer = any((Path(spec) / name).exists()
                         for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
     embedder = Embedder(model, load_tokenizer(str(spec) if has_tokenizer else None), device=device,

@@ -643,8 +643,8 @@ def token_spread(model_dir: str | os.PathLike, texts: Sequence[str]) -> dict[str
     import numpy as np
     import torch
     from nomic_embed.corpus import load_tokenizer
-    from nomic_embed.model import NomicBertModel
-    tokenizer, model = load_tokenizer(str(model_dir)), NomicBertModel.from_pretrained(model_dir).eval()
+    from nomic_embed.checkpoints import load_model
+    tokenizer, model = load_tokenizer(str(model_dir)), load_model(model_dir).eval()
     counts = collections.Counter(i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"])
     ids = torch.tensor(list(counts))
     weights = np.array(list(counts.values()), dtype=np.float64) / sum(counts.values())

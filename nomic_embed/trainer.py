@@ -30,8 +30,9 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from .model import NomicBertConfig, progress_bar
-from .utils import atomic_file
+from .checkpoints import save_model
+from .model import NomicBertConfig
+from .utils import atomic_file, progress_bar
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'CORE_SECTIONS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig', 'ScheduleConfig',
@@ -287,7 +288,7 @@ class Stage:
 
     def save_final(self, model: nn.Module, directory: Path) -> None:
         "Write the trained model (and what is needed to use it) to `directory`."
-        model.save_pretrained(directory)
+        save_model(model, directory)
 
     def plot_metrics(self, run_dir: str | Path):
         "The run's figure (saved as `loss.png`)."

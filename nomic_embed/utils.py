@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'human_bytes', 'free_bytes', 'DiskFullError', 'ensure_free_space', 'is_disk_full', 'atomic_file',
-           'CorruptFileError', 'sha256_file', 'load_json', 'write_manifest', 'verify_manifest', 'DirectoryInUseError',
-           'directory_lock', 'check_unlocked', 'NonFiniteError', 'check_finite', 'resolve_device', 'Interrupted',
-           'is_user_error', 'error_line', 'run_console']
+__all__ = ['TASK_PREFIXES', 'PRECISIONS', 'USER_ERRORS', 'human_bytes', 'free_bytes', 'DiskFullError', 'ensure_free_space',
+           'is_disk_full', 'atomic_file', 'CorruptFileError', 'sha256_file', 'load_json', 'write_manifest',
+           'verify_manifest', 'DirectoryInUseError', 'directory_lock', 'check_unlocked', 'NonFiniteError',
+           'check_finite', 'resolve_device', 'Interrupted', 'is_user_error', 'error_line', 'run_console', 'LogProgress',
+           'progress_bar']
 
 # %% ../nbs/00a_utils.ipynb #cafdfe18
 def human_bytes(count: int) -> str:
@@ -298,6 +299,10 @@ def resolve_device(device: str | None = None):
                          "use --device cpu")
     return chosen
 
+# %% ../nbs/00a_utils.ipynb #1152434c
+TASK_PREFIXES = ("search_query", "search_document", "classification", "clustering")  # report §4.2.2
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # stored vectors, as sentence-transformers names them
+
 # %% ../nbs/00a_utils.ipynb #26f81d5f
 class Interrupted(BaseException):
     """Stopped by a signal, with the line to tell the user; the boundary exits 128 + its number.
@@ -355,3 +360,64 @@ def _raise_interrupted(signum, frame):
 def _in_main_thread() -> bool:
     "Whether this is the main thread (the only one that may install signal handlers)."
     return threading.current_thread() is threading.main_thread()
+
+# %% ../nbs/00a_utils.ipynb #3ca2fac8
+class LogProgress:
+    """Progress for logs: one plain line (`desc: n/total unit, elapsed, rate, time left, postfix`)
+    every `every_seconds` and at the end."""
+
+    def __init__(self, iterable: Any = None, total: int | None = None, desc: str = "",
+                 unit: str = "it", initial: int = 0,
+                 every_seconds: float = 30.0, disable: bool = False, file: Any = None):
+        self.iterable, self.desc, self.unit, self.every_seconds, self.disable = (iterable, desc,
+                                                                                 unit, every_seconds, disable)
+        self.total = (total if total is not None or iterable is None
+                      or not hasattr(iterable, "__len__") else len(iterable))
+        self.n, self.start_n, self.postfix, self.file = initial, initial, "", file
+        self.started = self.last_print = time.monotonic()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, n: int = 1) -> None:
+        "Count `n` more; print a line if `every_seconds` passed since the last one."
+        self.n += n
+        if not self.disable and time.monotonic() - self.last_print >= self.every_seconds:
+            self.print_line()
+
+    def set_postfix(self, **values: Any) -> None:
+        "Values shown at the end of each line (e.g. loss, lr)."
+        self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())
+
+    def line(self) -> str:
+        "The current progress as one line of text."
+        elapsed = time.monotonic() - self.started
+        rate = (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
+        count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+        left = f", ~{(self.total - self.n) / rate:.0f} s left" if self.total and rate > 0 else ""
+        return (f"{self.desc}: {count} {self.unit}, {elapsed:.0f} s, {rate:.3g} {self.unit}/s{left}" + (f"; {self.postfix}" if self.postfix else ""))
+
+    def print_line(self) -> None:
+        print(self.line(), file=self.file or sys.stderr, flush=True)
+        self.last_print = time.monotonic()
+
+    def close(self) -> None:
+        "Print the final line (unless disabled)."
+        if not self.disable:
+            self.print_line()
+            self.disable = True
+
+# %% ../nbs/00a_utils.ipynb #8d326594
+def progress_bar(iterable: Any = None, *, total: int | None = None, desc: str = "",
+                 unit: str = "it", initial: int = 0,
+                 disable: bool = False, every_seconds: float = 30.0):
+    """tqdm on a terminal or in a notebook; a `LogProgress` (a plain line every `every_seconds`)
+    when stderr is a log."""
+    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+    if interactive or disable:
+        from tqdm.auto import tqdm
+        return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable)
+    return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial,
+                       every_seconds=every_seconds)
