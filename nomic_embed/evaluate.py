@@ -25,16 +25,16 @@ if TYPE_CHECKING:
 
 # %% auto #0
 __all__ = ['FORTUNE_CATEGORIES', 'FORTUNE_TOPICS', 'WORD_SIMILARITY_FILES', 'OFFLINE_TASKS', 'PROBE_TASKS', 'LONG_DOCUMENT_TASK',
-           'PRIMARY_ENDPOINT', 'MODEL_KINDS', 'NOMIC_MODEL_TYPES', 'MTEB_REPORT_PREFIXES', 'LEXICAL_KINDS',
-           'MAIN_SCORES', 'EVALUATOR_VERSION', 'REFERENCE_KINDS', 'OfflineTask', 'lee_sts', 'news_lead_retrieval',
-           'manpage_retrieval', 'manpage_text', 'manpage_long_documents', 'pang_lee_polarity', 'newsgroup_posts',
-           'newsgroup_classification', 'fortunes', 'fortune_clustering', 'review_plot_retrieval', 'review_polarity',
-           'austen_paragraph_retrieval', 'fortune_topics', 'fortune_topic_clustering', 'fortune_topic_classification',
-           'word_similarity', 'offline_tasks', 'model_kind', 'save_random_init', 'NomicEncoder',
-           'SentenceTransformerEncoder', 'BM25Search', 'BM25Encoder', 'load_encoder', 'task_score', 'primary_endpoint',
-           'ndcg_at_10', 'classification_predictions', 'classification_record', 'clustering_record', 'task_parts',
-           'model_inputs', 'embed_inputs', 'LexicalEncoder', 'bm25_scores', 'record_from_vectors', 'applies',
-           'task_records', 'score_task', 'default_lengths', 'reference_cache_file', 'evaluate_offline',
+           'PRIMARY_ENDPOINT', 'MODEL_KINDS', 'LEXICAL_LABELS', 'NOMIC_MODEL_TYPES', 'MTEB_REPORT_PREFIXES',
+           'LEXICAL_KINDS', 'MAIN_SCORES', 'EVALUATOR_VERSION', 'REFERENCE_KINDS', 'OfflineTask', 'lee_sts',
+           'news_lead_retrieval', 'manpage_retrieval', 'manpage_text', 'manpage_long_documents', 'pang_lee_polarity',
+           'newsgroup_posts', 'newsgroup_classification', 'fortunes', 'fortune_clustering', 'review_plot_retrieval',
+           'review_polarity', 'austen_paragraph_retrieval', 'fortune_topics', 'fortune_topic_clustering',
+           'fortune_topic_classification', 'word_similarity', 'offline_tasks', 'model_kind', 'save_random_init',
+           'NomicEncoder', 'SentenceTransformerEncoder', 'BM25Search', 'BM25Encoder', 'load_encoder', 'task_score',
+           'primary_endpoint', 'ndcg_at_10', 'classification_predictions', 'classification_record', 'clustering_record',
+           'task_parts', 'model_inputs', 'embed_inputs', 'LexicalEncoder', 'bm25_scores', 'record_from_vectors',
+           'applies', 'task_records', 'score_task', 'default_lengths', 'reference_cache_file', 'evaluate_offline',
            'markdown_table', 'offline_summary', 'plot_lengths', 'endpoint_standard_error', 'gap_closed']
 
 # %% ../nbs/11_evaluate.ipynb #a0eee984
@@ -417,6 +417,7 @@ PRIMARY_ENDPOINT = {
 
 # %% ../nbs/11_evaluate.ipynb #15ba0faa
 MODEL_KINDS = ("nomic_embed", "sentence_transformers", "bm25", "bow", "tfidf")
+LEXICAL_LABELS = {"bm25": "BM25", "bow": "BoW cosine", "tfidf": "TF-IDF cosine"}  # the rows that read no weights
 NOMIC_MODEL_TYPES = ("nomic_embed_bert", "nomic_bert")  # this project's config, the released one and transformers'
 
 def model_kind(spec: str | os.PathLike) -> str:
@@ -607,7 +608,7 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
-# %% ../nbs/11_evaluate.ipynb #f9440d02
+# %% ../nbs/11_evaluate.ipynb #c11bea19
 def load_encoder(spec: str | os.PathLike, label: str | None = None, *, device: str | None = None,
                  dtype: str | None = None, rotary_scaling_factor: float | None = 2.0,
                  trained_length: int | None = None, prefixes: dict[str, str] | None = None):
@@ -615,7 +616,7 @@ def load_encoder(spec: str | os.PathLike, label: str | None = None, *, device: s
     `rotary_scaling_factor` is the dynamic-NTK α (None: plain RoPE) and `trained_length` overrides
     the config's `max_trained_positions` (the L of eq. 5)."""
     from nomic_embed.embed import resolve_model
-    lexical = {"bm25": "BM25", "bow": "BoW cosine", "tfidf": "TF-IDF cosine"}
+    lexical = LEXICAL_LABELS
     label = label or lexical.get(str(spec)) or Path(spec).name
     spec = spec if str(spec) in lexical else resolve_model(spec)  # a hub id: its snapshot directory
     kind = model_kind(spec)

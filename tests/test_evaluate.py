@@ -62,6 +62,7 @@ def test_help_imports_no_torch():
     (["--model", "bm25", "--output", "/nonexistent/dir/results.json"], "does not exist"),
     (["--model", "bm25", "--suite", "loco"], "use --suite offline"),
     (["--model", "bm25", "--suite", "mteb"], "bm25 scores retrieval only"),
+    (["--model", "tfidf", "--suite", "mteb"], "rows of the offline suite's lexical ladder"),
     (["--model", "bm25", "--lengths", "2"], "--lengths must all be at least 3"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, argv, message):
