@@ -366,7 +366,7 @@ def probe_models(models: Sequence[tuple[str, str]], lrs: Sequence[float] = PROBE
     """Fine-tune each `(label, model)` with a linear head on `probe_data` at every learning rate and seed; per model the
     better learning rate's median test accuracy ×100 (`accuracy`), that rate, and every run's accuracy by rate."""
     from statistics import median
-    from nomic_embed.evaluate import finetune_classifier
+    from nomic_embed.benchmarks import finetune_classifier
     train, test = data or probe_data()
     results = {}
     for label, model in models:
