@@ -27,7 +27,7 @@ __all__ = ['TASK_PREFIXES', 'PRECISIONS', 'USER_ERRORS', 'human_bytes', 'free_by
            'is_disk_full', 'atomic_file', 'CorruptFileError', 'sha256_file', 'load_json', 'write_manifest',
            'verify_manifest', 'DirectoryInUseError', 'directory_lock', 'check_unlocked', 'NonFiniteError',
            'check_finite', 'resolve_device', 'Interrupted', 'is_user_error', 'error_line', 'run_console', 'LogProgress',
-           'progress_bar']
+           'progress_bar', 'apply_overrides', 'yaml_problem']
 
 # %% ../nbs/00a_utils.ipynb #cafdfe18
 def human_bytes(count: int) -> str:
@@ -428,3 +428,35 @@ def progress_bar(iterable: Any = None, *, total: int | None = None, desc: str = 
         return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable)
     return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial,
                        every_seconds=every_seconds)
+
+# %% ../nbs/00a_utils.ipynb #5f3bb980
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    "Apply `key.path=value` overrides (values parsed as YAML) to a raw config dict, returning a new dict."
+    import copy
+
+    import yaml  # here, so that importing the utilities loads no YAML parser
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key.path=value; got {item!r}")
+        path, value = item.split("=", 1)
+        keys, node = path.strip().split("."), raw
+        for key in keys[:-1]:
+            if node.get(key) is None:  # a missing or empty (`training:`) section
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {path}: '{key}' is not a section")
+        try:
+            node[keys[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {item}: the value is not valid YAML ({yaml_problem(error)}); quote a text "
+                             f"that holds YAML syntax: --set '{path}=\"...\"'") from None
+    return raw
+
+def yaml_problem(error: Exception) -> str:
+    "A YAML parser's error in one line: what is wrong and where."
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(error, 'problem', None) or error}{where}"
+

@@ -152,7 +152,6 @@ def v15_start(tmp_path_factory) -> Path:
     config = json.loads((path / "config.json").read_text())
     (path / "manifest.json").unlink(missing_ok=True)  # the released download has no manifest
     (path / "config.json").write_text(json.dumps(V15_RELEASED_FIELDS | config, indent=2))
-    (path / "manifest.json").unlink()  # released checkpoints carry none (its record of config.json no longer holds)
     load_tokenizer().save_pretrained(path)
     return path
 

@@ -119,7 +119,6 @@ def test_released_config_conflicts_are_named(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "manifest.json").unlink()  # a download of the released layout has no manifest: edits are not caught as damage
     (tmp_path / "config.json").write_text(json.dumps(config | {"prenorm": True}))
-    (tmp_path / "manifest.json").unlink()  # a released checkpoint has none (with it, the edited config.json is named)
     with pytest.raises(ValueError, match="prenorm=True"):
         load_model(tmp_path)
 
