@@ -29,17 +29,17 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true",
                         help="print the validated config and exit")
     parser.add_argument("--prepare", action="store_true",
-                        help="build and cache the stage's data in this one process, then exit: run it "
-                             "before torchrun (writes OUTPUT_DIR/prepared.json)")
+                        help="build and cache the stage's data in this one process, then exit: "
+                             "run it before torchrun (writes OUTPUT_DIR/prepared.json)")
     parser.add_argument("--plan", nargs="?", const="h100-80gb", metavar="GPU",
-                        help="print per-GPU peak memory, FLOPs and wall time of the config on GPUs of "
-                             "this type (default h100-80gb; also h200-141gb, a100-80gb, a100-40gb) "
-                             "and exit")
+                        help="print per-GPU peak memory, FLOPs and wall time of the config on "
+                             "GPUs of this type (default h100-80gb; also h200-141gb, a100-80gb, "
+                             "a100-40gb) and exit")
     parser.add_argument("--gpus", type=int, default=8,
                         help="with --plan: the number of GPUs (default: 8)")
     parser.add_argument("--mfu", type=float, default=None,
-                        help="with --plan: the share of the bf16 peak the run reaches (default: 0.23, "
-                             "stage 1's step measured on one H100)")
+                        help="with --plan: the share of the bf16 peak the run reaches (default: "
+                             "0.23, stage 1's step measured on one H100)")
     return parser
 
 

