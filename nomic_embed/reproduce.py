@@ -366,7 +366,7 @@ def probe_models(models: Sequence[tuple[str, str]], lrs: Sequence[float] = PROBE
     """Fine-tune each `(label, model)` with a linear head on `probe_data` at every learning rate and seed; per model the
     better learning rate's median test accuracy ×100 (`accuracy`), that rate, and every run's accuracy by rate."""
     from statistics import median
-    from nomic_embed.evaluate import finetune_classifier
+    from nomic_embed.benchmarks import finetune_classifier
     train, test = data or probe_data()
     results = {}
     for label, model in models:
@@ -643,8 +643,8 @@ def token_spread(model_dir: str | os.PathLike, texts: Sequence[str]) -> dict[str
     import numpy as np
     import torch
     from nomic_embed.corpus import load_tokenizer
-    from nomic_embed.model import NomicBertModel
-    tokenizer, model = load_tokenizer(str(model_dir)), NomicBertModel.from_pretrained(model_dir).eval()
+    from nomic_embed.checkpoints import load_model
+    tokenizer, model = load_tokenizer(str(model_dir)), load_model(model_dir).eval()
     counts = collections.Counter(i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"])
     ids = torch.tensor(list(counts))
     weights = np.array(list(counts.values()), dtype=np.float64) / sum(counts.values())

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ENV, ROOT, TORCHRUN, expect_error, sets, train_cli, weights
+from conftest import ENV, ROOT, TORCHRUN, bin_path, expect_error, sets, train_cli, weights
 from nomic_embed.train import read_metrics, run_training
 
 TINY = ROOT / "configs" / "mlm_tiny.yaml"
@@ -82,7 +82,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
                       "checkpoint.every_steps=100", "logging.eval_every_steps=3"]
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run(train_cli("--config", str(TINY), *sets(*common, f"output_dir={single}")), env=ENV, check=True, capture_output=True)
-    torchrun = [*TORCHRUN, "-m", "nomic_embed.train"]
+    torchrun = [*TORCHRUN, "--no-python", bin_path("nomic_embed_train")]
     double_config = ["--config", str(TINY), *sets(*common, f"output_dir={double}", "distributed.backend=gloo")]
     prepared = subprocess.run(train_cli(*double_config, "--prepare"), env=ENV, capture_output=True, text=True)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
@@ -296,10 +296,11 @@ def test_trackers_hold_the_logged_scalars(tmp_path):
 def test_process_group_waits_distributed_timeout_minutes(tmp_path):
     "The process group's timeout is distributed.timeout_minutes (PyTorch's own default is 10 minutes for NCCL, 30 for gloo)."
     script = tmp_path / "timeout.py"
-    script.write_text("import torch\nfrom nomic_embed.trainer import DistributedConfig, setup_distributed\n"
+    script.write_text("import sys\nimport torch\nfrom nomic_embed.trainer import DistributedConfig, setup_distributed\n"
                       "setup_distributed(DistributedConfig(backend='gloo', timeout_minutes=7))\n"
                       "group = torch.distributed.distributed_c10d._get_default_group()\n"
-                      "print(group._get_backend(torch.device('cpu')).options._timeout.total_seconds())\n")
+                      "seconds = group._get_backend(torch.device('cpu')).options._timeout.total_seconds()\n"
+                      "sys.stdout.write(f'{seconds}\\n')\n")  # one write per rank: lines never interleave
     done = subprocess.run([*TORCHRUN, str(script)], env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [float(line) for line in done.stdout.split()] == [420.0, 420.0]
