@@ -1301,7 +1301,9 @@ def run_training(config: TrainConfig | str | Path, overrides: list[str] | None =
 
 def resolve_resume_config(config_path: str | None, overrides: list[str] | None, resume: str | None) -> TrainConfig:
     "The config of a (resumed) run: `--config` + `--set`, or, when resuming without `--config`, the checkpoint's own."
-    if resume is not None:  # a run still writing there is named at once, before its checkpoints are read
+    # a run still writing there is named at once, before its checkpoints are read; under torchrun only rank 0 asks
+    # (it takes the lock next, so the other ranks would find their own run holding it)
+    if resume is not None and int(os.environ.get("RANK", 0)) == 0:
         path = Path(resume)
         check_unlocked(path.parent.parent if (path / "trainer_state.json").exists() else path)
     if config_path is not None:

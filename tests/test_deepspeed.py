@@ -97,6 +97,7 @@ BF16_SCRIPT = textwrap.dedent('''
     import deepspeed
     from nomic_embed.corpus import CorpusConfig, load_tokenizer, packed_corpus
     from nomic_embed.mlm import MaskingConfig, MLMBatches, SpecialTokens
+    from nomic_embed.checkpoints import save_model
     from nomic_embed.model import NomicBertConfig, NomicBertForPreTraining
     from nomic_embed.trainer import (OptimizerConfig, DistInfo, build_optimizer, holding_weights, load_checkpoint,
                                      model_state, save_checkpoint)
@@ -133,7 +134,7 @@ BF16_SCRIPT = textwrap.dedent('''
                                  lambda tmp: engine.save_checkpoint(str(tmp / "deepspeed"), tag="state"), engine)
     with holding_weights(model, masters):
         if rank == 0:
-            model.save_pretrained(out / "final")
+            save_model(model, out / "final")
     report["module_back_to_bf16"] = str(model.bert.embeddings.word_embeddings.weight.dtype)
     model_b, engine_b = engine_for(1)  # other weights: the load must replace them all
     engine_b.load_checkpoint(str(checkpoint / "deepspeed"), tag="state")
