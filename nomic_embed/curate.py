@@ -268,14 +268,14 @@ def check_shard(shard: Shard, renames: Mapping[str, str] | None = None, required
 # %% ../nbs/08a_curate.ipynb #ecb3a87b
 def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
     "Write `array` to `path` (.npy) atomically."
-    from nomic_embed.model import atomic_file
+    from nomic_embed.utils import atomic_file
     with atomic_file(path) as temporary, open(temporary, "wb") as out:
         np.save(out, array)
 
 def save_table(path: str | os.PathLike, table) -> None:
     "Write a `pyarrow.Table` to `path` as an Arrow IPC file, atomically."
     import pyarrow as pa
-    from nomic_embed.model import atomic_file
+    from nomic_embed.utils import atomic_file
     with atomic_file(path) as temporary, pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
 
@@ -287,13 +287,13 @@ def load_table(path: str | os.PathLike):
 def save_parquet(path: str | os.PathLike, table) -> None:
     "Write a `pyarrow.Table` to `path` as parquet, atomically (the trainer reads these through `PairSource(data_files=...)`)."
     import pyarrow.parquet as pq
-    from nomic_embed.model import atomic_file
+    from nomic_embed.utils import atomic_file
     with atomic_file(path) as temporary:
         pq.write_table(table, temporary)
 
 def mark_done(path: str | os.PathLike, info: Mapping[str, Any]) -> None:
     "Write the done-marker `path` (JSON of `info`), atomically: the unit it marks is complete."
-    from nomic_embed.model import atomic_file
+    from nomic_embed.utils import atomic_file
     with atomic_file(path) as temporary:
         Path(temporary).write_text(json.dumps(dict(info), sort_keys=True) + "\n")
 
@@ -779,7 +779,7 @@ def run_curate(command: str, config: CurateConfig, output: str | os.PathLike, na
         plan.root.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(plan.root)
         if not (plan.root / "run.json").exists():
-            from nomic_embed.model import atomic_file
+            from nomic_embed.utils import atomic_file
             with atomic_file(plan.root / "run.json") as temporary:
                 Path(temporary).write_text(json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
     workers.barrier()
@@ -870,7 +870,7 @@ def _finish(plan: Plan, workers: Workers, report: dict, files: Mapping[str, Sequ
     "Write `report.json` and `pairs.yaml` (the trainer's pairs config of the written shards) from the first process."
     if workers.rank == 0:
         import yaml
-        from nomic_embed.model import atomic_file
+        from nomic_embed.utils import atomic_file
         sources = [{"name": name, "query_prefix": plan.sources[name].query_prefix, "document_prefix": plan.sources[name].document_prefix,
                     "data_files": [str(plan.output(name, s.index)) for s in shards]} for name, shards in files.items() if shards]
         pairs = {"sources": sources, "weighting": plan.config.weighting, "query_max_length": plan.config.query_max_length,

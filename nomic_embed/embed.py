@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from .contrastive import MATRYOSHKA_LAYER_NORM_KEY, cosine_logits, read_matryoshka_layer_norm, resize_embeddings
 from .corpus import load_tokenizer
-from .model import CHECKPOINT_FORMATS, NomicBertModel, atomic_file, embed_texts, length_sorted_batches, progress_bar, tokenize
+from .model import CHECKPOINT_FORMATS, NomicBertModel, embed_texts, length_sorted_batches, progress_bar, tokenize
+from .utils import atomic_file
 from .pairs import TASK_PREFIXES, with_prefix
 
 # %% auto #0

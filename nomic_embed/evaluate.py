@@ -474,7 +474,7 @@ def _cached(path: Path | None, compute: Callable[[], Any]) -> Any:
         return json.loads(path.read_text())["result"]
     result = compute()
     if path is not None:
-        from nomic_embed.model import atomic_file
+        from nomic_embed.utils import atomic_file
         with atomic_file(path) as temporary:
             temporary.write_text(json.dumps({"result": result}))
     return result
@@ -588,7 +588,7 @@ def plot_lengths(results: dict[str, Any], path: str | os.PathLike | None = None)
     axes.legend(fontsize=7)
     figure.tight_layout()
     if path is not None:
-        from nomic_embed.model import atomic_file
+        from nomic_embed.utils import atomic_file
         with atomic_file(path) as temporary:
             figure.savefig(temporary, format="png", dpi=120)
         plt.close(figure)
@@ -1045,7 +1045,7 @@ def main(argv: list[str] | None = None) -> None:
     partial.mkdir(exist_ok=True)
     (partial / "run.json").write_text(json.dumps(settings))
     results, table, figure = run_suite(args, models, partial, _progress(args.quiet))
-    from nomic_embed.model import atomic_file
+    from nomic_embed.utils import atomic_file
     results["settings"] = settings
     with atomic_file(output.with_suffix(".md")) as temporary:
         temporary.write_text(table + "\n")

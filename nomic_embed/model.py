@@ -26,6 +26,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
 from .rope import RotaryEmbedding, apply_rope, rope_cos_sin
+from .utils import atomic_file
 
 # %% auto #0
 __all__ = ['ATTENTION_BACKENDS', 'CHECKPOINT_FORMATS', 'NomicBertConfig', 'NomicBertEmbeddings', 'onednn_linear_available',
@@ -35,8 +36,8 @@ __all__ = ['ATTENTION_BACKENDS', 'CHECKPOINT_FORMATS', 'NomicBertConfig', 'Nomic
            'length_sorted_batches', 'LogProgress', 'progress_bar', 'pad_token_ids', 'embed_texts', 'quantize_int8',
            'NomicBertHeadTransform', 'NomicBertLMPredictions', 'NomicBertMLMHead', 'NomicBertForPreTraining',
            'from_transformers_state_dict', 'to_transformers_state_dict', 'config_from_nomic', 'config_to_nomic',
-           'config_from_transformers', 'config_to_transformers', 'detect_format', 'read_checkpoint', 'atomic_file',
-           'write_checkpoint', 'canonical_state_dict', 'load_canonical_state_dict', 'forward_flops_per_token']
+           'config_from_transformers', 'config_to_transformers', 'detect_format', 'read_checkpoint', 'write_checkpoint',
+           'canonical_state_dict', 'load_canonical_state_dict', 'forward_flops_per_token']
 
 # %% ../nbs/01_model.ipynb #d3cbfbc7
 ATTENTION_BACKENDS = ("auto", "sdpa", "sdpa_unpadded", "flash_attn", "torch_varlen")
@@ -764,27 +765,6 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[NomicBertConfig, dict[str,
     if decoder is not None and not torch.equal(decoder, canonical.get("embeddings.word_embeddings.weight", decoder)):
         raise ValueError("cls.predictions.decoder.weight differs from embeddings.word_embeddings.weight, but NomicBERT ties them; this checkpoint cannot be loaded exactly")
     return config, canonical, fmt
-
-# %% ../nbs/01_model.ipynb #856b8641
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; when the block succeeds, fsync the file, give it the permissions the umask
-    allows (0644 typically) and rename it to `path`, so `path` is complete or absent, never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(temporary)
-    try:
-        yield temporary  # the caller writes the file (by name; np.save needs an open file: it appends .npy to names)
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())  # the data is on disk before the rename makes it visible
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 # %% ../nbs/01_model.ipynb #8fae1c15
 def write_checkpoint(directory: str | os.PathLike, config: NomicBertConfig, canonical: dict[str, Tensor],

@@ -66,7 +66,7 @@ def cached_build(name: str, key: str, build: Callable[[], Any], cache_dir: str |
             _BUILT[str(path)] = json.loads(path.read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):  # not built yet, or unreadable: build it (again)
             value = build()
-            from nomic_embed.model import atomic_file  # imported here: torch loads only when something is built
+            from nomic_embed.utils import atomic_file  # imported here: torch loads only when something is built
             with atomic_file(path) as temporary:
                 temporary.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
             _BUILT[str(path)] = value

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .model import atomic_file
+from .utils import atomic_file
 from .offline import PAIR_SOURCES, offline_pair_rows
 
 # %% auto #0

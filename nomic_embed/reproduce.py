@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .model import atomic_file
+from .utils import atomic_file
 
 # %% auto #0
 __all__ = ['BUDGETS', 'REFERENCE_MODELS', 'CHAIN', 'ABLATIONS', 'SEEDS', 'FLOOR_SEEDS', 'PROBE_LRS', 'PROBE_SEEDS', 'Budget',

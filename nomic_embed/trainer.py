@@ -30,7 +30,8 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from .model import NomicBertConfig, atomic_file, progress_bar
+from .model import NomicBertConfig, progress_bar
+from .utils import atomic_file
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'CORE_SECTIONS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig', 'ScheduleConfig',
