@@ -17,7 +17,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['draw_items', 'task_draws', 'units', 'items_key', 'mean_score', 'SeedScores', 'seed_scores', 'multi_bootstrap',
            't_quantile', 'welch', 'seed_variance', 'Estimate', 'compare', 'verdict', 'detectable', 'simulated_values',
-           'mean_scores', 'simulated_arms', 'coverage']
+           'mean_scores', 'simulated_arms', 'coverage', 'LinearFit', 'linear_fit']
 
 # %% ../nbs/11a_stats.ipynb #e1efbcf4
 def draw_items(n: int, draws: int, seed: int = 0, groups: Sequence | None = None) -> list:
@@ -71,7 +71,7 @@ class SeedScores:
 # %% ../nbs/11a_stats.ipynb #7acccd77
 def seed_scores(runs: Mapping[object, Mapping[str, dict]], draws: Mapping[str, list],
                 score: Callable[[dict, np.ndarray | None], float] = mean_score,
-                scale: float = 100.0) -> SeedScores:
+                scale: float = 1.0) -> SeedScores:
     "The endpoint (mean over `draws`' tasks of `score` × `scale`) of `runs` (seed → task → record)."
     tasks, full, drawn, keys = sorted(draws), [], [], set()
     count = len(draws[tasks[0]])
@@ -244,3 +244,51 @@ def coverage(seeds: int, seed_sd: float, item_sd: float, noise_sd: float, items:
         hits["compare"] += ours.low <= effect <= ours.high
         hits["multi_bootstrap"] += low <= effect <= high
     return {method: count / simulations for method, count in hits.items()}
+
+# %% ../nbs/11a_stats.ipynb #a363c9df
+@dataclass(frozen=True)
+class LinearFit:
+    "y = intercept + slope · x by least squares, with the parameters' covariance and residual df."
+    intercept: float
+    slope: float
+    cov: np.ndarray  # (2, 2): of (intercept, slope)
+    df: int
+    level: float = 0.95
+
+    def at(self, x: float) -> tuple[float, float, float]:
+        "The line at `x` with its interval (of the line, not of a new point)."
+        value = self.intercept + self.slope * x
+        se = math.sqrt(self.cov[0, 0] + 2 * x * self.cov[0, 1] + x * x * self.cov[1, 1])
+        half = t_quantile(0.5 + self.level / 2, self.df) * se
+        return value, value - half, value + half
+
+    def slope_interval(self) -> tuple[float, float]:
+        "The slope's interval."
+        half = t_quantile(0.5 + self.level / 2, self.df) * math.sqrt(self.cov[1, 1])
+        return self.slope - half, self.slope + half
+
+    def crossing(self, level: float) -> tuple[float, float, float]:
+        "Where the line reaches `level`, with Fieller's interval (±inf: unbounded)."
+        t2 = t_quantile(0.5 + self.level / 2, self.df) ** 2
+        a, b = self.intercept - level, self.slope
+        va, cab, vb = self.cov[0, 0], self.cov[0, 1], self.cov[1, 1]
+        quadratic, linear, constant = b * b - t2 * vb, a * b - t2 * cab, a * a - t2 * va
+        estimate = -a / b if b else math.inf
+        if quadratic <= 0 or linear * linear - quadratic * constant < 0:
+            return estimate, -math.inf, math.inf  # the slope is not clearly non-zero
+        root = math.sqrt(linear * linear - quadratic * constant)
+        return estimate, (-linear - root) / quadratic, (-linear + root) / quadratic
+
+# %% ../nbs/11a_stats.ipynb #a5c33190
+def linear_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> LinearFit:
+    "Least squares of `y` on `x` (at least three points)."
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 3 or np.ptp(x) == 0:
+        raise ValueError(f"a line needs at least 3 points at 2 or more x values; got {len(x)}")
+    design = np.stack([np.ones_like(x), x], axis=1)  # (points, 2)
+    (intercept, slope), *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - design @ np.array([intercept, slope])
+    df = len(x) - 2
+    sigma2 = residual @ residual / df
+    cov = sigma2 * np.linalg.inv(design.T @ design)
+    return LinearFit(float(intercept), float(slope), cov, df, level)
