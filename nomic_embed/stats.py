@@ -15,9 +15,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 # %% auto #0
-__all__ = ['draw_items', 'task_draws', 'units', 'items_key', 'mean_score', 'SeedScores', 'seed_scores', 'multi_bootstrap',
-           't_quantile', 'welch', 'seed_variance', 'Estimate', 'compare', 'verdict', 'detectable', 'simulated_values',
-           'mean_scores', 'simulated_arms', 'coverage', 'LinearFit', 'linear_fit']
+__all__ = ['draw_items', 'item_count', 'task_draws', 'units', 'items_key', 'mean_score', 'SeedScores', 'seed_scores',
+           'multi_bootstrap', 't_quantile', 'welch', 'seed_variance', 'Estimate', 'compare', 'verdict', 'detectable',
+           'simulated_values', 'mean_scores', 'simulated_arms', 'coverage', 'LinearFit', 'linear_fit']
 
 # %% ../nbs/11a_stats.ipynb #e1efbcf4
 def draw_items(n: int, draws: int, seed: int = 0, groups: Sequence | None = None) -> list:
@@ -33,21 +33,29 @@ def draw_items(n: int, draws: int, seed: int = 0, groups: Sequence | None = None
     return [np.concatenate([members[g] for g in row]) for row in picks]
 
 # %% ../nbs/11a_stats.ipynb #8eca9305
+def item_count(record: dict) -> int:
+    "How many items a per-item record holds: its values, or its gold labels."
+    return len(record["values"] if "values" in record else record["gold"])
+
 def task_draws(records: Mapping[str, dict], draws: int = 1000, seed: int = 0) -> dict[str, list]:
     "Item draws for each task of `records` (task → per-item record), shared by every model."
-    return {task: draw_items(len(r["item"]), draws, zlib.crc32(f"{seed}:{task}".encode()),
+    return {task: draw_items(item_count(r), draws, zlib.crc32(f"{seed}:{task}".encode()),
                              r.get("groups")) for task, r in records.items()}
 
 # %% ../nbs/11a_stats.ipynb #5bd703f3
 def units(record: dict) -> int:
     "How many independent units a task's items resample as: its groups, or its items."
     groups = record.get("groups")
-    return len(set(groups)) if groups is not None else len(record["item"])
+    return len(set(groups)) if groups is not None else item_count(record)
 
 def items_key(records: Mapping[str, dict]) -> str:
-    "A fingerprint of the tasks and their items in order: two arms pair only on the same items."
-    text = "\n".join(f"{t}\t" + "\t".join(map(str, records[t]["item"])) for t in sorted(records))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    "A fingerprint of the tasks' item counts, gold labels and groups: arms pair on the same items."
+    digest = hashlib.sha256()
+    for task in sorted(records):
+        r = records[task]
+        shape = (task, item_count(r), list(r.get("gold", [])), list(r.get("groups") or []))
+        digest.update(repr(shape).encode())
+    return digest.hexdigest()[:16]
 
 # %% ../nbs/11a_stats.ipynb #8f9bd83d
 def mean_score(record: dict, index: np.ndarray | None = None) -> float:
