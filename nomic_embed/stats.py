@@ -27,7 +27,7 @@ def draw_items(n: int, draws: int, seed: int = 0, groups: Sequence | None = None
         return list(rng.integers(0, n, size=(draws, n)))
     if len(groups) != n:
         raise ValueError(f"groups must name one group per item ({n} items); got {len(groups)}")
-    _, group_of = np.unique(np.asarray(groups), return_inverse=True)
+    _, group_of = np.unique([repr(g) for g in groups], return_inverse=True)  # a group may be a list
     members = [np.flatnonzero(group_of == g) for g in range(group_of.max() + 1)]
     picks = rng.integers(0, len(members), size=(draws, len(members)))  # (draws, groups)
     return [np.concatenate([members[g] for g in row]) for row in picks]
@@ -46,7 +46,7 @@ def task_draws(records: Mapping[str, dict], draws: int = 1000, seed: int = 0) ->
 def units(record: dict) -> int:
     "How many independent units a task's items resample as: its groups, or its items."
     groups = record.get("groups")
-    return len(set(groups)) if groups is not None else item_count(record)
+    return len({repr(g) for g in groups}) if groups is not None else item_count(record)
 
 def items_key(records: Mapping[str, dict]) -> str:
     "A fingerprint of the tasks' item counts, gold labels and groups: arms pair on the same items."
