@@ -24,7 +24,8 @@ __all__ = ['MATRYOSHKA_LAYER_NORM_EPS', 'MATRYOSHKA_LAYER_NORM_KEY', 'cosine_log
 
 # %% ../nbs/04_contrastive.ipynb #783413f2
 def cosine_logits(queries: Tensor, documents: Tensor, logit_scale: float | Tensor = 50.0) -> Tensor:
-    "`logit_scale` × cosine similarity of every query `(n, dim)` with every document `(m, dim)`: shape `(n, m)`, at least fp32."
+    """`logit_scale` × cosine similarity of every query `(n, dim)` with every document `(m, dim)`:
+    shape `(n, m)`, at least fp32."""
     dtype = torch.promote_types(queries.dtype, torch.float32)  # bf16/fp16 → fp32; fp64 stays fp64
     queries = F.normalize(queries.to(dtype), dim=-1)
     documents = F.normalize(documents.to(dtype), dim=-1)
@@ -32,67 +33,85 @@ def cosine_logits(queries: Tensor, documents: Tensor, logit_scale: float | Tenso
 
 # %% ../nbs/04_contrastive.ipynb #925acdad
 def distributed_rank_and_world() -> tuple[int, int]:
-    "(rank, world size) of the default process group, or (0, 1) when torch.distributed is not initialised."
+    """(rank, world size) of the default process group, or (0, 1) when torch.distributed is not
+    initialised."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
+# %% ../nbs/04_contrastive.ipynb #68248ee5
 def gather_with_grad(tensor: Tensor) -> Tensor:
-    """Concatenate `tensor` `(n, ...)` from every rank along dim 0, keeping the gradient path to every rank's slice.
+    """Concatenate `tensor` `(n, ...)` from every rank along dim 0, keeping the gradient path to
+    every rank's slice.
 
-    Every rank must pass the same shape (the `pairs` sampler gives every rank the same local batch size)."""
+    Every rank must pass the same shape (the `pairs` sampler gives every rank the same local batch
+    size)."""
     rank, world_size = distributed_rank_and_world()
     if world_size == 1:
         return tensor
     from torch.distributed.nn.functional import all_gather
-    with warnings.catch_warnings():  # torch 2.13 points to a private replacement (_functional_collectives); this public one works
-        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+    # torch 2.13 points to a private replacement (_functional_collectives); this public one works
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated",
+                                category=FutureWarning)
         return torch.cat(all_gather(tensor.contiguous()), dim=0)  # (world_size * n, ...)
 
 # %% ../nbs/04_contrastive.ipynb #9e9f5bdc
 def info_nce_loss(
     query_embeddings: Tensor,  # (batch, dim): this rank's queries
     document_embeddings: Tensor,  # (batch, dim): their positive documents, row i belongs to query i
-    hard_negatives: Tensor | None = None,  # (batch, H, dim): H hard negatives per query, or None (eq. 1)
+    hard_negatives: Tensor | None = None,  # (batch, H, dim): H per query, or None (eq. 1)
     logit_scale: float | Tensor = 50.0,  # 1/τ; a tensor (e.g. `LogitScale()()`) makes it learnable
     bidirectional: bool = False,  # also add the document → query term (mean of the two directions)
-    shared_negatives: bool = False,  # every query sees every hard negative of the global batch (reference code)
+    shared_negatives: bool = False,  # as the reference: every query sees all the batch's negatives
 ) -> Tensor:
-    "InfoNCE over cosine similarities (eq. 1; eq. 2 with `hard_negatives`), scored against the batch of all ranks."
+    """InfoNCE over cosine similarities (eq. 1; eq. 2 with `hard_negatives`), scored against the
+    batch of all ranks."""
     if query_embeddings.dim() != 2 or query_embeddings.shape != document_embeddings.shape:
-        raise ValueError(f"query and document embeddings must both be (batch, dim) with row i of one paired with row i "
-                         f"of the other; got {tuple(query_embeddings.shape)} and {tuple(document_embeddings.shape)}")
-    if hard_negatives is not None and (hard_negatives.dim() != 3 or hard_negatives.shape[0] != query_embeddings.shape[0]):
-        raise ValueError(f"hard_negatives must be (batch, H, dim) with batch = {query_embeddings.shape[0]}; "
-                         f"got {tuple(hard_negatives.shape)}. Reshape a flat (batch * H, dim) tensor with .view(batch, H, dim)")
+        raise ValueError(f"query and document embeddings must both be (batch, dim) with row i of "
+                         f"one paired with row i of the other; got {tuple(query_embeddings.shape)} "
+                         f"and {tuple(document_embeddings.shape)}")
+    if hard_negatives is not None and (hard_negatives.dim() != 3
+                                       or hard_negatives.shape[0] != query_embeddings.shape[0]):
+        raise ValueError(f"hard_negatives must be (batch, H, dim) with batch = "
+                         f"{query_embeddings.shape[0]}; got {tuple(hard_negatives.shape)}. "
+                         f"Reshape a flat (batch * H, dim) tensor with .view(batch, H, dim)")
     rank, world_size = distributed_rank_and_world()
     batch = query_embeddings.shape[0]
-    dtype = torch.promote_types(query_embeddings.dtype, torch.float32)  # bf16/fp16 → fp32; fp64 stays fp64
-    with torch.autocast(device_type=query_embeddings.device.type, enabled=False):  # fp32 logits under bf16 autocast
+    # bf16/fp16 → fp32; fp64 stays fp64
+    dtype = torch.promote_types(query_embeddings.dtype, torch.float32)
+    # fp32 logits under bf16 autocast
+    with torch.autocast(device_type=query_embeddings.device.type, enabled=False):
         queries, documents = query_embeddings.to(dtype), document_embeddings.to(dtype)
-        labels = torch.arange(batch, device=queries.device) + rank * batch  # column of each query's own document
-        logits = cosine_logits(queries, gather_with_grad(documents), logit_scale)  # (batch, world_size * batch)
+        # the column of each query's own document
+        labels = torch.arange(batch, device=queries.device) + rank * batch
+        # (batch, world_size * batch)
+        logits = cosine_logits(queries, gather_with_grad(documents), logit_scale)
         if hard_negatives is not None:
             negatives = hard_negatives.to(dtype)  # (batch, H, dim)
-            if shared_negatives:
-                negative_logits = cosine_logits(queries, gather_with_grad(negatives.flatten(0, 1)), logit_scale)  # (batch, world_size * batch * H)
-            else:
-                negative_logits = logit_scale * torch.einsum("bd,bhd->bh", F.normalize(queries, dim=-1), F.normalize(negatives, dim=-1))  # (batch, H)
+            if shared_negatives:  # (batch, world_size * batch * H)
+                negative_logits = cosine_logits(queries, gather_with_grad(negatives.flatten(0, 1)),
+                                                logit_scale)
+            else:  # (batch, H)
+                negative_logits = logit_scale * torch.einsum(
+                    "bd,bhd->bh", F.normalize(queries, dim=-1), F.normalize(negatives, dim=-1))
             logits = torch.cat([logits, negative_logits], dim=1)
         loss = F.cross_entropy(logits, labels)
-        if bidirectional:
-            reverse_logits = cosine_logits(documents, gather_with_grad(queries), logit_scale)  # (batch, world_size * batch)
+        if bidirectional:  # (batch, world_size * batch)
+            reverse_logits = cosine_logits(documents, gather_with_grad(queries), logit_scale)
             loss = (loss + F.cross_entropy(reverse_logits, labels)) / 2
     return loss
 
 # %% ../nbs/04_contrastive.ipynb #107941db
 class LogitScale(nn.Module):
-    "A learnable logit scale 1/τ, stored as its log, initialised at `initial` and clamped at `maximum` (CLIP's rule)."
+    """A learnable logit scale 1/τ, stored as its log, initialised at `initial` and clamped at
+    `maximum` (CLIP's rule)."""
 
     def __init__(self, initial: float = 50.0, maximum: float = 100.0):
         super().__init__()
         if not 0 < initial <= maximum:
-            raise ValueError(f"the logit scale must satisfy 0 < initial <= maximum; got initial={initial}, maximum={maximum}")
+            raise ValueError(f"the logit scale must satisfy 0 < initial <= maximum; "
+                             f"got initial={initial}, maximum={maximum}")
         self.log_scale = nn.Parameter(torch.tensor(math.log(initial)))
         self.maximum = maximum
 
@@ -101,30 +120,38 @@ class LogitScale(nn.Module):
 
 # %% ../nbs/04_contrastive.ipynb #26111447
 MATRYOSHKA_LAYER_NORM_EPS = 1e-5  # torch's layer-norm default, as in nomic-embed-text-v1.5
-MATRYOSHKA_LAYER_NORM_KEY = "matryoshka_layer_norm"  # the config.json key of a checkpoint trained through that layer norm
+# the config.json key of a checkpoint trained through that layer norm
+MATRYOSHKA_LAYER_NORM_KEY = "matryoshka_layer_norm"
 
 def matryoshka_layer_norm(embeddings: Tensor) -> Tensor:
-    "Layer norm over the last dimension with no learned scale or shift (nomic-embed-text-v1.5), in at least fp32."
+    """Layer norm over the last dimension with no learned scale or shift (nomic-embed-text-v1.5), in
+    at least fp32."""
     embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
     return F.layer_norm(embeddings, embeddings.shape[-1:], eps=MATRYOSHKA_LAYER_NORM_EPS)
 
-def resize_embeddings(embeddings: Tensor, dimensionality: int | None = None, layer_norm: bool = False,
-                      normalize: bool = True) -> Tensor:
-    "v1.5's order: layer norm over the full vector (if `layer_norm`), keep the first `dimensionality` coordinates, L2-normalise."
+# %% ../nbs/04_contrastive.ipynb #4960a739
+def resize_embeddings(embeddings: Tensor, dimensionality: int | None = None,
+                      layer_norm: bool = False, normalize: bool = True) -> Tensor:
+    """v1.5's order: layer norm over the full vector (if `layer_norm`), keep the first
+    `dimensionality` coordinates, L2-normalise."""
     full = embeddings.shape[-1]
-    if dimensionality is not None and (isinstance(dimensionality, bool) or not 1 <= dimensionality <= full):
-        raise ValueError(f"dimensionality must be an integer from 1 to the embedding size {full}; got {dimensionality!r}")
-    if layer_norm:
-        embeddings = matryoshka_layer_norm(embeddings)  # mean and variance of all `full` coordinates, before any is cut
+    if dimensionality is not None and (isinstance(dimensionality, bool)
+                                       or not 1 <= dimensionality <= full):
+        raise ValueError(f"dimensionality must be an integer from 1 to the embedding size {full}; "
+                         f"got {dimensionality!r}")
+    if layer_norm:  # mean and variance of all `full` coordinates, before any is cut
+        embeddings = matryoshka_layer_norm(embeddings)
     embeddings = embeddings[..., :dimensionality]  # (..., dimensionality); None keeps them all
     return F.normalize(embeddings, dim=-1) if normalize else embeddings
 
 # %% ../nbs/04_contrastive.ipynb #c70efa1d
 def check_matryoshka_dims(dims: Sequence[int], weights: Sequence[float] | None = None,
                           hidden_size: int | None = None) -> tuple[list[int], list[float]]:
-    "The Matryoshka dimensions and their weights (default 1 each) after checking them; every dimension must be ≤ `hidden_size`."
+    """The Matryoshka dimensions and their weights (default 1 each) after checking them; every
+    dimension must be ≤ `hidden_size`."""
     if isinstance(dims, (int, str)) or not len(dims):
-        raise ValueError(f"dims must be a non-empty list of prefix sizes, e.g. [768, 512, 256, 128, 64]; got {dims!r}")
+        raise ValueError(f"dims must be a non-empty list of prefix sizes, "
+                         f"e.g. [768, 512, 256, 128, 64]; got {dims!r}")
     bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, int) or d < 1]
     if bad:
         raise ValueError(f"dims must be positive integers; got {list(dims)}")
@@ -132,11 +159,15 @@ def check_matryoshka_dims(dims: Sequence[int], weights: Sequence[float] | None =
         raise ValueError(f"dims must be distinct; got {list(dims)}")
     too_large = [d for d in dims if hidden_size is not None and d > hidden_size]
     if too_large:
-        raise ValueError(f"dims {too_large} exceed the model's hidden size {hidden_size}: every prefix must be at most "
-                         f"{hidden_size} coordinates, e.g. {[hidden_size // 2**k for k in range(4)]}")
+        raise ValueError(f"dims {too_large} exceed the model's hidden size {hidden_size}: every "
+                         f"prefix must be at most {hidden_size} coordinates, "
+                         f"e.g. {[hidden_size // 2**k for k in range(4)]}")
     weights = [1.0] * len(dims) if weights is None else list(weights)
-    if len(weights) != len(dims) or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights) or not any(weights):
-        raise ValueError(f"weights must be {len(dims)} non-negative numbers, one per dimension in {list(dims)}, not all zero; got {weights!r}")
+    if (len(weights) != len(dims)
+            or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights)
+            or not any(weights)):
+        raise ValueError(f"weights must be {len(dims)} non-negative numbers, one per dimension in "
+                         f"{list(dims)}, not all zero; got {weights!r}")
     return list(dims), [float(w) for w in weights]
 
 # %% ../nbs/04_contrastive.ipynb #74d31d8e
@@ -144,31 +175,38 @@ def matryoshka_info_nce_loss(
     query_embeddings: Tensor,  # (batch, dim): this rank's queries, before any normalisation
     document_embeddings: Tensor,  # (batch, dim): their positive documents
     hard_negatives: Tensor | None = None,  # (batch, H, dim) or None
-    dims: Sequence[int] = (768, 512, 256, 128, 64),  # the nested prefix sizes (nomic-embed-text-v1.5's)
-    weights: Sequence[float] | None = None,  # one per prefix; None = 1 each (reference code, sentence-transformers)
-    layer_norm: bool = False,  # v1.5: layer norm without affine over the full vectors before cutting them
+    dims: Sequence[int] = (768, 512, 256, 128, 64),  # the nested prefix sizes (v1.5's)
+    weights: Sequence[float] | None = None,  # one per prefix; None = 1 each (as the reference code)
+    layer_norm: bool = False,  # v1.5: layer norm (no affine) over the full vectors, before the cut
     **info_nce_options,  # logit_scale, bidirectional, shared_negatives: as `info_nce_loss`
 ) -> Tensor:
-    "Σ_k w_k · InfoNCE (eq. 1, or eq. 2 with `hard_negatives`) of the first `dims[k]` coordinates, scored against the batch of all ranks."
+    """Σ_k w_k · InfoNCE (eq. 1, or eq. 2 with `hard_negatives`) of the first `dims[k]` coordinates,
+    scored against the batch of all ranks."""
     dims, weights = check_matryoshka_dims(dims, weights, query_embeddings.shape[-1])
     if layer_norm:
-        query_embeddings, document_embeddings = matryoshka_layer_norm(query_embeddings), matryoshka_layer_norm(document_embeddings)
+        query_embeddings, document_embeddings = (matryoshka_layer_norm(query_embeddings),
+                                                 matryoshka_layer_norm(document_embeddings))
         hard_negatives = None if hard_negatives is None else matryoshka_layer_norm(hard_negatives)
-    loss = query_embeddings.new_zeros((), dtype=torch.promote_types(query_embeddings.dtype, torch.float32))
+    loss = query_embeddings.new_zeros(
+        (), dtype=torch.promote_types(query_embeddings.dtype, torch.float32))
     for dim, weight in zip(dims, weights):
         if weight == 0:  # every rank skips the same prefixes, so the gathers stay matched
             continue
         negatives = None if hard_negatives is None else hard_negatives[..., :dim]  # (batch, H, dim)
-        loss = loss + weight * info_nce_loss(query_embeddings[:, :dim], document_embeddings[:, :dim], negatives, **info_nce_options)
+        loss = loss + weight * info_nce_loss(query_embeddings[:, :dim],
+                                             document_embeddings[:, :dim], negatives,
+                                             **info_nce_options)
     return loss
 
 # %% ../nbs/04_contrastive.ipynb #9274055b
 def read_matryoshka_layer_norm(directory: str | os.PathLike) -> bool | None:
-    "A checkpoint directory's `matryoshka_layer_norm` flag from its config.json (any layout); None where the config does not say."
+    """A checkpoint directory's `matryoshka_layer_norm` flag from its config.json (any layout); None
+    where the config does not say."""
     path = Path(directory) / "config.json"
     if not path.is_file():
         return None
     value = json.loads(path.read_text()).get(MATRYOSHKA_LAYER_NORM_KEY)
     if value is not None and not isinstance(value, bool):
-        raise ValueError(f"{path}: {MATRYOSHKA_LAYER_NORM_KEY} must be true or false; got {value!r}")
+        raise ValueError(f"{path}: {MATRYOSHKA_LAYER_NORM_KEY} must be true or false; "
+                         f"got {value!r}")
     return value

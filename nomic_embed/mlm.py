@@ -23,18 +23,22 @@ __all__ = ['SpecialTokens', 'as_special_tokens', 'MaskingConfig', 'mask_tokens',
 # %% ../nbs/03_mlm.ipynb #84c9ade8
 @dataclass(frozen=True)
 class SpecialTokens:
-    "The vocabulary facts masking needs: ids never masked, the `[MASK]` id, and the tokenizer's vocabulary size."
-    special_ids: tuple[int, ...] = (0, 100, 101, 102, 103)  # bert-base-uncased: [PAD] [UNK] [CLS] [SEP] [MASK]
+    """The vocabulary facts masking needs: ids never masked, the `[MASK]` id, and the tokenizer's
+    vocabulary size."""
+    # bert-base-uncased: [PAD] [UNK] [CLS] [SEP] [MASK]
+    special_ids: tuple[int, ...] = (0, 100, 101, 102, 103)
     mask_token_id: int = 103
     vocab_size: int = 30522
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "SpecialTokens":
         "Read the special ids, `[MASK]` and the vocabulary size from a transformers tokenizer."
-        return cls(tuple(sorted(set(tokenizer.all_special_ids))), tokenizer.mask_token_id, len(tokenizer))
+        return cls(tuple(sorted(set(tokenizer.all_special_ids))), tokenizer.mask_token_id,
+                   len(tokenizer))
 
     def never_masked(self, input_ids: Tensor) -> Tensor:
-        "Boolean tensor: True where `input_ids` holds a special token (`[CLS]`, `[SEP]`, `[PAD]`, …)."
+        """Boolean tensor: True where `input_ids` holds a special token (`[CLS]`, `[SEP]`, `[PAD]`,
+        …)."""
         return torch.isin(input_ids, torch.tensor(self.special_ids, device=input_ids.device))
 
     @functools.cached_property
@@ -44,11 +48,13 @@ class SpecialTokens:
         return keep.nonzero().squeeze(1)
 
     def replacement_ids(self) -> Tensor:
-        "The ids a random replacement may draw: the whole vocabulary minus the special tokens (computed once)."
+        """The ids a random replacement may draw: the whole vocabulary minus the special tokens
+        (computed once)."""
         return self._replacements
 
 def as_special_tokens(special) -> SpecialTokens:
-    "Accept a `SpecialTokens`, a tokenizer, a list of special ids (with bert-base-uncased's `[MASK]` and vocab size), or None (bert-base-uncased's)."
+    """Accept a `SpecialTokens`, a tokenizer, a list of special ids (with bert-base-uncased's
+    `[MASK]` and vocab size), or None (bert-base-uncased's)."""
     if special is None:
         return SpecialTokens()
     if isinstance(special, SpecialTokens):
@@ -57,30 +63,39 @@ def as_special_tokens(special) -> SpecialTokens:
         return SpecialTokens.from_tokenizer(special)
     if isinstance(special, (list, tuple)) and all(isinstance(i, int) for i in special):
         return SpecialTokens(tuple(sorted(set(special))))
-    raise TypeError(f"special must be a tokenizer, a SpecialTokens or a list of token ids; got {type(special).__name__}")
+    raise TypeError(f"special must be a tokenizer, a SpecialTokens or a list of token ids; "
+                    f"got {type(special).__name__}")
 
 # %% ../nbs/03_mlm.ipynb #49992b57
 @dataclass
 class MaskingConfig:
-    "The `mlm:` section of a stage-1 config: masking rates (report: 30% in training; reference code: 15% in validation)."
+    """The `mlm:` section of a stage-1 config: masking rates (report: 30% in training; reference
+    code: 15% in validation)."""
     mlm_probability: float = 0.3
     val_mlm_probability: float = 0.15
     mask_replace_fraction: float = 0.8    # of the targets: replaced by [MASK]
-    random_replace_fraction: float = 0.1  # of the targets: replaced by a random token (the rest stay unchanged)
+    random_replace_fraction: float = 0.1  # of the targets: replaced by a random token
+    # (the rest stay unchanged)
 
     def __post_init__(self):
         for name in ("mlm_probability", "val_mlm_probability"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"mlm.{name} must be in (0, 1); got {getattr(self, name)}")
-        if self.mask_replace_fraction < 0 or self.random_replace_fraction < 0 or self.mask_replace_fraction + self.random_replace_fraction > 1:
-            raise ValueError("mlm.mask_replace_fraction and mlm.random_replace_fraction must be >= 0 and sum to <= 1; "
+        if (self.mask_replace_fraction < 0 or self.random_replace_fraction < 0
+                or self.mask_replace_fraction + self.random_replace_fraction > 1):
+            raise ValueError("mlm.mask_replace_fraction and mlm.random_replace_fraction must be "
+                             ">= 0 and sum to <= 1; "
                              f"got {self.mask_replace_fraction} and {self.random_replace_fraction}")
 
-def mask_tokens(input_ids: Tensor, special=None, mlm_probability: float = 0.3, generator: torch.Generator | None = None,
-                mask_replace_fraction: float = 0.8, random_replace_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
-    """BERT corruption of `input_ids` (any shape): returns `(corrupted_ids, labels)` with `labels = -100` except at targets.
+# %% ../nbs/03_mlm.ipynb #295ee41f
+def mask_tokens(input_ids: Tensor, special=None, mlm_probability: float = 0.3,
+                generator: torch.Generator | None = None, mask_replace_fraction: float = 0.8,
+                random_replace_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
+    """BERT corruption of `input_ids` (any shape): returns `(corrupted_ids, labels)` with
+    `labels = -100` except at targets.
 
-    `special` is a tokenizer, a `SpecialTokens` or a list of never-masked ids (default: bert-base-uncased's)."""
+    `special` is a tokenizer, a `SpecialTokens` or a list of never-masked ids (default:
+    bert-base-uncased's)."""
     special = as_special_tokens(special)
     if not 0 < mlm_probability < 1:
         raise ValueError(f"mlm_probability must be in (0, 1); got {mlm_probability}")
@@ -88,9 +103,11 @@ def mask_tokens(input_ids: Tensor, special=None, mlm_probability: float = 0.3, g
     probability = torch.full(input_ids.shape, mlm_probability)
     probability.masked_fill_(special.never_masked(input_ids), 0.0)
     targets = torch.bernoulli(probability, generator=generator).bool()
-    action = torch.rand(input_ids.shape, generator=generator)  # one draw per token: [MASK] / random / keep
+    # one draw per token: [MASK] / random / keep
+    action = torch.rand(input_ids.shape, generator=generator)
     to_mask = targets & (action < mask_replace_fraction)
-    to_random = targets & (action >= mask_replace_fraction) & (action < mask_replace_fraction + random_replace_fraction)
+    to_random = (targets & (action >= mask_replace_fraction)
+                 & (action < mask_replace_fraction + random_replace_fraction))
     candidates = special.replacement_ids()
     random_ids = candidates[torch.randint(len(candidates), input_ids.shape, generator=generator)]
     corrupted = torch.where(to_mask, torch.full_like(input_ids, special.mask_token_id), input_ids)
@@ -99,15 +116,18 @@ def mask_tokens(input_ids: Tensor, special=None, mlm_probability: float = 0.3, g
     return corrupted, labels
 
 # %% ../nbs/03_mlm.ipynb #361b1570
-def masking_statistics(input_ids: Tensor, corrupted: Tensor, labels: Tensor, special=None) -> dict[str, float]:
-    "Observed target rate (over maskable tokens) and the [MASK]/random/unchanged split of the targets."
+def masking_statistics(input_ids: Tensor, corrupted: Tensor, labels: Tensor,
+                       special=None) -> dict[str, float]:
+    """Observed target rate (over maskable tokens) and the [MASK]/random/unchanged split of the
+    targets."""
     special = as_special_tokens(special)
     maskable = ~special.never_masked(input_ids)
     targets = labels != -100
     n_targets = int(targets.sum())
     is_mask = targets & (corrupted == special.mask_token_id)
     unchanged = targets & (corrupted == input_ids)
-    return {"maskable_tokens": int(maskable.sum()), "target_rate": n_targets / max(int(maskable.sum()), 1),
+    return {"maskable_tokens": int(maskable.sum()),
+            "target_rate": n_targets / max(int(maskable.sum()), 1),
             "mask_fraction": int(is_mask.sum()) / max(n_targets, 1),
             "random_fraction": int((targets & ~is_mask & ~unchanged).sum()) / max(n_targets, 1),
             "unchanged_fraction": int(unchanged.sum()) / max(n_targets, 1),
@@ -116,42 +136,59 @@ def masking_statistics(input_ids: Tensor, corrupted: Tensor, labels: Tensor, spe
 # %% ../nbs/03_mlm.ipynb #1aa9d886
 def example_seed(*keys: int) -> int:
     "A 63-bit seed that is a pure function of the integer `keys` (e.g. `(seed, epoch, index)`)."
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]
+               >> np.uint64(1))
 
-def mask_examples(token_ids: Tensor, keys: Sequence[Sequence[int]], special=None, mlm_probability: float = 0.3,
-                  mask_replace_fraction: float = 0.8, random_replace_fraction: float = 0.1) -> dict[str, Tensor]:
-    "Mask each row of `token_ids` `(batch, seq)` with a generator seeded by its own key; returns `input_ids` and `labels`."
+# %% ../nbs/03_mlm.ipynb #95632b06
+def mask_examples(token_ids: Tensor, keys: Sequence[Sequence[int]], special=None,
+                  mlm_probability: float = 0.3, mask_replace_fraction: float = 0.8,
+                  random_replace_fraction: float = 0.1) -> dict[str, Tensor]:
+    """Mask each row of `token_ids` `(batch, seq)` with a generator seeded by its own key; returns
+    `input_ids` and `labels`."""
     if len(keys) != len(token_ids):
         raise ValueError(f"need one key per row: {len(keys)} keys for {len(token_ids)} rows")
-    rows = [mask_tokens(row, special, mlm_probability, torch.Generator().manual_seed(example_seed(*key)),
-                        mask_replace_fraction, random_replace_fraction) for row, key in zip(token_ids, keys)]
-    return {"input_ids": torch.stack([r[0] for r in rows]), "labels": torch.stack([r[1] for r in rows])}
+    rows = [mask_tokens(row, special, mlm_probability,
+                        torch.Generator().manual_seed(example_seed(*key)),
+                        mask_replace_fraction, random_replace_fraction)
+            for row, key in zip(token_ids, keys)]
+    return {"input_ids": torch.stack([r[0] for r in rows]),
+            "labels": torch.stack([r[1] for r in rows])}
 
 # %% ../nbs/03_mlm.ipynb #28ec2aa9
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
-    "The shuffled order of `num_samples` indices in `epoch` (a pure function of `seed` and `epoch`)."
+    """The shuffled order of `num_samples` indices in `epoch` (a pure function of `seed` and
+    `epoch`)."""
     return np.random.default_rng([int(seed), int(epoch)]).permutation(num_samples)
 
-def global_batch_indices(step: int, global_batch_size: int, num_samples: int, seed: int, shuffle: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    "Dataset indices and epochs of the `global_batch_size` samples of optimiser step `step` (0-based)."
+# %% ../nbs/03_mlm.ipynb #7fbb7dd1
+def global_batch_indices(step: int, global_batch_size: int, num_samples: int, seed: int,
+                         shuffle: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset indices and epochs of the `global_batch_size` samples of optimiser step `step`
+    (0-based)."""
     positions = step * global_batch_size + np.arange(global_batch_size)
     epochs, offsets = positions // num_samples, positions % num_samples
     indices = np.empty_like(positions)
     for epoch in np.unique(epochs):
-        order = epoch_permutation(num_samples, seed, int(epoch)) if shuffle else np.arange(num_samples)
+        order = (epoch_permutation(num_samples, seed, int(epoch)) if shuffle
+                 else np.arange(num_samples))
         indices[epochs == epoch] = order[offsets[epochs == epoch]]
     return indices, epochs
 
+# %% ../nbs/03_mlm.ipynb #a069fe90
 class MLMBatches:
-    "Stage 1's batch source: the micro-batches one rank feeds the model at optimiser step `step`, masked reproducibly."
+    """Stage 1's batch source: the micro-batches one rank feeds the model at optimiser step `step`,
+    masked reproducibly."""
 
-    def __init__(self, corpus: PackedCorpus, special=None, masking: MaskingConfig | None = None, seed: int = 0,
-                 global_batch_size: int = 32, micro_batch_size: int = 8, rank: int = 0, world_size: int = 1):
+    def __init__(self, corpus: PackedCorpus, special=None, masking: MaskingConfig | None = None,
+                 seed: int = 0, global_batch_size: int = 32, micro_batch_size: int = 8,
+                 rank: int = 0, world_size: int = 1):
         if global_batch_size % (micro_batch_size * world_size):
-            raise ValueError(f"global_batch_size ({global_batch_size}) must be a multiple of micro_batch_size × world_size "
-                             f"({micro_batch_size} × {world_size})")
-        self.corpus, self.special, self.masking = corpus, as_special_tokens(special), masking or MaskingConfig()
-        self.seed, self.global_batch_size, self.micro_batch_size, self.rank, self.world_size = seed, global_batch_size, micro_batch_size, rank, world_size
+            raise ValueError(f"global_batch_size ({global_batch_size}) must be a multiple of "
+                             f"micro_batch_size × world_size ({micro_batch_size} × {world_size})")
+        self.corpus, self.special, self.masking = (corpus, as_special_tokens(special),
+                                                   masking or MaskingConfig())
+        (self.seed, self.global_batch_size, self.micro_batch_size,
+         self.rank, self.world_size) = seed, global_batch_size, micro_batch_size, rank, world_size
         self.accumulation_steps = global_batch_size // (micro_batch_size * world_size)
 
     @property
@@ -159,36 +196,47 @@ class MLMBatches:
         return len(self.corpus) / self.global_batch_size
 
     def micro_batches(self, step: int) -> list[dict[str, Tensor]]:
-        "This rank's `accumulation_steps` micro-batches of step `step`: `input_ids`, `labels` `(micro, chunk_length)` and `sample_ids`."
-        indices, epochs = global_batch_indices(step, self.global_batch_size, len(self.corpus), self.seed)
+        """This rank's `accumulation_steps` micro-batches of step `step`: `input_ids`, `labels`
+        `(micro, chunk_length)` and `sample_ids`."""
+        indices, epochs = global_batch_indices(step, self.global_batch_size, len(self.corpus),
+                                               self.seed)
         per_rank = self.global_batch_size // self.world_size
         mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
         indices, epochs = indices[mine], epochs[mine]
         batches = []
         for start in range(0, per_rank, self.micro_batch_size):
-            idx, ep = indices[start:start + self.micro_batch_size], epochs[start:start + self.micro_batch_size]
+            idx, ep = (indices[start:start + self.micro_batch_size],
+                       epochs[start:start + self.micro_batch_size])
             tokens = torch.from_numpy(self.corpus.batch(idx))
-            batch = mask_examples(tokens, [(self.seed, 0, e, i) for e, i in zip(ep, idx)], self.special, self.masking.mlm_probability,
-                                  self.masking.mask_replace_fraction, self.masking.random_replace_fraction)
+            batch = mask_examples(tokens, [(self.seed, 0, e, i) for e, i in zip(ep, idx)],
+                                  self.special, self.masking.mlm_probability,
+                                  self.masking.mask_replace_fraction,
+                                  self.masking.random_replace_fraction)
             batch["sample_ids"] = torch.from_numpy(idx)
             batches.append(batch)
         return batches
 
 # %% ../nbs/03_mlm.ipynb #f2ea43d7
-def validation_batches(corpus: PackedCorpus, special=None, mlm_probability: float = 0.15, seed: int = 0,
-                       batch_size: int = 32, max_chunks: int | None = None, rank: int = 0, world_size: int = 1):
-    "Fixed held-out batches (same masks every call): chunk `i` is masked with key `(seed, 1, i)`; yields dicts like `MLMBatches`."
+def validation_batches(corpus: PackedCorpus, special=None, mlm_probability: float = 0.15,
+                       seed: int = 0, batch_size: int = 32, max_chunks: int | None = None,
+                       rank: int = 0, world_size: int = 1):
+    """Fixed held-out batches (same masks every call): chunk `i` is masked with key `(seed, 1, i)`;
+    yields dicts like `MLMBatches`."""
     count = len(corpus) if max_chunks is None else min(max_chunks, len(corpus))
     mine = np.arange(rank, count, world_size)
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
-        batch = mask_examples(torch.from_numpy(corpus.batch(idx)), [(seed, 1, int(i)) for i in idx], special, mlm_probability)
+        batch = mask_examples(torch.from_numpy(corpus.batch(idx)), [(seed, 1, int(i)) for i in idx],
+                              special, mlm_probability)
         batch["sample_ids"] = torch.from_numpy(idx)
         yield batch
 
-def unigram_baseline(train_corpus: PackedCorpus, val_corpus: PackedCorpus, special=None, mlm_probability: float = 0.15,
-                     seed: int = 0, max_chunks: int | None = None) -> dict[str, float]:
-    "Held-out masked-token accuracy and loss of a context-free model that knows only training token frequencies."
+# %% ../nbs/03_mlm.ipynb #5774f61b
+def unigram_baseline(train_corpus: PackedCorpus, val_corpus: PackedCorpus, special=None,
+                     mlm_probability: float = 0.15, seed: int = 0,
+                     max_chunks: int | None = None) -> dict[str, float]:
+    """Held-out masked-token accuracy and loss of a context-free model that knows only training
+    token frequencies."""
     special = as_special_tokens(special)
     counts = np.zeros(special.vocab_size, dtype=np.int64)
     for start in range(0, len(train_corpus), 4096):
@@ -196,22 +244,30 @@ def unigram_baseline(train_corpus: PackedCorpus, val_corpus: PackedCorpus, speci
         counts += np.bincount(tokens.ravel(), minlength=special.vocab_size)[:special.vocab_size]
     counts[list(special.special_ids)] = 0
     log_p = np.log((counts + 1) / (counts.sum() + special.vocab_size))
-    targets = torch.cat([b["labels"][b["labels"] != -100] for b in validation_batches(val_corpus, special, mlm_probability, seed, max_chunks=max_chunks)]).numpy()
+    targets = torch.cat([b["labels"][b["labels"] != -100]
+                         for b in validation_batches(val_corpus, special, mlm_probability, seed,
+                                                     max_chunks=max_chunks)]).numpy()
     top = int(counts.argmax())
-    return {"accuracy": float((targets == top).mean()), "loss": float(-log_p[targets].mean()), "top_token": top, "targets": len(targets)}
+    return {"accuracy": float((targets == top).mean()), "loss": float(-log_p[targets].mean()),
+            "top_token": top, "targets": len(targets)}
 
 # %% ../nbs/03_mlm.ipynb #2e4d084d
 @torch.no_grad()
-def evaluate_mlm(model: torch.nn.Module, corpus: PackedCorpus, special=None, mlm_probability: float = 0.15, seed: int = 0,
-                 batch_size: int = 32, max_chunks: int | None = None, device: str | torch.device = "cpu",
-                 rank: int = 0, world_size: int = 1, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-    "Held-out masked-token loss and accuracy of an MLM model on this rank's share of `corpus` (sums included for all-reduce)."
+def evaluate_mlm(model: torch.nn.Module, corpus: PackedCorpus, special=None,
+                 mlm_probability: float = 0.15, seed: int = 0, batch_size: int = 32,
+                 max_chunks: int | None = None, device: str | torch.device = "cpu",
+                 rank: int = 0, world_size: int = 1,
+                 autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Held-out masked-token loss and accuracy of an MLM model on this rank's share of `corpus`
+    (sums included for all-reduce)."""
     was_training = model.training
     model.eval()
     loss_sum, correct, n_targets = 0.0, 0, 0
-    for batch in validation_batches(corpus, special, mlm_probability, seed, batch_size, max_chunks, rank, world_size):
+    for batch in validation_batches(corpus, special, mlm_probability, seed, batch_size, max_chunks,
+                                    rank, world_size):
         input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-        with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(torch.device(device).type, dtype=autocast_dtype,
+                            enabled=autocast_dtype is not None):
             out = model(input_ids, labels=labels)
         targets = labels[labels != -100]
         loss_sum += float(out.loss.float()) * len(targets)

@@ -18,10 +18,11 @@ __all__ = ['corpus_and_positives', 'mine_hard_negatives', 'random_negatives', 'a
 # %% ../nbs/08_negatives.ipynb #a0cc6402
 def corpus_and_positives(queries: Sequence[str], documents: Sequence[str],
                          corpus: Sequence[str] | None = None) -> tuple[list[str], list[list[int]]]:
-    """Distinct corpus texts (the dataset's documents, or `corpus`) and, per row, the corpus ids of all documents
-    paired with that row's query text."""
+    """Distinct corpus texts (the dataset's documents, or `corpus`) and, per row, the corpus ids of
+    all documents paired with that row's query text."""
     if len(queries) != len(documents):
-        raise ValueError(f"one document per query is needed; got {len(queries)} queries and {len(documents)} documents")
+        raise ValueError(f"one document per query is needed; got {len(queries)} queries and "
+                         f"{len(documents)} documents")
     corpus_id: dict[str, int] = {}
     for text in (documents if corpus is None else corpus):
         corpus_id.setdefault(text, len(corpus_id))
@@ -32,15 +33,19 @@ def corpus_and_positives(queries: Sequence[str], documents: Sequence[str],
     return list(corpus_id), [sorted(by_query[q]) for q in queries]
 
 # %% ../nbs/08_negatives.ipynb #cddeb2dd
-def mine_hard_negatives(query_embeddings: np.ndarray, corpus_embeddings: np.ndarray, positives: Sequence[Sequence[int]],
-                        num_negatives: int = 20, block_size: int = 4096) -> np.ndarray:
-    "Corpus ids `(n_queries, num_negatives)` of the most query-similar documents that are not positives, hardest first."
+def mine_hard_negatives(query_embeddings: np.ndarray, corpus_embeddings: np.ndarray,
+                        positives: Sequence[Sequence[int]], num_negatives: int = 20,
+                        block_size: int = 4096) -> np.ndarray:
+    """Corpus ids `(n_queries, num_negatives)` of the most query-similar documents that are not
+    positives, hardest first."""
     n_corpus = len(corpus_embeddings)
     most_positives = max((len(p) for p in positives), default=0)
     if num_negatives + most_positives > n_corpus:
-        raise ValueError(f"the corpus has {n_corpus} documents: too few for {num_negatives} negatives beside up to "
-                         f"{most_positives} positives per query; lower num_negatives")
-    _, neighbours = top_k_neighbours(query_embeddings, corpus_embeddings, num_negatives + most_positives, block_size)
+        raise ValueError(f"the corpus has {n_corpus} documents: too few for {num_negatives} "
+                         f"negatives beside up to {most_positives} positives per query; "
+                         f"lower num_negatives")
+    _, neighbours = top_k_neighbours(query_embeddings, corpus_embeddings,
+                                     num_negatives + most_positives, block_size)
     mined = np.empty((len(positives), num_negatives), dtype=np.int64)
     for row, (candidates, own) in enumerate(zip(neighbours.numpy(), positives)):
         own = set(own)
@@ -48,41 +53,51 @@ def mine_hard_negatives(query_embeddings: np.ndarray, corpus_embeddings: np.ndar
     return mined
 
 # %% ../nbs/08_negatives.ipynb #26be143a
-def random_negatives(positives: Sequence[Sequence[int]], corpus_size: int, num_negatives: int = 20, seed: int = 0) -> np.ndarray:
-    "Corpus ids `(n_queries, num_negatives)` drawn uniformly without replacement from the non-positives (non-retrieval sources)."
+def random_negatives(positives: Sequence[Sequence[int]], corpus_size: int, num_negatives: int = 20,
+                     seed: int = 0) -> np.ndarray:
+    """Corpus ids `(n_queries, num_negatives)` drawn uniformly without replacement from the
+    non-positives (non-retrieval sources)."""
     most_positives = max((len(p) for p in positives), default=0)
     if num_negatives + most_positives > corpus_size:
-        raise ValueError(f"the corpus has {corpus_size} documents: too few for {num_negatives} random negatives; lower num_negatives")
+        raise ValueError(f"the corpus has {corpus_size} documents: too few for {num_negatives} "
+                         f"random negatives; lower num_negatives")
     rng = np.random.default_rng(seed)
     drawn = np.empty((len(positives), num_negatives), dtype=np.int64)
     for row, own in enumerate(positives):
-        candidates, own = rng.choice(corpus_size, size=num_negatives + len(own), replace=False), set(own)
+        candidates, own = (rng.choice(corpus_size, size=num_negatives + len(own), replace=False),
+                           set(own))
         drawn[row] = [c for c in candidates if c not in own][:num_negatives]
     return drawn
 
 # %% ../nbs/08_negatives.ipynb #4377fe45
-def add_negatives(dataset, encode: Encoder | None = None, num_negatives: int = 20, mode: str = "mined",
-                  query_column: str = "query", document_column: str = "document", seed: int = 0, block_size: int = 4096,
+def add_negatives(dataset, encode: Encoder | None = None, num_negatives: int = 20,
+                  mode: str = "mined", query_column: str = "query",
+                  document_column: str = "document", seed: int = 0, block_size: int = 4096,
                   corpus: Sequence[str] | None = None, keep_existing: bool = True):
-    """The `datasets.Dataset` with a `negatives` column: `num_negatives` texts per row, mined with `encode` (from the
-    dataset's documents, or from `corpus`) or drawn at random; rows that already have negatives keep them unless
-    `keep_existing=False`."""
+    """The `datasets.Dataset` with a `negatives` column: `num_negatives` texts per row, mined with
+    `encode` (from the dataset's documents, or from `corpus`) or drawn at random; rows that already
+    have negatives keep them unless `keep_existing=False`."""
     if mode not in ("mined", "random"):
-        raise ValueError(f"mode must be 'mined' (retrieval sources) or 'random' (the rest); got {mode!r}")
+        raise ValueError(f"mode must be 'mined' (retrieval sources) or 'random' (the rest); "
+                         f"got {mode!r}")
     if mode == "mined" and encode is None:
-        raise ValueError("mode='mined' needs an encode function, e.g. nomic_embed.filter.sentence_transformer_encoder()")
+        raise ValueError("mode='mined' needs an encode function, "
+                         "e.g. nomic_embed.filter.sentence_transformer_encoder()")
     for column in (query_column, document_column):
         if column not in dataset.column_names:
-            raise ValueError(f"the dataset has no {column!r} column (columns: {dataset.column_names}); pass query_column/document_column")
-    existing = dataset["negatives"] if keep_existing and "negatives" in dataset.column_names else [None] * len(dataset)
-    todo = [i for i, negatives in enumerate(existing) if not negatives]  # rows still without negatives
+            raise ValueError(f"the dataset has no {column!r} column (columns: "
+                             f"{dataset.column_names}); pass query_column/document_column")
+    existing = (dataset["negatives"] if keep_existing and "negatives" in dataset.column_names
+                else [None] * len(dataset))
+    todo = [i for i, negatives in enumerate(existing) if not negatives]  # rows still without
     queries = dataset[query_column]
     corpus, positives = corpus_and_positives(queries, dataset[document_column], corpus)
     positives = [positives[i] for i in todo]
     if not todo:
         ids = np.empty((0, num_negatives), dtype=np.int64)
     elif mode == "mined":
-        ids = mine_hard_negatives(encode([queries[i] for i in todo]), encode(corpus), positives, num_negatives, block_size)
+        ids = mine_hard_negatives(encode([queries[i] for i in todo]), encode(corpus), positives,
+                                  num_negatives, block_size)
     else:
         ids = random_negatives(positives, len(corpus), num_negatives, seed)
     column = list(existing)

@@ -16,7 +16,8 @@ __all__ = ['ROPE_SCHEMES', 'inv_frequencies', 'rotate_half', 'rope_cos_sin', 'ap
 
 # %% ../nbs/00_rope.ipynb #e0bda960
 def inv_frequencies(head_dim: int, base: float = 1000.0) -> Tensor:
-    "Rotation speed θ_i = base^(-2i/head_dim) of each coordinate pair, in radians per token (fp32, shape `(head_dim/2,)`)."
+    """Rotation speed θ_i = base^(-2i/head_dim) of each coordinate pair, in radians per token
+    (fp32, shape `(head_dim/2,)`)."""
     if head_dim <= 2 or head_dim % 2:
         raise ValueError(f"head_dim must be an even number > 2; got {head_dim}")
     if base <= 1:
@@ -34,21 +35,24 @@ def rotate_half(x: Tensor) -> Tensor:
 def rope_cos_sin(positions: Tensor, inv_freq: Tensor) -> tuple[Tensor, Tensor]:
     """cos and sin of every angle m·θ_i, shape `positions.shape + (head_dim,)`, in fp32.
 
-    `inv_freq` must broadcast against `positions[..., None]`: `(head_dim/2,)` for one base, or one row
-    per sequence (`(batch, 1, head_dim/2)`) or per token (`(tokens, head_dim/2)`)."""
+    `inv_freq` must broadcast against `positions[..., None]`: `(head_dim/2,)` for one base, or one
+    row per sequence (`(batch, 1, head_dim/2)`) or per token (`(tokens, head_dim/2)`)."""
     angles = positions.unsqueeze(-1).float() * inv_freq.float()  # (..., head_dim/2)
     angles = torch.cat((angles, angles), dim=-1)  # (..., head_dim): both halves of each pair
     return angles.cos(), angles.sin()
 
 # %% ../nbs/00_rope.ipynb #09019da4
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    "Rotate queries or keys `x` of shape `(batch, seq, heads, head_dim)` by the angles in `cos`/`sin` `(batch or 1, seq, head_dim)`."
-    cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)  # (batch, seq, 1, head_dim)
+    """Rotate queries or keys `x` of shape `(batch, seq, heads, head_dim)` by the angles in
+    `cos`/`sin` `(batch or 1, seq, head_dim)`."""
+    # (batch, seq, 1, head_dim): the same angles for every head
+    cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)
     return x * cos + rotate_half(x) * sin
 
 # %% ../nbs/00_rope.ipynb #85b98a66
 def interpolation_scale(seq_len: int, trained_length: int = 2048) -> float:
-    "Eq. 3: the factor L/L' that position interpolation multiplies positions by (1 when seq_len ≤ trained_length)."
+    """Eq. 3: the factor L/L' that position interpolation multiplies positions by
+    (1 when seq_len ≤ trained_length)."""
     return min(1.0, trained_length / seq_len)
 
 # %% ../nbs/00_rope.ipynb #92ad80a2
@@ -58,8 +62,10 @@ def ntk_base(base: float, head_dim: int, seq_len: int, trained_length: int = 204
     return base * s ** (head_dim / (head_dim - 2))
 
 # %% ../nbs/00_rope.ipynb #cbfdf5a2
-def dynamic_ntk_base(base: float, head_dim: int, seq_len: int, trained_length: int = 2048, alpha: float = 2.0) -> float:
-    "Eq. 5: dynamic-NTK base b·((α·s) − (α − 1))^(|D|/(|D|-2)), equal to `base` when seq_len ≤ trained_length."
+def dynamic_ntk_base(base: float, head_dim: int, seq_len: int, trained_length: int = 2048,
+                     alpha: float = 2.0) -> float:
+    """Eq. 5: dynamic-NTK base b·((α·s) − (α − 1))^(|D|/(|D|-2)), equal to `base` when
+    seq_len ≤ trained_length."""
     s = max(seq_len / trained_length, 1.0)
     return base * ((alpha * s) - (alpha - 1)) ** (head_dim / (head_dim - 2))
 
@@ -67,15 +73,18 @@ def dynamic_ntk_base(base: float, head_dim: int, seq_len: int, trained_length: i
 ROPE_SCHEMES = ("none", "interpolation", "ntk", "dynamic_ntk")
 
 class RotaryEmbedding(nn.Module):
-    "Stateless cos/sin tables for RoPE with an optional context-extension `scheme` (one of `ROPE_SCHEMES`)."
+    """Stateless cos/sin tables for RoPE with an optional context-extension `scheme`
+    (one of `ROPE_SCHEMES`)."""
 
-    def __init__(self, head_dim: int, base: float = 1000.0, trained_length: int = 2048, scheme: str = "none", alpha: float = 2.0):
+    def __init__(self, head_dim: int, base: float = 1000.0, trained_length: int = 2048,
+                 scheme: str = "none", alpha: float = 2.0):
         super().__init__()
         if scheme not in ROPE_SCHEMES:
             raise ValueError(f"scheme must be one of {', '.join(ROPE_SCHEMES)}; got {scheme!r}")
         if alpha < 1:
             raise ValueError(f"the dynamic-NTK alpha must be >= 1; got {alpha}")
-        self.head_dim, self.base, self.trained_length, self.scheme, self.alpha = head_dim, base, trained_length, scheme, alpha
+        (self.head_dim, self.base, self.trained_length,
+         self.scheme, self.alpha) = head_dim, base, trained_length, scheme, alpha
         self.register_buffer("inv_freq", inv_frequencies(head_dim, base), persistent=False)
 
     def base_for(self, seq_len: int) -> float:
@@ -83,52 +92,71 @@ class RotaryEmbedding(nn.Module):
         if self.scheme == "ntk":
             return ntk_base(self.base, self.head_dim, seq_len, self.trained_length)
         if self.scheme == "dynamic_ntk":
-            return dynamic_ntk_base(self.base, self.head_dim, seq_len, self.trained_length, self.alpha)
+            return dynamic_ntk_base(self.base, self.head_dim, seq_len, self.trained_length,
+                                    self.alpha)
         return self.base
 
     def inv_freq_for(self, seq_len: int) -> Tensor:
-        "Rotation frequencies for a sequence of `seq_len` tokens (the plain ones when the base is unchanged)."
+        """Rotation frequencies for a sequence of `seq_len` tokens (the plain ones when the base is
+        unchanged)."""
         base = self.base_for(seq_len)
         if base == self.base:
             return self.inv_freq
         return inv_frequencies(self.head_dim, base).to(self.inv_freq.device)
 
-    def forward(self, positions: Tensor, seq_lengths: Tensor | list[int] | None = None) -> tuple[Tensor, Tensor]:
-        """cos/sin for `positions` `(batch, seq)` or `(seq,)`. Without `seq_lengths` the length is `positions.max() + 1`;
-        with them (one per row of `positions`) each row is scaled for its own length."""
+    def forward(self, positions: Tensor,
+                seq_lengths: Tensor | list[int] | None = None) -> tuple[Tensor, Tensor]:
+        """cos/sin for `positions` `(batch, seq)` or `(seq,)`. Without `seq_lengths` the length is
+        `positions.max() + 1`; with them (one per row of `positions`) each row is scaled for its own
+        length."""
         if seq_lengths is None:
             seq_len = int(positions.max()) + 1 if positions.numel() else 0
-            return rope_cos_sin(self.scale_positions(positions, seq_len), self.inv_freq_for(seq_len))
+            return rope_cos_sin(self.scale_positions(positions, seq_len),
+                                self.inv_freq_for(seq_len))
         seq_lengths = [int(n) for n in seq_lengths]
         if positions.dim() != 2 or len(seq_lengths) != positions.shape[0]:
-            raise ValueError(f"seq_lengths needs one length per row of positions (batch, seq); got {len(seq_lengths)} lengths for positions of shape {tuple(positions.shape)}")
-        inv_freq = torch.stack([self.inv_freq_for(n) for n in seq_lengths])[:, None, :]  # (batch, 1, head_dim/2)
-        scale = torch.tensor([interpolation_scale(n, self.trained_length) if self.scheme == "interpolation" else 1.0 for n in seq_lengths], device=positions.device)
+            raise ValueError(f"seq_lengths needs one length per row of positions (batch, seq); "
+                             f"got {len(seq_lengths)} lengths for positions of shape "
+                             f"{tuple(positions.shape)}")
+        # (batch, 1, head_dim/2): each sequence's own frequencies
+        inv_freq = torch.stack([self.inv_freq_for(n) for n in seq_lengths])[:, None, :]
+        scale = torch.tensor([interpolation_scale(n, self.trained_length)
+                              if self.scheme == "interpolation" else 1.0 for n in seq_lengths],
+                             device=positions.device)
         return rope_cos_sin(positions * scale[:, None], inv_freq)
 
     def scale_positions(self, positions: Tensor, seq_len: int) -> Tensor:
-        "Eq. 3 applied to `positions` when the scheme is position interpolation; otherwise `positions` unchanged."
+        """Eq. 3 applied to `positions` when the scheme is position interpolation; otherwise
+        `positions` unchanged."""
         if self.scheme != "interpolation" or seq_len <= self.trained_length:
             return positions
         return positions * interpolation_scale(seq_len, self.trained_length)
 
 # %% ../nbs/00_rope.ipynb #d6a664c6
-def base_table(lengths: tuple[int, ...] = (2048, 4096, 8192), base: float = 1000.0, head_dim: int = 64,
-               trained_length: int = 2048, alpha: float = 2.0) -> str:
-    "A plain-text table of the position scale (eq. 3) and the scaled base (eqs. 4 and 5) at each length."
-    rows = [f"{'tokens':>7} {'s':>5} {'PI scale (eq.3)':>16} {'NTK base (eq.4)':>16} {'dyn-NTK base α=' + format(alpha, 'g') + ' (eq.5)':>26}"]
+def base_table(lengths: tuple[int, ...] = (2048, 4096, 8192), base: float = 1000.0,
+               head_dim: int = 64, trained_length: int = 2048, alpha: float = 2.0) -> str:
+    """A plain-text table of the position scale (eq. 3) and the scaled base (eqs. 4 and 5) at each
+    length."""
+    rows = [f"{'tokens':>7} {'s':>5} {'PI scale (eq.3)':>16} {'NTK base (eq.4)':>16} "
+            f"{'dyn-NTK base α=' + format(alpha, 'g') + ' (eq.5)':>26}"]
     for n in lengths:
-        rows.append(f"{n:>7} {max(n / trained_length, 1):>5.2f} {interpolation_scale(n, trained_length):>16.4f} "
-                    f"{ntk_base(base, head_dim, n, trained_length):>16.1f} {dynamic_ntk_base(base, head_dim, n, trained_length, alpha):>26.1f}")
+        rows.append(f"{n:>7} {max(n / trained_length, 1):>5.2f} "
+                    f"{interpolation_scale(n, trained_length):>16.4f} "
+                    f"{ntk_base(base, head_dim, n, trained_length):>16.1f} "
+                    f"{dynamic_ntk_base(base, head_dim, n, trained_length, alpha):>26.1f}")
     return "\n".join(rows)
 
 # %% ../nbs/00_rope.ipynb #84be46e0
 def demo(argv: list[str] | None = None) -> None:
     "Console entry point `nomic_embed_demo`: print the RoPE context-extension table (eqs. 3–5)."
     import argparse
-    parser = argparse.ArgumentParser(prog="nomic_embed_demo", description="Print how NomicBERT's RoPE base scales with input length (eqs. 3-5).")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192], help="input lengths in tokens")
-    parser.add_argument("--alpha", type=float, default=2.0, help="dynamic-NTK alpha (the paper uses 2)")
+    parser = argparse.ArgumentParser(
+        prog="nomic_embed_demo",
+        description="Print how NomicBERT's RoPE base scales with input length (eqs. 3-5).")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192],
+                        help="input lengths in tokens")
+    parser.add_argument("--alpha", type=float, default=2.0,
+                        help="dynamic-NTK alpha (the paper uses 2)")
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.lengths):
         parser.error("every length must be a positive number of tokens")

@@ -40,7 +40,8 @@ __all__ = ['SCHEDULES', 'CORE_SECTIONS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'S
            'parameter_groups', 'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed',
            'restoring_threads', 'all_reduce_sum', 'main_process_first', 'resolve_precision', 'seed_everything',
            'to_device', 'data_parallel', 'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'CheckpointError',
-           'list_checkpoints', 'find_checkpoint', 'verify_checkpoint', 'save_checkpoint', 'load_checkpoint',
+           'list_checkpoints', 'find_checkpoint', 'verify_checkpoint', 'tied_parameter_names', 'model_state',
+           'with_tied', 'load_model_state', 'holding_weights', 'save_checkpoint', 'load_checkpoint',
            'refuse_used_run_dir', 'check_resume_config', 'accumulate_gradients', 'apply_update', 'TrainingInterrupted',
            'StopRequest', 'stop_agreed', 'Prefetcher', 'RunFiles', 'TrainingSetup', 'Trainer', 'read_metrics',
            'plot_loss', 'run_training', 'resolve_resume_config']
@@ -579,12 +580,64 @@ def _set_rng_state(state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
+# %% ../nbs/09_trainer.ipynb #963771f1
+def tied_parameter_names(model: nn.Module) -> list[list[str]]:
+    "Groups of parameter names that are one tensor (tied weights), each group sorted."
+    by_tensor: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(param), []).append(name)
+    return [sorted(names) for names in by_tensor.values() if len(names) > 1]
+
+# %% ../nbs/09_trainer.ipynb #fc177d32
+def model_state(model: nn.Module, engine=None) -> dict[str, Tensor]:
+    """The model's tensors as separate fp32 CPU copies, a tied group once (under its first name); with a DeepSpeed
+    `engine`, the fp32 master weights gathered from ZeRO's shards (a collective: call it on every rank)."""
+    state = model.state_dict()
+    if engine is not None:
+        from deepspeed.utils import safe_get_full_fp32_param
+        masters: dict[int, Tensor | None] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):  # same order on every rank
+            if id(param) not in masters:
+                masters[id(param)] = safe_get_full_fp32_param(param)
+            if masters[id(param)] is not None:
+                state[name] = masters[id(param)]
+    duplicates = {name for names in tied_parameter_names(model) for name in names[1:]}
+    return {name: tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype, copy=True)
+            for name, tensor in state.items() if name not in duplicates}
+
+# %% ../nbs/09_trainer.ipynb #9ddc1113
+def with_tied(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    "`state` with every tied name of `model` filled in from the name `model_state` kept."
+    state = dict(state)
+    for names in tied_parameter_names(model):
+        if names[0] in state:
+            state.update({name: state[names[0]] for name in names[1:]})
+    return state
+
+def load_model_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    "Copy a `model_state` into `model` (cast to its dtype); a missing, unknown or misshapen tensor is an error."
+    model.load_state_dict(with_tied(model, state), strict=True)
+
+# %% ../nbs/09_trainer.ipynb #aac93505
+@contextlib.contextmanager
+def holding_weights(model: nn.Module, state: Mapping[str, Tensor]) -> Iterator[nn.Module]:
+    "Within the block `model`'s parameters are `state`'s tensors (e.g. fp32 masters); their own tensors afterwards."
+    state, params = with_tied(model, state), dict(model.named_parameters())
+    own = {name: param.data for name, param in params.items()}
+    try:
+        for name, param in params.items():
+            param.data = state[name]
+        yield model
+    finally:
+        for name, param in params.items():
+            param.data = own[name]
+
 # %% ../nbs/09_trainer.ipynb #1a1dc458
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, scheduler, trainer_state: dict,
-                    dist: DistInfo, keep_last: int = 2, write_extra=None) -> Path:
+                    dist: DistInfo, keep_last: int = 2, write_extra=None, engine=None) -> Path:
     """Write checkpoint `step` atomically (temp dir → rename) with a SHA-256 manifest; keep the newest `keep_last`.
     `optimizer`/`scheduler` may be None (DeepSpeed saves them itself through `write_extra(tmp_dir)`, called on every rank)."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step-{step:06d}", root / f"step-{step:06d}.tmp"
     if dist.is_main:
@@ -595,9 +648,10 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, sched
     torch.save(_rng_state(), tmp / f"rng-rank{dist.rank}.pt")
     if write_extra is not None:
         write_extra(tmp)
+    weights = model_state(model, engine) if dist.is_main or engine is not None else None  # DeepSpeed: every rank gathers
     if dist.is_main:
-        with atomic_file(tmp / "model.safetensors") as weights:  # safetensors itself would create the file 0600
-            save_model(model, str(weights))
+        with atomic_file(tmp / "model.safetensors") as path:  # safetensors itself would create the file 0600
+            save_file(weights, str(path), metadata={"format": "pt"})
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
@@ -620,9 +674,9 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, sched
 # %% ../nbs/09_trainer.ipynb #b8c6e421
 def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer, scheduler, dist: DistInfo) -> dict:
     "Restore model, optimiser, scheduler and this rank's RNG state from a verified checkpoint; return its trainer state."
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file
     state = json.loads((checkpoint / "trainer_state.json").read_text())
-    load_model(model, str(checkpoint / "model.safetensors"), strict=True, device=str(dist.device))
+    load_model_state(model, load_file(checkpoint / "model.safetensors", device=str(dist.device)))
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=dist.device, weights_only=True))
     if scheduler is not None:
@@ -823,7 +877,7 @@ class TrainingSetup:
                  "torch": torch.__version__}
         if self.engine is not None:  # every rank writes its partition
             return save_checkpoint(self.run_dir, self.step, self.model, None, None, state, self.dist, self.config.checkpoint.keep_last,
-                                   lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state"))
+                                   lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state"), self.engine)
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state, self.dist,
                                self.config.checkpoint.keep_last)
 
@@ -881,8 +935,11 @@ class Trainer(TrainingSetup):
                 if not done and stop_agreed(stop, self.dist):
                     self.stop(progress, stop.signal, checkpoint)
         progress.close()
-        if self.dist.is_main:
-            self.files.save_final(self.stage, self.model, log.plot)
+        # DeepSpeed: final/ holds the fp32 master weights (gathered on every rank), not the module's bf16 copies
+        masters = holding_weights(self.model, model_state(self.model, self.engine)) if self.engine else contextlib.nullcontext()
+        with masters:
+            if self.dist.is_main:
+                self.files.save_final(self.stage, self.model, log.plot)
         return {"step": self.step, "run_dir": str(self.run_dir), **{k: v for k, v in last.items() if k != "step"}, **last_eval}
 
     def stop(self, progress, signal_name: str | None, checkpoint: Path | None = None) -> None:
