@@ -33,6 +33,7 @@ from .pairs import (NEGATIVE_SAMPLING, WEIGHTINGS, MixedBatchSampler, OneSourceB
 from .trainer import (STAGES, Backprop, CheckpointError, DistInfo, Stage, Trainer, TrainConfig, _coerce,
                                  TrainingInterrupted, build_section, find_checkpoint, load_config, main_process_first,
                                  read_metrics, register_stage, resolve_precision, resolve_resume_config, run_training)
+from .utils import run_console
 
 # %% auto #0
 __all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MLMStage', 'eval_autocast', 'plot_mlm_metrics',
@@ -40,7 +41,7 @@ __all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MLMStage', '
            'check_pair_rows', 'pair_splits', 'with_built_negatives', 'retrieval_metrics', 'held_out_corpus',
            'corpus_rows', 'HeldOutRetrieval', 'ContrastiveBatches', 'pooled_encoder', 'with_negatives',
            'starting_encoder_config', 'ContrastiveStage', 'ContrastivePretrainStage', 'ContrastiveFinetuneStage',
-           'plot_contrastive_metrics', 'run_command']
+           'plot_contrastive_metrics', 'run_command', 'train_command']
 
 # %% ../nbs/09a_train.ipynb #5a5de3ca
 @register_stage
@@ -57,7 +58,7 @@ class MLMStage(Stage):
             self.train_corpus = packed_corpus(config.data, "train", self.tokenizer, progress=dist.is_main)
             self.val_corpus = packed_corpus(config.data, "validation", self.tokenizer, progress=dist.is_main) if config.data.val_fraction > 0 else None
         t = config.training
-        self.batches = MLMBatches(self.train_corpus, self.special, config.mlm, config.seed, t.global_batch_size,
+        self.batches = MLMBatches(self.train_corpus, self.special, config.mlm, config.data_seed, t.global_batch_size,
                                   t.micro_batch_for(dist.world_size), dist.rank, dist.world_size)
 
     def build_model(self) -> nn.Module:
@@ -84,7 +85,7 @@ class MLMStage(Stage):
         if self.val_corpus is None:
             return {}
         log, autocast = self.config.logging, eval_autocast(self.config, self.dist)
-        sums = evaluate_mlm(model, self.val_corpus, self.special, self.config.mlm.val_mlm_probability, self.config.seed,
+        sums = evaluate_mlm(model, self.val_corpus, self.special, self.config.mlm.val_mlm_probability, self.config.data_seed,
                             log.eval_batch_size, log.eval_max_chunks, self.dist.device, self.dist.rank, self.dist.world_size, autocast)
         return {"loss_sum": sums["loss_sum"], "correct": sums["correct"], "targets": sums["targets"]}
 
@@ -97,7 +98,7 @@ class MLMStage(Stage):
         if self.val_corpus is None:
             return None
         return unigram_baseline(self.train_corpus, self.val_corpus, self.special, self.config.mlm.val_mlm_probability,
-                                self.config.seed, self.config.logging.eval_max_chunks)
+                                self.config.data_seed, self.config.logging.eval_max_chunks)
 
     def save_final(self, model: nn.Module, directory: Path) -> None:
         model.save_pretrained(directory)
@@ -341,7 +342,9 @@ def with_built_negatives(rows: Sequence[dict], mode: str, pool: int = 20, teache
     "`rows` with a `negatives` list of `pool` texts each (top-`pool` by the teacher, or random), cached on disk by content."
     if mode not in NEGATIVE_MODES:
         raise ValueError(f"mode must be one of {', '.join(NEGATIVE_MODES)}; got {mode!r}")
-    key = hashlib.sha256(json.dumps([_rows_digest(rows), mode, pool, teacher if mode == "mined" else None, seed]).encode()).hexdigest()[:24]
+    # mining is deterministic: only random pools depend on the seed (a new negative_seed re-uses a mined pool)
+    key = [_rows_digest(rows), mode, pool, teacher if mode == "mined" else None, seed if mode == "random" else None]
+    key = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
     path = Path(cache_dir or default_cache_dir()) / "negatives" / f"{mode}-{pool}-{key}.jsonl"
     if path.exists():
         return read_pairs(path)
@@ -440,9 +443,9 @@ class ContrastiveBatches:
 
     def __init__(self, train: dict[str, Sequence[dict]], prefixes: dict[str, tuple], tokenizer, config: TrainConfig, dist: DistInfo):
         t, data = config.training, config.data
-        self.dataset = PairDataset(train, prefixes, data.num_negatives, seed=config.seed, negatives_sampling=data.negatives_sampling)
+        self.dataset = PairDataset(train, prefixes, data.num_negatives, seed=config.negative_seed, negatives_sampling=data.negatives_sampling)
         sampler = OneSourceBatchSampler if data.batch_sources == "one" else MixedBatchSampler
-        self.sampler = sampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size, config.seed, data.weighting)
+        self.sampler = sampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size, config.data_seed, data.weighting)
         self.collator = PairCollator(tokenizer, data.query_max_length, data.document_max_length, data.pad_to_multiple_of,
                                      one_source=data.batch_sources == "one")
         self.rank, self.steps_per_epoch, self._plan = dist.rank, len(self.sampler), (None, None)
@@ -530,7 +533,7 @@ class ContrastiveStage(Stage):
         self.tokenizer = load_tokenizer(config.data.tokenizer)
         with main_process_first(dist):  # rank 0 mines and caches the negatives; the other ranks then read the cache
             train, held_out, prefixes = pair_splits(config.data)
-            train = with_negatives(train, config.data, config.seed)
+            train = with_negatives(train, config.data, config.negative_seed)
         self.batches = ContrastiveBatches(train, prefixes, self.tokenizer, config, dist)
         self.held_out = HeldOutRetrieval(train, held_out, prefixes, self.tokenizer, config.data, config.logging.eval_batch_size, dist)
 
@@ -642,25 +645,23 @@ def plot_contrastive_metrics(run_dir: str | Path):
 
 # %% ../nbs/09a_train.ipynb #07232177
 def run_command(args: argparse.Namespace) -> None:
-    "Run `nomic_embed_train` with parsed arguments: config and checkpoint errors exit 2; an interruption exits 130/143."
-    try:
-        config = resolve_resume_config(args.config, args.overrides, args.resume)
-        if args.print_config:
-            print(yaml.safe_dump(config.to_dict(), sort_keys=False)); return
-        trainer = Trainer(config, args.resume)
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError, ImportError) as error:
-        print(f"nomic_embed_train: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    "Run `nomic_embed_train` with parsed arguments in the console boundary (`utils.run_console`)."
+    run_console("nomic_embed_train", lambda: train_command(args))
+
+def train_command(args: argparse.Namespace) -> None:
+    "Validate the config, build the run (resumed if asked), train, and print the summary."
+    config = resolve_resume_config(args.config, args.overrides, args.resume)
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return
+    trainer = Trainer(config, args.resume)
     try:
         summary = trainer.train()
-    except TrainingInterrupted as stopped:
         if trainer.dist.is_main:
-            print(f"nomic_embed_train: {stopped}", file=sys.stderr)
-        raise SystemExit(stopped.exit_code) from None
-    if trainer.dist.is_main:
-        print(json.dumps(summary))
-    if trainer.dist.distributed:
-        torch.distributed.destroy_process_group()
+            print(json.dumps(summary))
+    finally:
+        if trainer.dist.distributed:
+            torch.distributed.destroy_process_group()
 
 # %% ../nbs/09a_train.ipynb #9429e7ad
 if __name__ == "__main__" and "__file__" in globals():  # python -m / torchrun -m nomic_embed.train (not in a notebook)

@@ -31,19 +31,22 @@ import yaml
 from torch import Tensor, nn
 
 from .model import NomicBertConfig, progress_bar
-from .utils import atomic_file
+from .utils import (CorruptFileError, DiskFullError, NonFiniteError, atomic_file, check_finite,
+                               directory_lock, free_bytes, is_disk_full, load_json, verify_manifest, write_manifest)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'CORE_SECTIONS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig', 'ScheduleConfig',
-           'TrainingConfig', 'CheckpointConfig', 'LoggingConfig', 'DistributedConfig', 'build_section',
-           'register_stage', 'Backprop', 'Stage', 'TrainConfig', 'check_model_keys', 'apply_overrides', 'load_config',
-           'parameter_groups', 'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed',
-           'restoring_threads', 'all_reduce_sum', 'main_process_first', 'resolve_precision', 'seed_everything',
-           'to_device', 'data_parallel', 'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'CheckpointError',
-           'list_checkpoints', 'find_checkpoint', 'verify_checkpoint', 'tied_parameter_names', 'model_state',
-           'with_tied', 'load_model_state', 'holding_weights', 'save_checkpoint', 'load_checkpoint',
-           'refuse_used_run_dir', 'check_resume_config', 'accumulate_gradients', 'apply_update', 'TrainingInterrupted',
-           'StopRequest', 'stop_agreed', 'Prefetcher', 'RunFiles', 'TrainingSetup', 'Trainer', 'read_metrics',
+__all__ = ['SCHEDULES', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig',
+           'ScheduleConfig', 'TrainingConfig', 'CheckpointConfig', 'LoggingConfig', 'DistributedConfig',
+           'build_section', 'register_stage', 'Backprop', 'Stage', 'TrainConfig', 'check_model_keys',
+           'check_model_sizes', 'apply_overrides', 'read_config_file', 'load_config', 'parameter_groups',
+           'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed', 'restoring_threads', 'all_reduce_sum',
+           'main_process_first', 'resolve_precision', 'seed_everything', 'to_device', 'data_parallel',
+           'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'CheckpointError', 'list_checkpoints',
+           'find_checkpoint', 'verify_checkpoint', 'tied_parameter_names', 'model_state', 'with_tied',
+           'load_model_state', 'holding_weights', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir',
+           'check_resume_config', 'accumulate_gradients', 'gradient_norm', 'apply_update', 'TrainingInterrupted',
+           'StopRequest', 'stop_agreed', 'NonFiniteGuard', 'Prefetcher', 'RunFiles', 'lock_run_dir',
+           'removed_on_failure', 'checkpoint_bytes', 'TrainingSetup', 'Trainer', 'metric_rows', 'read_metrics',
            'plot_loss', 'run_training', 'resolve_resume_config']
 
 # %% ../nbs/09_trainer.ipynb #85b42d43
@@ -101,6 +104,7 @@ class TrainingConfig:
     micro_batch_size: int | None = None  # samples per forward pass per rank; null = the rank's whole share of the batch
     max_grad_norm: float | None = None  # None or 0 = no clipping (stage 1); 1.0 for stages 2-3
     precision: str = "auto"             # auto = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
+    skip_nonfinite_steps: int = 0       # steps with a NaN/inf loss or gradient norm dropped before the run stops
 
     def __post_init__(self):
         if (self.max_steps is None) == (self.num_epochs is None):
@@ -115,6 +119,8 @@ class TrainingConfig:
             raise ValueError(f"training.max_grad_norm must be >= 0 or null; got {self.max_grad_norm}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"training.precision must be auto, bf16 or fp32; got {self.precision!r}")
+        if self.skip_nonfinite_steps < 0:
+            raise ValueError(f"training.skip_nonfinite_steps must be >= 0 (0: stop at the first); got {self.skip_nonfinite_steps}")
 
     def micro_batch_for(self, world_size: int) -> int:
         "Samples per forward pass on each of `world_size` ranks (the rank's whole share when `micro_batch_size` is null)."
@@ -166,7 +172,11 @@ class DistributedConfig:
 
 CORE_SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "training": TrainingConfig,
                  "checkpoint": CheckpointConfig, "logging": LoggingConfig, "distributed": DistributedConfig}
-TOP_LEVEL = {"stage": "str", "seed": "int", "output_dir": "str", "init_from": "str | None", "model": "dict"}
+SEED_STREAMS = {"init_seed": "the model's initialisation (the global RNGs, seeded just before it is built)",
+                "data_seed": "the data order and batch sampling, MLM masks included",
+                "negative_seed": "the hard negatives a step draws from each row's pool, and random negative pools"}
+TOP_LEVEL = {"stage": "str", "seed": "int", **dict.fromkeys(SEED_STREAMS, "int | None"), "output_dir": "str",
+             "init_from": "str | None", "model": "dict"}
 RESUME_FREE_SECTIONS = ("checkpoint", "logging", "output_dir")  # may change between a run and its resume
 
 # %% ../nbs/09_trainer.ipynb #724b87a3
@@ -182,12 +192,14 @@ def _coerce(value: Any, annotation: str, where: str) -> Any:
             return value
         if option == "int" and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if option == "float" and not isinstance(value, bool):
-            if isinstance(value, (int, float)):
-                return float(value)
-            if isinstance(value, str):
-                with contextlib.suppress(ValueError):
-                    return float(value)
+        if option == "float" and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except (ValueError, OverflowError):
+                continue
+            if not math.isfinite(number):  # YAML's .inf and .nan are floats; no setting means them
+                raise ValueError(f"{where} must be a finite number; got {value!r}")
+            return number
         if option == "str" and isinstance(value, str):
             return value
         if option in ("list", "dict") and isinstance(value, {"list": list, "dict": dict}[option]):
@@ -310,10 +322,16 @@ class TrainConfig:
         unknown = sorted(set(raw) - set(allowed))
         if unknown:
             raise ValueError(f"unknown top-level key(s) {', '.join(unknown)} for stage {stage!r}; allowed: {', '.join(allowed)}")
-        defaults = {"stage": "mlm", "seed": 42, "output_dir": f"runs/{stage}", "init_from": None, "model": {}}
+        defaults = {"stage": "mlm", "seed": 42, "output_dir": f"runs/{stage}", "init_from": None, "model": {},
+                    **dict.fromkeys(SEED_STREAMS)}
         for key, annotation in TOP_LEVEL.items():
             setattr(self, key, _coerce(raw.get(key, defaults[key]), annotation, key))
+        for key in SEED_STREAMS:  # each random stream defaults to `seed`
+            if getattr(self, key) is None:
+                setattr(self, key, self.seed)
         self.model = check_model_keys(self.model)
+        if self.init_from is None:  # a fresh model: its sizes are checked now, not after the data is read
+            check_model_sizes(self.model)
         self.sections = {**CORE_SECTIONS, **stage_sections}
         for name, cls in self.sections.items():
             setattr(self, name, build_section(cls, raw.get(name), name))
@@ -335,6 +353,13 @@ def check_model_keys(model: dict) -> dict:
         raise ValueError(f"unknown key(s) {', '.join('model.' + k for k in unknown)}; NomicBertConfig accepts: {', '.join(allowed)}")
     return model
 
+def check_model_sizes(model: dict) -> None:
+    "Build `NomicBertConfig(**model)` once, so that a bad size (`hidden_size: -32`) is a config error naming `model:`."
+    try:
+        NomicBertConfig(**model)
+    except (TypeError, ValueError, ZeroDivisionError) as error:
+        raise ValueError(f"model: {error}") from None
+
 # %% ../nbs/09_trainer.ipynb #7db3a0bc
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     "Apply `key.path=value` overrides (values parsed as YAML) to a raw config dict, returning a new dict."
@@ -346,19 +371,47 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
         path, value = item.split("=", 1)
         keys, node = path.strip().split("."), raw
         for key in keys[:-1]:
-            node = node.setdefault(key, {})
+            if node.get(key) is None:  # a missing or empty (`training:`) section
+                node[key] = {}
+            node = node[key]
             if not isinstance(node, dict):
                 raise ValueError(f"--set {path}: '{key}' is not a section")
-        node[keys[-1]] = yaml.safe_load(value)
+        try:
+            node[keys[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {item}: the value is not valid YAML ({_yaml_problem(error)}); quote a text "
+                             f"that holds YAML syntax: --set '{path}=\"...\"'") from None
     return raw
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    "A YAML parser's error in one line: what is wrong and where."
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(error, 'problem', None) or error}{where}"
+
+def read_config_file(path: str | Path) -> dict:
+    "The raw content of a YAML config file; a missing, unreadable or malformed file is an error naming it."
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config {path} is a directory; give a YAML file, e.g. configs/mlm_tiny.yaml")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"config file {path} cannot be read ({error.strerror}); check its permissions") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path} is not valid YAML: {_yaml_problem(error)}") from None
+    return {} if raw is None else raw
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> TrainConfig:
     "Read a YAML training config (or take `raw`), apply `--set` overrides and validate everything."
-    if raw is None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
-        raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_config_file(path) if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"a training config must be a YAML mapping of keys (stage:, training:, ...); "
+                         f"{path or 'the config'} holds a {type(raw).__name__}")
     return TrainConfig(apply_overrides(raw, overrides))
 
 # %% ../nbs/09_trainer.ipynb #aad98430
@@ -513,15 +566,8 @@ def build_backprop(train_model: nn.Module, engine, precision: str, device: torch
     return Backprop(autocast, Tensor.backward, contextlib.nullcontext)
 
 # %% ../nbs/09_trainer.ipynb #7f3e498b
-class CheckpointError(RuntimeError):
+class CheckpointError(CorruptFileError):
     "A checkpoint is missing, incomplete or corrupted."
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     "Complete checkpoints of a run (`checkpoints/step-*` with a manifest), oldest first."
@@ -535,6 +581,9 @@ def find_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"resume directory {path} does not exist; pass a run directory (output_dir) or one of its checkpoints/step-* directories")
     if (path / "manifest.json").exists():
+        if not (path / "trainer_state.json").exists():
+            raise CheckpointError(f"{path} is a model directory, not a checkpoint; resume from the run directory "
+                                  f"{path.parent} (or one of its checkpoints/step-*)")
         return path
     found = list_checkpoints(path)
     if not found:
@@ -545,18 +594,12 @@ def verify_checkpoint(checkpoint: str | Path) -> dict:
     "Check every file of a checkpoint against its manifest (size and SHA-256); return its trainer state or raise `CheckpointError`."
     checkpoint = Path(checkpoint)
     try:
-        manifest = json.loads((checkpoint / "manifest.json").read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError) as error:
-        raise CheckpointError(f"checkpoint {checkpoint} has an unreadable manifest.json ({error}); resume from an earlier checkpoint") from error
-    for name, expected in files.items():
-        path = checkpoint / name
-        if not path.exists():
-            raise CheckpointError(f"checkpoint file {path} is missing; resume from an earlier checkpoint")
-        if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
-            raise CheckpointError(f"checkpoint file {path} is corrupted (size or SHA-256 differs from manifest.json); "
-                                  f"nothing was changed — resume from an earlier checkpoint of {checkpoint.parent}")
-    return json.loads((checkpoint / "trainer_state.json").read_text())
+        if verify_manifest(checkpoint) is None:
+            raise CorruptFileError(f"{checkpoint} has no manifest.json, so it is incomplete")
+        return load_json(checkpoint / "trainer_state.json")
+    except (CorruptFileError, ValueError, OSError) as error:
+        raise CheckpointError(f"checkpoint {checkpoint} cannot be resumed: {error}; nothing was changed — or resume "
+                              f"from an earlier checkpoint of {checkpoint.parent}") from None
 
 # %% ../nbs/09_trainer.ipynb #250bcc45
 def _rng_state() -> dict:
@@ -660,9 +703,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, sched
     if dist.distributed:
         torch.distributed.barrier()
     if dist.is_main:
-        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.rglob("*")) if p.is_file()}
-        with atomic_file(tmp / "manifest.json") as manifest:  # the manifest last: a directory with one is complete
-            manifest.write_text(json.dumps({"step": step, "files": files}, indent=1))
+        write_manifest(tmp, step=step)  # the manifest last: a directory with one is complete
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep_last]:
@@ -700,6 +741,8 @@ def refuse_used_run_dir(run_dir: Path) -> None:
 def check_resume_config(saved: dict, config: TrainConfig) -> None:
     "Refuse to resume with a config that would change the result (only checkpoint/logging/output_dir may differ)."
     saved, current = load_config(raw=saved).to_dict(), config.to_dict()  # both through the same validation and defaults
+    for both in (saved, current):  # how many diverged steps to skip may change: resuming before one is how it is used
+        both["training"].pop("skip_nonfinite_steps", None)
     changed = [key for key in sorted(set(saved) | set(current)) if key not in RESUME_FREE_SECTIONS and saved.get(key) != current.get(key)]
     if changed:
         raise ValueError(f"the config differs from the checkpoint's in {', '.join(changed)}; an exact resume needs the same "
@@ -721,16 +764,22 @@ def accumulate_gradients(stage: Stage, model: nn.Module, batches: list[dict], ba
         step_loss += loss.double() * (weight / global_weight)
     return step_loss, tokens
 
-def apply_update(model: nn.Module, optimizer, scheduler, max_grad_norm: float | None, engine=None) -> float | None:
-    "Clip (if set), step the optimiser and the schedule, zero the gradients; DeepSpeed's engine does all of it. Returns the gradient norm."
+def gradient_norm(model: nn.Module, max_grad_norm: float | None) -> Tensor:
+    "The global L2 norm of the gradients; then they are clipped to `max_grad_norm` if it is set."
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])  # DDP has synchronised them
+    if max_grad_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
+    return norm
+
+def apply_update(optimizer, scheduler, engine=None) -> None:
+    "Step the optimiser and the schedule, zero the gradients; DeepSpeed's engine does all of it (and clips)."
     if engine is not None:
         engine.step()
-        return None
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)) if max_grad_norm else None
+        return
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm
 
 # %% ../nbs/09_trainer.ipynb #1cc94693
 class TrainingInterrupted(KeyboardInterrupt):
@@ -769,6 +818,34 @@ def stop_agreed(stop: StopRequest, dist: DistInfo) -> bool:
     (requests,) = all_reduce_sum([1.0 if stop.signal else 0.0], dist)
     return requests > 0
 
+# %% ../nbs/09_trainer.ipynb #c4d2f1b2
+@dataclass
+class NonFiniteGuard:
+    "Counts steps whose loss or gradient norm is not finite; the run stops at the first beyond `allowed`."
+    allowed: int = 0   # training.skip_nonfinite_steps
+    skipped: int = 0   # non-finite steps so far (checkpointed)
+
+    def allows(self, metrics: dict, total_steps: int, is_main: bool = True) -> bool:
+        "Count the non-finite step of `metrics` (its update was dropped); whether the run may go on."
+        self.skipped += 1
+        if self.skipped <= self.allowed and is_main:
+            print(f"{self.describe(metrics, total_steps)}; update skipped ({self.skipped} of "
+                  f"training.skip_nonfinite_steps={self.allowed})", file=sys.stderr)
+        return self.skipped <= self.allowed
+
+    def error(self, metrics: dict, total_steps: int, run_dir: Path) -> NonFiniteError:
+        "The error that stops the run at the step of `metrics`, naming the checkpoint that is kept."
+        kept = list_checkpoints(run_dir)
+        return NonFiniteError(f"{self.describe(metrics, total_steps)}: training stopped without applying "
+                              f"the step; the last checkpoint, {kept[-1] if kept else 'none yet'}, is finite "
+                              "and kept. Lower optimizer.lr or lengthen the warmup and start a new run, or "
+                              "let training.skip_nonfinite_steps drop a few such steps")
+
+    @staticmethod
+    def describe(metrics: dict, total_steps: int) -> str:
+        return (f"step {metrics['step']} of {total_steps} is not finite: loss {metrics['loss']}, "
+                f"gradient norm {metrics.get('grad_norm', 'not measured')}")
+
 # %% ../nbs/09_trainer.ipynb #49b6045d
 class Prefetcher:
     "Calls `make(step)` for the next step in a background thread while the current step runs."
@@ -800,10 +877,10 @@ class RunFiles:
         with atomic_file(self.run_dir / "config.yaml") as written:
             written.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         metrics = self.run_dir / "metrics.jsonl"
-        if metrics.exists():
-            kept = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        if metrics.exists():  # a resumed run: its rows up to the checkpoint (and not a line a crash cut short)
+            kept = [row for row in metric_rows(metrics) if row["step"] <= step]
             with atomic_file(metrics) as written:
-                written.write_text("".join(line + "\n" for line in kept))
+                written.write_text("".join(json.dumps(row) + "\n" for row in kept))
         if step == 0 and (baseline := stage.baseline()) is not None:
             with atomic_file(self.run_dir / "baseline.json") as written:
                 written.write_text(json.dumps(baseline, indent=1))
@@ -816,9 +893,12 @@ class RunFiles:
 
     def save_final(self, stage: Stage, model: nn.Module, plot: bool = True) -> Path:
         "The trained model for downstream use in `final/` (atomically), and the stage's figure as `loss.png`."
+        check_finite(model.state_dict(), "the final model", "final/ not written; the checkpoints are kept")
         final, tmp = self.run_dir / "final", self.run_dir / "final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        stage.save_final(model, tmp)
+        with removed_on_failure(tmp, f"the final model of {self.run_dir}"):
+            stage.save_final(model, tmp)
+            write_manifest(tmp)  # every load of final/ checks its files against it
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         if plot:
@@ -829,11 +909,59 @@ class RunFiles:
                 plt.close(figure)
         return final
 
+# %% ../nbs/09_trainer.ipynb #e6f4b3d4
+def lock_run_dir(run_dir: Path) -> contextlib.ExitStack:
+    "Create `run_dir` and hold its lock until the returned stack is closed; a file or unwritable path is a `ValueError`."
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(directory_lock(run_dir, "training"))
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"output_dir {run_dir} is a file (or lies under one); choose a directory path") from None
+    except OSError as error:
+        raise ValueError(f"output_dir {run_dir} cannot be written ({error.strerror}); choose another output_dir or "
+                         "make it writable") from None
+    return stack
+
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path, what: str, needed: int | None = None) -> Iterator[Path]:
+    "Remove the temporary directory `tmp` if the block fails; a full disk becomes a `DiskFullError` naming `what`."
+    try:
+        yield tmp
+    except BaseException as error:
+        full = isinstance(error, DiskFullError) or isinstance(error, Exception) and is_disk_full(error, tmp.parent)
+        free = free_bytes(tmp.parent) if full else None  # before the removal frees some
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise DiskFullError(what, tmp.parent, needed, free) from error
+        raise
+
+def checkpoint_bytes(run_dir: Path, model: nn.Module) -> int:
+    "About the bytes a checkpoint needs: the last one's size, or the weights and AdamW's two moments in fp32."
+    kept = list_checkpoints(run_dir)
+    if kept:
+        return sum(p.stat().st_size for p in kept[-1].rglob("*") if p.is_file())
+    return 3 * 4 * sum(p.numel() for p in model.parameters())
+
 # %% ../nbs/09_trainer.ipynb #7df6a155
 class TrainingSetup:
     "Everything a run is made of, built from a `TrainConfig` (and a checkpoint to resume): processes, stage, model, optimiser, schedule, backprop."
 
     def __init__(self, config: TrainConfig, resume: str | Path | None = None):
+        run_dir = Path(config.output_dir)
+        created = not run_dir.exists()
+        # rank 0 holds the run directory for the whole run: a second run there is refused at once
+        self.lock = lock_run_dir(run_dir) if int(os.environ.get("RANK", 0)) == 0 else None
+        try:
+            self.setup(config, resume)
+        except BaseException:
+            self.release()
+            if created:  # nothing of a run that never started is left behind
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
+            raise
+
+    def setup(self, config: TrainConfig, resume: str | Path | None) -> None:
+        "Verify a checkpoint to resume, join the processes, build stage, model, optimiser, schedule, backprop."
         self.config, self.resume_from = config, None
         if resume is not None:  # verify before touching anything
             self.resume_from = find_checkpoint(resume)
@@ -842,12 +970,16 @@ class TrainingSetup:
             refuse_used_run_dir(Path(config.output_dir))
         if config.distributed.deepspeed:
             import_deepspeed()  # a missing DeepSpeed is reported before any data is built
+        if config.distributed.deepspeed and config.training.skip_nonfinite_steps:
+            raise ValueError("training.skip_nonfinite_steps needs the trainer's own optimiser step; DeepSpeed's engine "
+                             "has reduced the gradients into its partitions: set it to 0 with distributed.deepspeed")
         self.caller_threads = torch.get_num_threads()  # given back when train() ends (an in-process caller embeds next)
         self.dist = setup_distributed(config.distributed)
         self.precision = resolve_precision(config.training.precision, self.dist.device)
         self.run_dir, self.files = Path(config.output_dir), RunFiles(config.output_dir, self.dist.is_main)
-        seed_everything(config.seed)
+        seed_everything(config.data_seed)  # whatever the data pipeline draws from the global RNGs
         self.stage: Stage = STAGES[config.stage](config, self.dist)
+        seed_everything(config.init_seed)  # the initialisation draws from its own stream alone
         self.model = self.stage.build_model().to(self.dist.device)
         t = config.training
         t.micro_batch_for(self.dist.world_size)  # the batch geometry must fit the number of processes
@@ -861,20 +993,38 @@ class TrainingSetup:
                                                                            self.dist.world_size, self.precision)
         self.train_model = self.engine or data_parallel(self.model, self.dist, config.distributed.find_unused_parameters)
         self.backprop = build_backprop(self.train_model, self.engine, self.precision, self.dist.device)
+        self.guard = NonFiniteGuard(t.skip_nonfinite_steps)
         self.step = self.restore() if self.resume_from is not None else 0
+
+    def release(self) -> None:
+        "Release the run directory's lock (rank 0, when the run ends): now it may be resumed."
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def restore(self) -> int:
         "Load the checkpoint being resumed (model, optimiser, schedule, RNG states); return its step."
         if self.engine is not None:  # DeepSpeed keeps its partitioned optimiser state in its own files
             self.engine.load_checkpoint(str(self.resume_from / "deepspeed"), tag="state")
-            return load_checkpoint(self.resume_from, self.model, None, None, self.dist)["step"]
-        return load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler, self.dist)["step"]
+            state = load_checkpoint(self.resume_from, self.model, None, None, self.dist)
+        else:
+            state = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler, self.dist)
+        self.guard.skipped = state.get("nonfinite_steps", 0)
+        return state["step"]
 
     def save(self) -> Path:
         "Write a checkpoint of the current step (with DeepSpeed: its own partitioned optimiser files under `deepspeed/`)."
+        check_finite(self.model.state_dict(), f"the model after step {self.step}", "not saved (every rank checks "
+                     "the same weights and stops); the checkpoints already written are kept")
         state = {"step": self.step, "total_steps": self.total_steps, "world_size": self.dist.world_size,
                  "samples_seen": self.step * self.config.training.global_batch_size, "config": self.config.to_dict(),
-                 "torch": torch.__version__}
+                 "torch": torch.__version__, "nonfinite_steps": self.guard.skipped}
+        tmp = self.run_dir / "checkpoints" / f"step-{self.step:06d}.tmp"  # a full disk: removed, and said so
+        with removed_on_failure(tmp, f"checkpoint {tmp.stem} of {self.run_dir}", checkpoint_bytes(self.run_dir, self.model)):
+            return self.write_checkpoint(state)
+
+    def write_checkpoint(self, state: dict) -> Path:
+        "`save_checkpoint` of the current step with the trainer state `state`."
         if self.engine is not None:  # every rank writes its partition
             return save_checkpoint(self.run_dir, self.step, self.model, None, None, state, self.dist, self.config.checkpoint.keep_last,
                                    lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state"), self.engine)
@@ -888,15 +1038,30 @@ class Trainer(TrainingSetup):
     def train_step(self, step: int) -> dict[str, float]:
         "Run optimiser step `step` (0-based) over the global batch; return its metrics."
         start = time.perf_counter()
-        loss, tokens = accumulate_gradients(self.stage, self.train_model, self.next_batches(step), self.backprop, self.dist)
+        batches = self.next_batches(step)
+        loss, tokens = accumulate_gradients(self.stage, self.train_model, batches, self.backprop, self.dist)
         lr = self.scheduler.get_last_lr()[0]
-        grad_norm = apply_update(self.model, self.optimizer, self.scheduler, self.config.training.max_grad_norm, self.engine)
-        total_loss, total_tokens = all_reduce_sum([float(loss), tokens], self.dist)
+        norm = None if self.engine else float(gradient_norm(self.model, self.config.training.max_grad_norm))
+        # summed over ranks: a NaN or inf on any rank reaches all of them, and all decide alike
+        total_loss, total_tokens, norms = all_reduce_sum([float(loss), tokens, norm or 0.0], self.dist)
+        finite = math.isfinite(total_loss) and math.isfinite(norms)
+        if finite:
+            apply_update(self.optimizer, self.scheduler, self.engine)
+        else:  # not applied: the weights stay those of the last finite step
+            self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - start
-        metrics = {"step": step + 1, "loss": total_loss, "lr": lr, "tokens": int(total_tokens), "seconds": round(seconds, 4),
-                   "tokens_per_s": round(total_tokens / seconds, 1)}
-        if grad_norm is not None:
-            metrics["grad_norm"] = grad_norm
+        metrics = {"step": step + 1, "loss": total_loss, "lr": lr, "tokens": int(total_tokens),
+                   "seconds": round(seconds, 4), "tokens_per_s": round(total_tokens / seconds, 1)}
+        if norm is not None:
+            metrics["grad_norm"] = norm
+        if not finite:
+            metrics["skipped"] = True
+            if not self.guard.allows(metrics, self.total_steps, self.dist.is_main):
+                self.files.log(metrics)  # the step that stops the run, for the record
+                raise self.guard.error(metrics, self.total_steps, self.run_dir)
+            with warnings.catch_warnings():  # the schedule keeps pace with the steps; torch warns without an update
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
         return metrics | self.stage.step_metrics(self.model)
 
     def evaluate(self) -> dict[str, float]:
@@ -909,7 +1074,14 @@ class Trainer(TrainingSetup):
         return {"step": self.step, **self.stage.summarize_evaluation(totals)}
 
     def train(self) -> dict:
-        "Train from the current step to the end; checkpoint, evaluate and log as configured; return a summary."
+        "Train from the current step to the end (see `run`), then release the run directory; return a summary."
+        try:
+            return self.run()
+        finally:
+            self.release()
+
+    def run(self) -> dict:
+        "The loop: train to the end; checkpoint, evaluate and log as configured; return a summary."
         log, checkpoint_every = self.config.logging, self.config.checkpoint.every_steps
         self.files.prepare(self.config, self.step, self.stage)
         self.next_batches = Prefetcher(self.stage.micro_batches, self.total_steps)
@@ -919,7 +1091,7 @@ class Trainer(TrainingSetup):
         last, last_eval = {}, {}
         if self.step == 0 and self.stage.evaluate_at_start:  # the starting model's numbers, logged as step 0
             self.files.log(self.evaluate())
-        with StopRequest() as stop, restoring_threads(self.caller_threads):
+        with StopRequest() as stop, restoring_threads(self.caller_threads), contextlib.closing(progress):
             while self.step < self.total_steps:
                 last = self.train_step(self.step)
                 self.step += 1
@@ -950,9 +1122,25 @@ class Trainer(TrainingSetup):
                                   f"checkpoint {checkpoint}; continue with: nomic_embed_train --resume {self.run_dir}", signal_name)
 
 # %% ../nbs/09_trainer.ipynb #c628e316
+def metric_rows(path: Path) -> list[dict]:
+    "The rows of a `metrics.jsonl`, without a last line that a crash cut short mid-append (a resume drops it)."
+    lines = path.read_text().splitlines(keepends=True)
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as error:
+            if number == len(lines) and not line.endswith("\n"):
+                break
+            raise ValueError(f"{path}, line {number}, is not a JSON row ({error}); the log was edited or damaged: "
+                             "delete that line") from None
+    return rows
+
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     "Training rows and evaluation rows of a run's `metrics.jsonl`."
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = metric_rows(Path(run_dir) / "metrics.jsonl")
     return [r for r in rows if "loss" in r], [r for r in rows if "eval_loss" in r]
 
 def plot_loss(run_dir: str | Path):
