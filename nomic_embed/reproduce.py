@@ -90,9 +90,9 @@ BUDGETS: dict[str, Budget] = {
                                         intermediate_size=64),
                     trained_length=64, query_length=16, mlm_steps=20, mlm_batch=8,
                     pretrain_steps=20, pretrain_batch=32, pretrain_lr=1e-2,
-                    pretrain_pairs_per_source=200, finetune_steps=6, finetune_batch=16,
+                    pretrain_pairs_per_source=190, finetune_steps=6, finetune_batch=16,
                     finetune_lr=1e-3, finetune_pairs_per_source=60,
-                    filter_sample_size=256, teacher_rows=300, held_out_per_source=10,
+                    filter_sample_size=256, teacher_rows=256, held_out_per_source=10,
                     eval_tasks=("NewsLeadRetrieval", "ManPageRetrieval"), references=False,
                     text_sources=("offline_wikipedia", "jargon"),
                     pair_sources=("wikipedia_sections", "python_docstrings", "python_doc_api",
@@ -671,7 +671,8 @@ def bigram_log_probs(left: np.ndarray, targets: np.ndarray, models: tuple) -> np
     at = np.clip(np.searchsorted(bigrams, key), 0, len(bigrams) - 1)
     pair = np.where(bigrams[at] == key, counts[at], 0)  # c(h, t)
     c, t, p1 = context[left], types[left], np.exp(log_unigram[targets])
-    return np.where(c > 0, np.log((pair + t * p1) / np.maximum(c + t, 1)), log_unigram[targets])
+    mixed = (pair + t * p1) / np.maximum(c + t, 1)  # Witten–Bell where `left` was seen
+    return np.log(np.where(c > 0, mixed, p1))
 
 # %% ../nbs/12_reproduce.ipynb #b10be008
 def mlm_loss_records(mlm_dir: Path, budget: Budget) -> dict[str, dict]:
@@ -1301,59 +1302,35 @@ def payload_tables(results: dict, probe: dict, losses: dict, budget: Budget) -> 
 def results_markdown(payload: dict) -> str:
     "results.md: the scale, tables A–C, stage 1's tables, the filter and the noise, the times."
     from nomic_embed.evaluate import markdown_table
-
     b, tables, seconds = payload["budget"], payload["tables"], payload["seconds"]
     took = f"the chain took {seconds['chain'] / 60:.1f} min on this machine"
     if seconds.get("ablations"):
         took += f", the ablations {seconds['ablations'] / 60:.1f} min more"
-    lines = [
-        f"Budget `{b['name']}` ({took}). Scores ×100 on the offline suite (sources no stage "
-        "trains on); "
-        f"95% intervals over training seeds and evaluation items. {payload['scale']}",
-        "",
-        "**Table A.** Each model's primary endpoint (retrieval mean at the trained length) and "
-        "suite mean, "
-        "and its share of the random-init → TF-IDF gap on the primary endpoint.",
-        "",
-        markdown_table(tables["A"]),
-        "",
-        "**Table B.** What each stage buys (Δ = first − second; paired where the seeds pair).",
-        "",
-        markdown_table(tables["B"]),
-        "",
-        "**Table C.** The report's claims (Δ = the favoured arm − the other; MDE: the smallest "
-        "effect "
-        "found with 80% power at these seeds).",
-        "",
-        markdown_table(tables["C"]),
-        "",
-    ]
-    for name, title in (
-        ("probe", "The fine-tuning probe (fresh / rotten, 2,000 test snippets):"),
-        ("mlm loss", "Stage 1's held-out masked-token loss against count models:"),
-    ):
+    head = (f"Budget `{b['name']}` ({took}). Scores ×100 on the offline suite (sources no stage "
+            "trains on); 95% intervals over training seeds and evaluation items. ")
+    head += payload["scale"]
+    titles = {"A": "**Table A.** Each model's primary endpoint (the retrieval mean at the trained "
+                   "length) and suite mean, and its share of the random-init → TF-IDF gap.",
+              "B": "**Table B.** What each stage buys: Δ = first − second, paired where they pair.",
+              "C": "**Table C.** The report's claims (Δ = the favoured arm − the other; MDE: the "
+                   "smallest effect found with 80% power at these seeds).",
+              "probe": f"The fine-tuning probe (fresh or rotten; {b['probe_sizes'][1]:,} tests):",
+              "mlm loss": "Stage 1's held-out masked-token loss against count models:"}
+    lines = [head, ""]
+    for name, title in titles.items():
         if tables.get(name):
             lines += [title, "", markdown_table(tables[name]), ""]
     if tables.get("evaluation SE") is not None:
-        lines.append(
-            f"- evaluation standard error of the primary endpoint, one model: "
-            f"{tables['evaluation SE']:.2f} points"
-        )
-    kept = payload.get("filter", {})
-    if kept:
+        lines.append("- evaluation standard error of the primary endpoint, one model: "
+                     f"{tables['evaluation SE']:.2f} points")
+    if kept := payload.get("filter"):
         total, pairs = sum(s["kept"] for s in kept.values()), sum(s["pairs"] for s in kept.values())
-        lines.append(
-            f"- consistency filtering kept {total:,} of {pairs:,} stage-2 pairs "
-            f"({total / pairs:.0%})"
-        )
-    if payload.get("noise"):
-        n = payload["noise"]
-        lines.append(
-            f"- with {n['shuffled']:,} of {n['pairs']:,} positives shuffled, the filter kept "
-            f"{n['kept of the shuffled']:.0%} of the shuffled pairs and "
-            f"{n['kept of the rest']:.0%} "
-            "of the rest"
-        )
+        lines.append(f"- consistency filtering kept {total:,} of {pairs:,} stage-2 pairs "
+                     f"({total / pairs:.0%})")
+    if noise := payload.get("noise"):
+        shuffled, rest = noise["kept of the shuffled"], noise["kept of the rest"]
+        lines.append(f"- with {noise['shuffled']:,} of {noise['pairs']:,} positives shuffled, the "
+                     f"filter kept {shuffled:.0%} of the shuffled pairs, {rest:.0%} of the others")
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/12_reproduce.ipynb #c67ee9c4
