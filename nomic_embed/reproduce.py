@@ -35,7 +35,7 @@ __all__ = ['BUDGETS', 'TEACHER_CHUNK', 'TEACHER_SETTINGS', 'NOISE_FRACTION', 'CH
            'payload_tables', 'results_markdown', 'write_results', 'plot_chain', 'plot_claims', 'reproduce',
            'mlm_losses', 'scale_sentence', 'write_figures', 'run_scaling', 'scaling_payload', 'plot_scaling',
            'write_scaling', 'run_command', 'cut_after', 'layer_scores', 'participation_ratio', 'token_spread',
-           'scored_negatives', 'negative_scores', 'positive_aware_pairs']
+           'whitened_records', 'scored_negatives', 'negative_scores', 'positive_aware_pairs']
 
 # %% ../nbs/12_reproduce.ipynb #326b4357
 @dataclass(frozen=True)
@@ -1807,6 +1807,25 @@ def token_spread(model_dir: str | os.PathLike, texts: Sequence[str]) -> dict[str
         "participation_ratio": participation_ratio(vectors, weights),
         "mean_abs_cos": float(mean_abs_cos),
     }
+
+# %% ../nbs/12_reproduce.ipynb #90fe727e
+def whitened_records(model_dir: str | os.PathLike, budget: Budget) -> dict[str, dict]:
+    "The primary endpoint's records of a model, its vectors whitened per task."
+    from nomic_embed.evaluate import (PRIMARY_ENDPOINT, embed_inputs, load_encoder, model_inputs,
+                                      offline_tasks, record_from_vectors, task_parts)
+    length = budget.trained_length
+    encoder = load_encoder(model_dir, trained_length=length)
+    records = {}
+    for task in offline_tasks(list(PRIMARY_ENDPOINT["tasks"])):
+        parts = [embed_inputs(encoder, model_inputs(encoder, texts, task.type, side), length)
+                 for side, texts in task_parts(task)]  # queries, then documents: (texts, dim) each
+        stacked = np.concatenate(parts).astype(np.float64)
+        eigenvalues, eigenvectors = np.linalg.eigh(np.cov(stacked, rowvar=False))
+        floor = 1e-6 * eigenvalues.max()  # directions the vectors do not use stay unused
+        whiten = eigenvectors / np.sqrt(np.maximum(eigenvalues, floor))  # W = U Λ^-½
+        records[f"{task.name}@{length}"] = record_from_vectors(task, [(p - stacked.mean(0)) @ whiten
+                                                                      for p in parts])
+    return records
 
 # %% ../nbs/12_reproduce.ipynb #5dfceb96
 def scored_negatives(curated: str | os.PathLike):
