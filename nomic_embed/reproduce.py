@@ -58,7 +58,7 @@ class Budget:
     finetune_lr: float = 1e-4
     finetune_pairs_per_source: int = 500
     filter_sample_size: int = 4096  # pairs that compete for the top-2 (report: 1M)
-    teacher_rows: int | None = None  # rows per source with cached teacher vectors (None: every row)
+    teacher_rows: int | None = 16_500  # rows per source with cached teacher vectors (None: all)
     held_out_per_source: int = 50  # pairs held out per source for the curves logged in training
     logit_scale: float = 50.0
     eval_tasks: tuple | str | None = None  # None: the whole offline suite; "primary": its tasks
@@ -78,8 +78,9 @@ class Budget:
     expected_seconds: dict = field(default_factory=dict)  # per phase on 2 cores, for the time left
 
     def key(self) -> str:
-        "A fingerprint of everything that decides the results (not the time estimates)."
-        settings = {k: v for k, v in asdict(self).items() if k != "expected_seconds"}
+        "A fingerprint of everything that decides the results (not the times, caches or workers)."
+        aside = ("expected_seconds", "teacher_rows", "workers")
+        settings = {k: v for k, v in asdict(self).items() if k not in aside}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 # %% ../nbs/12_reproduce.ipynb #e85e30d4
@@ -497,10 +498,11 @@ def evaluate_models(models: Sequence[tuple[str, str]], budget: Budget, partial: 
                     tasks: tuple | str | None = None) -> dict:
     "Per-item records of `models` on the budget's tasks (or `tasks`), kept in `partial`."
     from nomic_embed.evaluate import PRIMARY_ENDPOINT, default_lengths, evaluate_offline
-    tasks = tasks or budget.eval_tasks
-    tasks = list(PRIMARY_ENDPOINT["tasks"]) if tasks == "primary" else tasks and list(tasks)
+    tasks, longest = tasks or budget.eval_tasks, 512
+    if tasks == "primary":  # read at the trained length only
+        tasks, longest = list(PRIMARY_ENDPOINT["tasks"]), budget.trained_length
     lengths = default_lengths(budget.trained_length)
-    return evaluate_offline(models, tasks, max_length=512, lengths=lengths,
+    return evaluate_offline(models, tasks and list(tasks), max_length=longest, lengths=lengths,
                             trained_length=budget.trained_length, partial=partial, progress=None)
 
 # %% ../nbs/12_reproduce.ipynb #349d4341
