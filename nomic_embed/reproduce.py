@@ -58,7 +58,7 @@ class Budget:
     finetune_lr: float = 1e-4
     finetune_pairs_per_source: int = 500
     filter_sample_size: int = 4096  # pairs that compete for the top-2 (report: 1M)
-    teacher_rows: int | None = 16_500  # rows per source with cached teacher vectors (None: all)
+    teacher_rows: int | None = None  # rows per source to cache teacher vectors of (None: the pools')
     held_out_per_source: int = 50  # pairs held out per source for the curves logged in training
     logit_scale: float = 50.0
     eval_tasks: tuple | str | None = None  # None: the whole offline suite; "primary": its tasks
@@ -93,7 +93,7 @@ BUDGETS: dict[str, Budget] = {
                     pretrain_steps=20, pretrain_batch=32, pretrain_lr=1e-2,
                     pretrain_pairs_per_source=190, finetune_steps=6, finetune_batch=16,
                     finetune_lr=1e-3, finetune_pairs_per_source=60,
-                    filter_sample_size=256, teacher_rows=256, held_out_per_source=10,
+                    filter_sample_size=256, held_out_per_source=10,
                     eval_tasks=("NewsLeadRetrieval", "ManPageRetrieval"), references=False,
                     text_sources=("offline_wikipedia", "jargon"),
                     pair_sources=("wikipedia_sections", "python_docstrings", "python_doc_api",
@@ -1144,15 +1144,12 @@ def check_settings(out: Path, settings: dict) -> None:
 
 # %% ../nbs/12_reproduce.ipynb #0f8cd272
 def cache_teacher(budget: Budget) -> dict:
-    "The teacher's vectors of every pair the budget may filter: all of a source, or `teacher_rows`."
+    "The teacher's vectors of every pair the budget filters: its pools' rows, or `teacher_rows` if more."
+    caps = [budget.pretrain_pairs_per_source, *budget.sweep]
     rows = {}
-    for name, parts in pool_slices(budget).items():
+    for name, parts in pool_slices(budget, max(caps)).items():
         total = len(ordered_rows(name, budget))
-        rows[name] = (
-            total
-            if budget.teacher_rows is None
-            else min(total, max(budget.teacher_rows, parts["stage2"].stop))
-        )
+        rows[name] = min(total, max(budget.teacher_rows or 0, parts["stage2"].stop))
         teacher_vectors(name, slice(0, rows[name]), budget)
     return {"rows": rows}
 
