@@ -12,7 +12,7 @@ def requirements(key: str) -> list[str]:
     return cfg.get(key, "").split()
 
 
-extras = {name: requirements(f"{name}_requirements") for name in ("dev", "st", "mteb", "eval", "data", "flash", "deepspeed")}
+extras = {name: requirements(f"{name}_requirements") for name in ("dev", "st", "mteb", "eval", "data", "flash", "deepspeed", "tracking")}
 licenses = {"apache2": "Apache-2.0"}
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable", "6 - Mature", "7 - Inactive"]
 

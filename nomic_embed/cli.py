@@ -10,6 +10,8 @@ __all__ = ['TASK_NAMES', 'PRECISION_NAMES', 'BUDGET_NAMES', 'ABLATION_NAMES', 't
 import argparse
 import sys
 
+from .utils import run_console
+
 # %% ../nbs/13_cli.ipynb #4f9257d9
 def train_parser() -> argparse.ArgumentParser:
     "The arguments of `nomic_embed_train`."
@@ -20,6 +22,14 @@ def train_parser() -> argparse.ArgumentParser:
                         help="override a config value, e.g. --set training.max_steps=100 (repeatable)")
     parser.add_argument("--resume", metavar="DIR", help="run directory or checkpoint directory to continue exactly")
     parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    parser.add_argument("--prepare", action="store_true", help="build and cache the stage's data in this one process, "
+                        "then exit: run it before torchrun (writes OUTPUT_DIR/prepared.json)")
+    parser.add_argument("--plan", nargs="?", const="h100-80gb", metavar="GPU", help="print per-GPU peak memory, FLOPs and "
+                        "wall time of the config on GPUs of this type (default h100-80gb; also h200-141gb, a100-80gb, "
+                        "a100-40gb) and exit")
+    parser.add_argument("--gpus", type=int, default=8, help="with --plan: the number of GPUs (default: 8)")
+    parser.add_argument("--mfu", type=float, default=None, help="with --plan: the share of the bf16 peak the run reaches "
+                        "(default: 0.23, stage 1's step measured on one H100)")
     return parser
 
 def train(argv: list[str] | None = None) -> None:
@@ -28,8 +38,10 @@ def train(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.config is None and args.resume is None:
         parser.error("give --config FILE (or --resume DIR to continue a run)")
-    from nomic_embed.train import run_command  # PyTorch and the stages load only now
-    run_command(args)
+    def work():
+        from nomic_embed.train import run_command  # PyTorch and the stages load only now
+        run_command(args)
+    run_console("nomic_embed_train", work)
 
 # %% ../nbs/13_cli.ipynb #6386a9c7
 TASK_NAMES = ("search_query", "search_document", "classification", "clustering")  # pairs.TASK_PREFIXES
@@ -68,8 +80,10 @@ def embed_parser() -> argparse.ArgumentParser:
 def embed(argv: list[str] | None = None) -> None:
     "Console entry point `nomic_embed_embed --model DIR --task TASK --input FILE --output FILE [...]`."
     args = embed_parser().parse_args(argv)
-    from nomic_embed.embed import run_command  # PyTorch and the model load only now
-    run_command(args)
+    def work():
+        from nomic_embed.embed import run_command  # PyTorch and the model load only now
+        run_command(args)
+    run_console("nomic_embed_embed", work)
 
 # %% ../nbs/13_cli.ipynb #a3a0c299
 BUDGET_NAMES = ("micro", "small", "medium")  # the reproduce chapter's BUDGETS
@@ -91,5 +105,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
 def reproduce(argv: list[str] | None = None) -> None:
     "Console entry point `nomic_embed_reproduce [--out DIR] [--budget micro|small|medium] [--ablations [NAMES]]`."
     args = reproduce_parser().parse_args(argv)
-    from nomic_embed.reproduce import run_command  # PyTorch and every chapter load only now
-    run_command(args)
+    def work():
+        from nomic_embed.reproduce import run_command  # PyTorch and every chapter load only now
+        run_command(args)
+    run_console("nomic_embed_reproduce", work)

@@ -911,36 +911,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 # %% ../nbs/08a_curate.ipynb #18cc4697
-def _interrupted(signum, frame):
-    raise KeyboardInterrupt
-
 def main(argv: Sequence[str] | None = None) -> None:
-    "The `nomic_embed_curate` console script."
-    parser = _parser()
-    args = parser.parse_args(argv)
+    "The `nomic_embed_curate` console script: its work runs inside the console boundary every command shares."
+    from nomic_embed.utils import run_console
+    args = _parser().parse_args(argv)
+    run_console("nomic_embed_curate", lambda: _curate(args))
+
+def _curate(args: argparse.Namespace) -> None:
+    """The work of `nomic_embed_curate`: the config and output checked before torch loads; process 0 holds the lock on the
+    output directory; Ctrl-C or a scheduler's SIGTERM keep every finished shard."""
+    import contextlib
+    from nomic_embed.utils import Interrupted, directory_lock, resolve_device
     overrides = {key: getattr(args, key) for key in _COMMAND_OVERRIDES[args.command] if getattr(args, key) is not None}
     names = [n.strip() for n in args.sources.split(",") if n.strip()] if args.sources else None
     try:
         config = load_curate_config(args.config, overrides)
-        known = [s["name"] for s in config.sources]
-        if names and (unknown := [n for n in names if n not in known]):
-            raise ValueError(f"unknown source(s) {unknown}; the config has {known}")
-        check_output(args.output, run_fingerprint(args.command, config, names))
-    except ValueError as error:
-        parser.error(str(error))  # exit status 2, before torch is imported
-    signal.signal(signal.SIGTERM, _interrupted)  # a scheduler's SIGTERM ends the run like Ctrl-C: finished units are kept
+    except Exception as error:
+        if type(error).__module__.split(".")[0] != "yaml":
+            raise
+        raise ValueError(f"--config {args.config} is not valid YAML: {' '.join(str(error).split())}") from None
+    known = [s["name"] for s in config.sources]
+    if names and (unknown := [n for n in names if n not in known]):
+        raise ValueError(f"unknown source(s) {unknown}; the config has {known}")
+    check_output(args.output, run_fingerprint(args.command, config, names))
+    if args.device != "auto":
+        resolve_device(args.device)  # cuda without CUDA, or a typo: one line before any data is read
+    rank = int(os.environ.get("RANK", 0))
+    lock = directory_lock(args.output, "nomic_embed_curate") if rank == 0 else contextlib.nullcontext()
     try:
-        report = run_curate(args.command, config, args.output, names, args.device, args.stop_after, args.progress, args.log_every)
-    except ValueError as error:
-        print(f"nomic_embed_curate: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"nomic_embed_curate: interrupted; finished shards are kept in {args.output}: run the same command again to resume",
-              file=sys.stderr)
-        sys.exit(130)
+        with lock:  # a second run into this output is refused, naming this one
+            report = run_curate(args.command, config, args.output, names, args.device, args.stop_after, args.progress,
+                                args.log_every)
+    except (KeyboardInterrupt, Interrupted) as stopped:
+        name = getattr(stopped, "signal_name", "SIGINT")
+        raise Interrupted(name, f"stopped by {name}; finished shards are kept in {args.output}: run the same command again "
+                                "to resume") from None
     finally:
         _leave_process_group()
-    if report is not None and int(os.environ.get("RANK", 0)) == 0:
+    if report is not None and rank == 0:
         print(_report_table(report))
 
 def _leave_process_group() -> None:

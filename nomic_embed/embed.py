@@ -26,17 +26,20 @@ import torch.nn.functional as F
 
 from .contrastive import MATRYOSHKA_LAYER_NORM_KEY, cosine_logits, read_matryoshka_layer_norm, resize_embeddings
 from .corpus import load_tokenizer
-from .model import CHECKPOINT_FORMATS, NomicBertModel, embed_texts, length_sorted_batches, progress_bar, tokenize
-from .utils import atomic_file
+from .model import (CHECKPOINT_FORMATS, NomicBertModel, check_rotary_scaling_factor, check_vocabulary, embed_texts,
+                               length_sorted_batches, progress_bar, tokenize)
+from .utils import (Interrupted, atomic_file, check_finite, check_unlocked, directory_lock, ensure_free_space, is_user_error,
+                               load_json, resolve_device, write_manifest)
 from .pairs import TASK_PREFIXES, with_prefix
 
 # %% auto #0
 __all__ = ['TASKS', 'HUB_ID', 'CHECKPOINT_FILES', 'PRECISIONS', 'EXPORT_FORMATS', 'MTEB_PREFIXES', 'MTEB_UNNORMALIZED',
            'INPUT_SUFFIXES', 'OUTPUT_SUFFIXES', 'check_task', 'add_prefix', 'normalize_by_default', 'check_texts',
            'resolve_model', 'check_precision', 'check_dimensionality', 'Embedder', 'save_sentence_transformers',
-           'save_pretrained', 'quantization_ranges', 'quantize_embeddings', 'hamming_distances',
+           'save_pretrained', 'quantization_ranges', 'check_ranges', 'quantize_embeddings', 'hamming_distances',
            'dequantize_embeddings', 'quantized_search', 'mteb_task', 'MTEBEncoder', 'in_memory_task', 'read_texts',
-           'count_texts', 'check_output_path', 'partial_dir', 'load_embeddings', 'embed_file', 'run_command']
+           'count_texts', 'check_output_path', 'partial_dir', 'load_embeddings', 'InputChangedError', 'embed_file',
+           'run_command']
 
 # %% ../nbs/10_embed.ipynb #61f744ac
 TASKS = TASK_PREFIXES  # the four task prefixes (report §4.2.2), as the pairs chapter defines them
@@ -89,6 +92,25 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 def _has_tokenizer(path: Path) -> bool:
     return any((path / name).exists() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
 
+def _load_model_tokenizer(path: Path):
+    "The tokenizer saved in model directory `path`; a file that is not JSON, or any file the tokenizers library cannot read, is named."
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (path / name).exists():
+            load_json(path / name)  # a damaged file names itself
+    try:
+        return load_tokenizer(str(path))
+    except Exception as error:
+        if is_user_error(error):
+            raise
+        raise ValueError(f"the tokenizer files in {path} cannot be loaded ({type(error).__name__}: {error}); "
+                         "copy them again from the model's source") from None
+
+def _check_max_length(max_length: int) -> int:
+    "`max_length` if it leaves room for [CLS], a token and [SEP]; a `ValueError` otherwise."
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
+        raise ValueError(f"max_length must be an integer of at least 3 tokens ([CLS], a token, [SEP]); got {max_length!r}")
+    return max_length
+
 # %% ../nbs/10_embed.ipynb #ec8aae54
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.bin", "vocab.txt"]  # config, weights, tokenizer
@@ -137,9 +159,9 @@ class Embedder:
     def __init__(self, model: NomicBertModel, tokenizer, *, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, max_length: int = 8192, max_batch_tokens: int = 16384,
                  matryoshka_layer_norm: bool | None = None):
-        if max_length < 3:
-            raise ValueError(f"max_length must be at least 3 tokens; got {max_length}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        _check_max_length(max_length)
+        check_vocabulary(model.config, tokenizer)  # ids past the embedding table would fail, or embed garbage, mid-run
+        self.device = resolve_device(device)
         self.dtype = _resolve_dtype(dtype)
         self.model = model.to(self.device).eval()
         self.tokenizer, self.max_length, self.max_batch_tokens = tokenizer, max_length, max_batch_tokens
@@ -154,13 +176,14 @@ class Embedder:
         `matryoshka_layer_norm` None: as the checkpoint's config.json records it (absent: False); say True for released v1.5."""
         path = resolve_model(path, revision)
         model = NomicBertModel.from_pretrained(path, rotary_scaling_factor=rotary_scaling_factor)
-        if matryoshka_layer_norm is None:
-            matryoshka_layer_norm = bool(read_matryoshka_layer_norm(path))  # every layout's config.json may carry the key
         if _has_tokenizer(path):
-            tokenizer = load_tokenizer(str(path))
+            tokenizer = _load_model_tokenizer(path)
         else:
             warnings.warn(f"{path} has no tokenizer files; using bert-base-uncased (the vocabulary every nomic-embed model uses)")
             tokenizer = load_tokenizer()
+        check_vocabulary(model.config, tokenizer, str(path))
+        if matryoshka_layer_norm is None:
+            matryoshka_layer_norm = bool(read_matryoshka_layer_norm(path))  # every layout's config.json may carry the key
         return cls(model, tokenizer, device=device, dtype=dtype, max_length=max_length, matryoshka_layer_norm=matryoshka_layer_norm, **kwargs)
 
     @property
@@ -188,12 +211,14 @@ class Embedder:
         check_dimensionality(dimensionality, self.dim)
         resize = dimensionality is not None or self.matryoshka_layer_norm
         show = len(texts) > 16 * batch_size if show_progress is None else show_progress
-        vectors = embed_texts(self.model, self.tokenizer, texts, max_length or self.max_length, batch_size=batch_size,
+        max_length = self.max_length if max_length is None else _check_max_length(max_length)
+        vectors = embed_texts(self.model, self.tokenizer, texts, max_length, batch_size=batch_size,
                               max_batch_tokens=self.max_batch_tokens, normalize=normalize and not resize,
                               autocast_dtype=None if self.dtype == torch.float32 else self.dtype, show_progress=show,
                               warn_truncation=warn_truncation)
         if resize:  # from the pooled fp32 vectors, never from normalised or truncated ones
             vectors = resize_embeddings(torch.from_numpy(vectors), dimensionality, self.matryoshka_layer_norm, normalize).numpy()
+        check_finite(vectors, "the embeddings", fix="the model's weights or settings give NaN (in float16, try float32 or bfloat16)")
         return vectors
 
 # %% ../nbs/10_embed.ipynb #ae2339c8
@@ -207,16 +232,21 @@ def _new_directory(path: str | os.PathLike) -> Path:
     return path
 
 def _move_into_place(staging: Path, path: Path) -> None:
-    "Rename the finished `staging` directory to `path`, with the permissions the umask allows (mkdtemp makes it 0700)."
+    """Give every file and folder of the finished `staging` directory the permissions the umask allows (mkdtemp makes
+    0700, safetensors 0600), write its manifest last, and rename it to `path`."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
+    for item in [staging, *staging.rglob("*")]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+    names = [str(p.relative_to(staging)) for p in sorted(staging.rglob("*"))
+             if p.is_file() and p.name not in ("manifest.json", "README.md")]  # a model card is not part of the model
+    write_manifest(staging, names)
     os.replace(staging, path)
 
 def _record_layer_norm(directory: Path, layer_norm: bool) -> None:
     "Put the Matryoshka layer-norm flag into `directory/config.json` where the layout's writer left it out."
     path = directory / "config.json"
-    config = json.loads(path.read_text())
+    config = load_json(path)
     if config.get(MATRYOSHKA_LAYER_NORM_KEY, False) != layer_norm:
         with atomic_file(path) as temporary:
             temporary.write_text(json.dumps(config | {MATRYOSHKA_LAYER_NORM_KEY: layer_norm}, indent=2, sort_keys=True) + "\n")
@@ -282,6 +312,20 @@ def quantization_ranges(embeddings: np.ndarray) -> np.ndarray:
                          "Pass ranges=quantization_ranges(<float32 embeddings of a representative sample>)")
     return np.vstack((embeddings.min(axis=0), embeddings.max(axis=0)))
 
+def check_ranges(ranges: np.ndarray) -> np.ndarray:
+    "`ranges` as an array after checking it is `(2, dim)`, finite, with each coordinate's min (row 0) at most its max (row 1)."
+    ranges = np.asarray(ranges)
+    if ranges.ndim != 2 or ranges.shape[0] != 2 or not np.issubdtype(ranges.dtype, np.number):
+        raise ValueError(f"ranges must be a (2, dimensionality) array of numbers: the min and max of each coordinate; got {ranges.dtype} "
+                         f"of shape {ranges.shape}")
+    check_finite(ranges, "the int8/uint8 ranges", fix="compute them with quantization_ranges from finite embeddings")
+    swapped = np.flatnonzero(ranges[0] > ranges[1])
+    if len(swapped):
+        first = swapped[0]
+        raise ValueError(f"ranges[0] must hold each coordinate's minimum and ranges[1] its maximum, but {len(swapped)} coordinate(s) "
+                         f"have min > max (coordinate {first}: {ranges[0, first]:.4g} > {ranges[1, first]:.4g}); are the rows swapped?")
+    return ranges
+
 def quantize_embeddings(embeddings: np.ndarray, precision: str = "float32", ranges: np.ndarray | None = None) -> np.ndarray:
     """Float embeddings `(n, dim)` at `precision`: float32; int8/uint8, each coordinate cut into 256 equal buckets between its
     `ranges` (default: these embeddings' own); binary/ubinary, the sign bits packed 8 per byte. Byte for byte sentence-transformers'."""
@@ -294,7 +338,7 @@ def quantize_embeddings(embeddings: np.ndarray, precision: str = "float32", rang
     if precision.endswith("binary"):
         packed = np.packbits(embeddings > 0, axis=-1)  # (n, ceil(dim / 8)) uint8; coordinate 0 is the highest bit of byte 0
         return packed if precision == "ubinary" else (packed.astype(np.int16) - 128).astype(np.int8)
-    ranges = quantization_ranges(embeddings) if ranges is None else np.asarray(ranges)
+    ranges = quantization_ranges(embeddings) if ranges is None else check_ranges(ranges)
     if ranges.shape != (2, embeddings.shape[-1]):
         raise ValueError(f"ranges must be (2, {embeddings.shape[-1]}): the min and max of each coordinate; got shape {ranges.shape}")
     ranges = ranges.astype(np.float32, copy=False)
@@ -471,14 +515,15 @@ def read_texts(path: str | os.PathLike, field: str = "text") -> Iterator[str]:
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
         raise ValueError(f"input must be a .txt (one text per line) or .jsonl (one JSON object per line) file; got {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"input {str(path)!r} is a directory; give a .txt or .jsonl file")
     with open(path, "rb") as file:
-        for number, raw in enumerate(file, start=1):
+        for number, raw in enumerate(_lines(file), start=1):
             where = f"{path}, line {number}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise ValueError(f"{where} is not valid UTF-8 ({error.reason} at byte {error.start + 1} of the line); re-encode the file as UTF-8") from None
-            line = line.rstrip("\r\n")
             if number == 1:
                 line = line.removeprefix("\ufeff")  # a byte-order mark is not text
             if suffix == ".jsonl":
@@ -494,14 +539,30 @@ def read_texts(path: str | os.PathLike, field: str = "text") -> Iterator[str]:
                 text = record[field]
                 if not isinstance(text, str):
                     raise ValueError(f"{where}: field {field!r} is {'null' if text is None else type(text).__name__}, not a string")
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as error:  # JSON's \ud800 escapes: a half of a UTF-16 pair, alone
+                    raise ValueError(f"{where}: field {field!r} holds a lone surrogate ({text[error.start]!r} at character "
+                                     f"{error.start + 1}), which is not text; fix or remove that line") from None
             else:
                 text = line
             if not text.strip():
                 raise ValueError(f"{where} is empty or whitespace only; remove it or put the text to embed there")
             yield text
 
+def _lines(file) -> Iterator[bytes]:
+    "The lines of a binary file without their ends: `\\n`, `\\r\\n` and a lone `\\r` each end one (as Python's text mode reads them)."
+    for raw in file:  # split at b"\n"; a lone b"\r" inside is a line break of its own
+        if raw.endswith(b"\r\n"):
+            raw = raw[:-2]
+        elif raw.endswith((b"\n", b"\r")):
+            raw = raw[:-1]
+        yield from raw.split(b"\r")
+
 def count_texts(path: str | os.PathLike, field: str = "text") -> int:
     "Read the whole input once, checking every line; the number of texts (an empty file is an error)."
+    if Path(path).is_dir():
+        raise ValueError(f"input {str(path)!r} is a directory; give a .txt or .jsonl file")
     if not Path(path).is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist")
     count = sum(1 for _ in read_texts(path, field))
@@ -540,17 +601,17 @@ def _chunk_path(partial: Path, index: int) -> Path:
     return partial / f"chunk-{index:06d}.npy"
 
 def _assemble(partial: Path, n_chunks: int, n_texts: int, width: int, output: Path, dtype: type = np.float32) -> None:
-    "Stream the chunk files (`(rows, width)` of `dtype`) into `output` (`.npy` or `.parquet`), written through `atomic_file`."
+    """Stream the chunk files (`(rows, width)` of `dtype`) into `output` (`.npy` or `.parquet`), written through `atomic_file`,
+    after checking the disk has room for it (the size is known). Plain writes, not a memory map: a full disk is an error
+    then, where a memory-mapped store would die by SIGBUS."""
+    ensure_free_space(output.parent, n_texts * width * np.dtype(dtype).itemsize + (1 << 16), f"{output.name}, {n_texts:,} rows")
     with atomic_file(output) as temporary:
         if output.suffix.lower() == ".npy":
-            matrix = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=(n_texts, width))
-            row = 0
-            for index in range(n_chunks):
-                chunk = np.load(_chunk_path(partial, index))
-                matrix[row : row + len(chunk)] = chunk
-                row += len(chunk)
-            matrix.flush()
-            del matrix
+            with open(temporary, "wb") as file:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n_texts, width)}
+                np.lib.format.write_array_header_1_0(file, header)
+                for index in range(n_chunks):
+                    file.write(np.ascontiguousarray(np.load(_chunk_path(partial, index)), dtype=dtype).tobytes())
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -596,12 +657,18 @@ def _load_ranges(ranges: str | os.PathLike | np.ndarray | None, precision: str) 
                          "every chunk is cut into the same buckets; compute it once from float32 embeddings of a sample: "
                          "np.save('ranges.npy', nomic_embed.embed.quantization_ranges(load_embeddings('sample.npy')))")
     if not isinstance(ranges, np.ndarray):
-        if not Path(ranges).is_file():
+        path = Path(ranges)
+        if not path.is_file():
             raise FileNotFoundError(f"ranges file {str(ranges)!r} does not exist")
-        ranges = np.load(ranges)
-    if ranges.ndim != 2 or ranges.shape[0] != 2:
-        raise ValueError(f"ranges must have shape (2, dimensionality): the min and max of each coordinate; got {ranges.shape}")
-    return ranges.astype(np.float32)
+        with open(path, "rb") as file:
+            is_npy = file.read(6) == b"\x93NUMPY"  # the magic bytes every .npy file starts with
+        try:
+            ranges = np.load(path, allow_pickle=False) if is_npy else None
+        except (ValueError, OSError, EOFError) as error:
+            raise ValueError(f"ranges file {str(path)!r} is a damaged .npy file ({error}); save it again with numpy.save") from None
+        if ranges is None:
+            raise ValueError(f"ranges file {str(path)!r} is not a .npy file; write the (2, dimensionality) array with numpy.save")
+    return check_ranges(ranges).astype(np.float32)
 
 def _prepare_run(model, task, input, output, field, normalize, max_length, rotary_scaling_factor, chunk_size, batch_size, dtype, resume,
                  dimensionality=None, precision="float32", ranges=None, matryoshka_layer_norm=None) -> dict[str, Any]:
@@ -620,6 +687,7 @@ def _prepare_run(model, task, input, output, field, normalize, max_length, rotar
         raise ValueError(f"max_length must be at least 3 tokens; got {max_length}")
     if dimensionality is not None and dimensionality < 1:
         raise ValueError(f"dimensionality must be >= 1; got {dimensionality}")
+    check_rotary_scaling_factor(rotary_scaling_factor)
     ranges = _load_ranges(ranges, precision)
     output = check_output_path(output)
     if output == input.absolute():
@@ -628,10 +696,11 @@ def _prepare_run(model, task, input, output, field, normalize, max_length, rotar
     settings = _run_settings(model, task, input, field, normalize, max_length, rotary_scaling_factor, chunk_size, dtype, n_texts,
                              dimensionality, precision, ranges, matryoshka_layer_norm)
     partial = partial_dir(output)
-    if partial.exists():
+    check_unlocked(partial)  # a run writing this output now: say so, whatever the other checks would say
+    if (partial / "run.json").exists():
         if not resume:
             raise FileExistsError(f"an unfinished run of this output is in {str(partial)!r}; add --resume to continue it, or delete that directory to start over")
-        saved = json.loads((partial / "run.json").read_text())
+        saved = load_json(partial / "run.json")
         changed = {key: (saved.get(key), value) for key, value in settings.items() if saved.get(key) != value}
         if changed:
             what = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
@@ -649,13 +718,21 @@ def _output_layout(run: dict[str, Any], embedder: Embedder) -> tuple[int, int, t
     width = math.ceil(dim / 8) if settings["precision"].endswith("binary") else dim  # binary: 8 coordinates per byte
     return dim, width, _STORED_DTYPES[settings["precision"]]
 
+class InputChangedError(ValueError):
+    "The input file changed while it was embedded: its chunks no longer describe one file."
+
+def _input_changed(settings: dict[str, Any], detail: str) -> InputChangedError:
+    return InputChangedError(f"input {settings['input']!r} changed while it was being embedded ({detail}); nothing is kept: "
+                             "run again once the file is final")
+
 def _execute_run(run: dict[str, Any], embedder: Embedder, batch_size: int, progress: bool) -> Path:
-    "Embed the chunks not yet on disk, then assemble the output and remove the partial run."
+    "Embed the chunks not yet on disk (the caller holds the lock on the partial run), then assemble the output and remove the partial run."
     settings, partial, output = run["settings"], run["partial"], run["output"]
     dim, width, stored = _output_layout(run, embedder)
-    if not partial.exists():
-        partial.mkdir()
-        (partial / "run.json").write_text(json.dumps(settings, indent=1))
+    partial.mkdir(exist_ok=True)
+    if not (partial / "run.json").exists():
+        with atomic_file(partial / "run.json") as temporary:
+            temporary.write_text(json.dumps(settings, indent=1))
     n_texts, chunk_size = settings["texts"], settings["chunk_size"]
     n_chunks = math.ceil(n_texts / chunk_size)
     expected_rows = [min(chunk_size, n_texts - i * chunk_size) for i in range(n_chunks)]
@@ -672,6 +749,8 @@ def _execute_run(run: dict[str, Any], embedder: Embedder, batch_size: int, progr
     with contextlib.closing(bar):
         for index in range(n_chunks):
             chunk = list(islice(texts, chunk_size))
+            if len(chunk) != expected_rows[index]:  # the file is shorter than when it was counted
+                raise _input_changed(settings, f"{n_texts:,} texts at the start, {index * chunk_size + len(chunk):,} now")
             if index in done:
                 continue
             vectors = embedder.encode(chunk, settings["task"], batch_size=batch_size, normalize=run["normalize"], show_progress=False,
@@ -679,6 +758,9 @@ def _execute_run(run: dict[str, Any], embedder: Embedder, batch_size: int, progr
                                       precision=settings["precision"], ranges=run["ranges"])
             _save_npy_atomic(_chunk_path(partial, index), vectors)
             bar.update(len(chunk))
+    stat = Path(settings["input"]).stat()
+    if next(texts, None) is not None or (stat.st_size, stat.st_mtime_ns) != (settings["input_bytes"], settings["input_mtime_ns"]):
+        raise _input_changed(settings, f"{settings['input_bytes']:,} bytes at the start, {stat.st_size:,} now")
     _assemble(partial, n_chunks, n_texts, width, output, stored)
     shutil.rmtree(partial)
     return output
@@ -700,33 +782,27 @@ def embed_file(model: str | os.PathLike, task: str, input: str | os.PathLike, ou
 
 # %% ../nbs/10_embed.ipynb #7a57b72a
 def run_command(args) -> None:
-    "Run `nomic_embed_embed` with parsed arguments: bad input exits 2 before anything is written; Ctrl-C or SIGTERM keep the finished chunks."
-    prog = "nomic_embed_embed"
-    try:
-        args.model = str(resolve_model(args.model, args.revision))  # a hub id becomes its snapshot directory
-        run = _prepare_run(args.model, args.task, args.input, args.output, args.field, args.normalize, args.max_length,
-                           args.rotary_scaling_factor, args.chunk_size, args.batch_size, args.dtype, args.resume,
-                           args.dimensionality, args.precision, args.ranges, args.matryoshka_layer_norm)
-        embedder = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_length=args.max_length,
-                                            rotary_scaling_factor=args.rotary_scaling_factor, matryoshka_layer_norm=args.matryoshka_layer_norm)
-        dim = _output_layout(run, embedder)[0]  # a size the model does not have fails here, before anything is written
-    except (ValueError, TypeError, OSError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    stopped = {}
-    def on_sigterm(signum, frame):  # a scheduler's notice: stop like Ctrl-C, keeping every finished chunk
-        stopped["signal"] = "SIGTERM"
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        output = _execute_run(run, embedder, args.batch_size, progress=not args.quiet)
-    except KeyboardInterrupt:
-        name = stopped.get("signal", "SIGINT")
-        kept = len(list(run["partial"].glob("chunk-*.npy"))) if run["partial"].exists() else 0
-        print(f"{prog}: stopped by {name}; {kept} finished chunk(s) of {args.chunk_size} texts are kept in {run['partial']}; "
-              f"continue with the same command and --resume", file=sys.stderr)
-        raise SystemExit(128 + int(getattr(signal, name))) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    """Run `nomic_embed_embed` with parsed arguments (inside the console boundary, `cli.embed`): bad input fails before
+    anything is written; a failure mid-run or Ctrl-C/SIGTERM keep the finished chunks for --resume."""
+    args.model = str(resolve_model(args.model, args.revision))  # a hub id becomes its snapshot directory
+    run = _prepare_run(args.model, args.task, args.input, args.output, args.field, args.normalize, args.max_length,
+                       args.rotary_scaling_factor, args.chunk_size, args.batch_size, args.dtype, args.resume,
+                       args.dimensionality, args.precision, args.ranges, args.matryoshka_layer_norm)
+    embedder = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_length=args.max_length,
+                                        rotary_scaling_factor=args.rotary_scaling_factor, matryoshka_layer_norm=args.matryoshka_layer_norm)
+    dim = _output_layout(run, embedder)[0]  # a size the model does not have fails here, before anything is written
+    partial = run["partial"]
+    with directory_lock(partial, "nomic_embed_embed"):  # a second run into this output is refused, naming this one
+        try:
+            output = _execute_run(run, embedder, args.batch_size, progress=not args.quiet)
+        except (KeyboardInterrupt, Interrupted) as stopped:
+            name = getattr(stopped, "signal_name", "SIGINT")
+            kept = len(list(partial.glob("chunk-*.npy")))
+            raise Interrupted(name, f"stopped by {name}; {kept} finished chunk(s) of {args.chunk_size} texts are kept in "
+                                    f"{partial}; continue with the same command and --resume") from None
+        except Exception as error:
+            if isinstance(error, InputChangedError) or not any(partial.glob("chunk-*.npy")):
+                shutil.rmtree(partial, ignore_errors=True)  # nothing finished that a resume could use
+            raise
     kind = "" if args.precision == "float32" else f"{args.precision} "
-    print(f"{prog}: wrote {run['settings']['texts']} {kind}embeddings of dimension {dim} to {output}", file=sys.stderr)
+    print(f"nomic_embed_embed: wrote {run['settings']['texts']} {kind}embeddings of dimension {dim} to {output}", file=sys.stderr)

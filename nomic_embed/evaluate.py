@@ -1647,6 +1647,9 @@ def _check_args(args) -> list[tuple[str, str]]:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {3 if name != 'batch_size' else 1}; got {value}")
     if args.lengths and min(args.lengths) < 3:
         raise ValueError(f"--lengths must all be at least 3 tokens; got {args.lengths}")
+    if args.device is not None:
+        from nomic_embed.utils import resolve_device
+        resolve_device(args.device)  # cuda without CUDA, or a typo: one line now, not a traceback after the models load
     from nomic_embed.embed import resolve_model
     models = []
     for item in args.model:
@@ -1731,38 +1734,50 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     return update
 
 def main(argv: list[str] | None = None) -> None:
-    "Console entry point `nomic_embed_evaluate`."
-    import shutil
+    "Console entry point `nomic_embed_evaluate`: its work runs inside the console boundary every command shares."
+    from nomic_embed.utils import run_console
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        models = _check_args(args)
-        if args.suite not in ("offline", "loco") and any(spec == "bm25" for _, spec in models):
-            raise ValueError("bm25 scores retrieval only: use it with --suite offline or loco")
-        if args.suite != "offline":
-            check_hub(args.suite)
-        output = Path(args.output).absolute()
-        partial = output.with_name(output.name + ".partial")
-        settings = {key: value for key, value in vars(args).items() if key not in ("output", "device", "batch_size", "quiet")}
-        settings["model"] = [[label, str(Path(spec).absolute()) if spec != "bm25" else spec] for label, spec in models]
-        if (partial / "run.json").is_file() and json.loads((partial / "run.json").read_text()) != settings:
+    run_console(parser.prog, lambda: _evaluate(args), also=(HubUnreachable,))
+
+def _evaluate(args) -> None:
+    "The work of `nomic_embed_evaluate`: check, score into `OUTPUT.partial/` (locked, resumable), then write the results."
+    import shutil
+    from nomic_embed.utils import Interrupted, atomic_file, directory_lock, load_json
+    models = _check_args(args)
+    if args.suite not in ("offline", "loco") and any(spec == "bm25" for _, spec in models):
+        raise ValueError("bm25 scores retrieval only: use it with --suite offline or loco")
+    if args.suite != "offline":
+        check_hub(args.suite)
+    output = Path(args.output).absolute()
+    partial = output.with_name(output.name + ".partial")
+    settings = {key: value for key, value in vars(args).items() if key not in ("output", "device", "batch_size", "quiet")}
+    settings["model"] = [[label, str(Path(spec).absolute()) if spec != "bm25" else spec] for label, spec in models]
+    with directory_lock(partial, "nomic_embed_evaluate"):  # a second run into this output is refused, naming this one
+        if (partial / "run.json").is_file() and load_json(partial / "run.json") != settings:
             raise ValueError(f"{str(partial)!r} holds an unfinished run with other settings; rerun with the same arguments, "
                              "or delete that directory to start over")
-    except (ValueError, OSError, HubUnreachable) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    partial.mkdir(exist_ok=True)
-    (partial / "run.json").write_text(json.dumps(settings))
-    results, table, figure = run_suite(args, models, partial, _progress(args.quiet))
-    from nomic_embed.utils import atomic_file
-    results["settings"] = settings
-    with atomic_file(output.with_suffix(".md")) as temporary:
-        temporary.write_text(table + "\n")
-    if figure is not None:
-        with atomic_file(output.with_suffix(".png")) as temporary:
-            figure.savefig(temporary, format="png", dpi=120)
-    with atomic_file(output) as temporary:  # last: the JSON's presence means the run finished
-        temporary.write_text(json.dumps(results, indent=1) + "\n")
-    shutil.rmtree(partial)
+        with atomic_file(partial / "run.json") as temporary:
+            temporary.write_text(json.dumps(settings))
+        try:
+            results, table, figure = run_suite(args, models, partial, _progress(args.quiet))
+        except (KeyboardInterrupt, Interrupted) as stopped:
+            name = getattr(stopped, "signal_name", "SIGINT")
+            raise Interrupted(name, f"stopped by {name}; the scores finished so far are kept in {partial}: run the same "
+                                    "command again to continue") from None
+        except Exception:
+            if not any(p.is_file() and p.name not in ("run.json", ".lock") for p in partial.rglob("*")):
+                shutil.rmtree(partial, ignore_errors=True)  # no score finished: nothing for a rerun to reuse
+            raise
+        results["settings"] = settings
+        with atomic_file(output.with_suffix(".md")) as temporary:
+            temporary.write_text(table + "\n")
+        if figure is not None:
+            with atomic_file(output.with_suffix(".png")) as temporary:
+                figure.savefig(temporary, format="png", dpi=120)
+        with atomic_file(output) as temporary:  # last: the JSON's presence means the run finished
+            temporary.write_text(json.dumps(results, indent=1) + "\n")
+        shutil.rmtree(partial)
     print(table)
 
 # %% ../nbs/11_evaluate.ipynb #2f0e203f

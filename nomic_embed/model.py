@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
+import numbers
 import os
+import pickle
 import re
 import sys
 import tempfile
@@ -26,21 +29,39 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
 from .rope import RotaryEmbedding, apply_rope, rope_cos_sin
-from .utils import atomic_file
+from .utils import CorruptFileError, atomic_file, check_finite, load_json, verify_manifest, write_manifest
 
 # %% auto #0
-__all__ = ['ATTENTION_BACKENDS', 'CHECKPOINT_FORMATS', 'NomicBertConfig', 'NomicBertEmbeddings', 'onednn_linear_available',
-           'use_onednn_linear', 'linear', 'apply_rope_', 'NomicBertAttention', 'NomicBertMLP', 'NomicBertBlock',
-           'NomicBertEncoder', 'PackedBatch', 'pack_batch', 'unpack_hidden', 'varlen_attention',
-           'NomicBertPreTrainedModel', 'NomicBertModel', 'count_parameters', 'mean_pool', 'tokenize',
-           'length_sorted_batches', 'LogProgress', 'progress_bar', 'pad_token_ids', 'embed_texts', 'quantize_int8',
-           'NomicBertHeadTransform', 'NomicBertLMPredictions', 'NomicBertMLMHead', 'NomicBertForPreTraining',
-           'from_transformers_state_dict', 'to_transformers_state_dict', 'config_from_nomic', 'config_to_nomic',
-           'config_from_transformers', 'config_to_transformers', 'detect_format', 'read_checkpoint', 'write_checkpoint',
-           'canonical_state_dict', 'load_canonical_state_dict', 'forward_flops_per_token']
+__all__ = ['ATTENTION_BACKENDS', 'CHECKPOINT_FORMATS', 'check_rotary_scaling_factor', 'NomicBertConfig', 'NomicBertEmbeddings',
+           'onednn_linear_available', 'use_onednn_linear', 'linear', 'apply_rope_', 'NomicBertAttention',
+           'NomicBertMLP', 'NomicBertBlock', 'NomicBertEncoder', 'PackedBatch', 'pack_batch', 'unpack_hidden',
+           'varlen_attention', 'NomicBertPreTrainedModel', 'NomicBertModel', 'count_parameters', 'mean_pool',
+           'tokenize', 'length_sorted_batches', 'LogProgress', 'progress_bar', 'pad_token_ids', 'embed_texts',
+           'quantize_int8', 'NomicBertHeadTransform', 'NomicBertLMPredictions', 'NomicBertMLMHead',
+           'NomicBertForPreTraining', 'from_transformers_state_dict', 'to_transformers_state_dict', 'config_from_nomic',
+           'config_to_nomic', 'config_from_transformers', 'config_to_transformers', 'detect_format', 'read_checkpoint',
+           'write_checkpoint', 'check_vocabulary', 'canonical_state_dict', 'load_canonical_state_dict',
+           'forward_flops_per_token']
 
 # %% ../nbs/01_model.ipynb #d3cbfbc7
 ATTENTION_BACKENDS = ("auto", "sdpa", "sdpa_unpadded", "flash_attn", "torch_varlen")
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+def _check_sizes(**sizes) -> None:
+    "Each of `sizes` must be a positive integer (not a string, a float or a bool): the error names the first that is not."
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            kind = f" (a {type(value).__name__})" if not isinstance(value, numbers.Integral) or isinstance(value, bool) else ""
+            raise ValueError(f"{name} must be a positive integer; got {value!r}{kind}")
+
+def check_rotary_scaling_factor(factor) -> float | None:
+    "`factor` (dynamic NTK's α of eq. 5) if it is None or a finite number ≥ 1; otherwise a `ValueError` that says so."
+    if factor is not None and (not _is_number(factor) or not math.isfinite(factor) or factor < 1):
+        raise ValueError(f"rotary_scaling_factor is the dynamic-NTK alpha and must be a finite number >= 1 (or None for plain RoPE); "
+                         f"got {factor!r}")
+    return factor
 
 class NomicBertConfig(PretrainedConfig):
     "Hyperparameters of NomicBERT; the defaults are the paper's 137M encoder (§4.1.2)."
@@ -52,10 +73,16 @@ class NomicBertConfig(PretrainedConfig):
                  type_vocab_size: int = 2, rotary_emb_base: float = 1000.0, max_trained_positions: int = 2048,
                  max_position_embeddings: int = 8192, rotary_scaling_factor: float | None = None,
                  pad_token_id: int = 0, initializer_range: float = 0.02, attention_backend: str = "auto", **kwargs):
-        if hidden_size % num_attention_heads:
-            raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads})")
-        if rotary_scaling_factor is not None and rotary_scaling_factor < 1:
-            raise ValueError(f"rotary_scaling_factor is the dynamic-NTK alpha and must be >= 1 (or None for plain RoPE); got {rotary_scaling_factor}")
+        _check_sizes(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                     num_attention_heads=num_attention_heads, intermediate_size=intermediate_size, type_vocab_size=type_vocab_size,
+                     max_trained_positions=max_trained_positions, max_position_embeddings=max_position_embeddings)
+        if hidden_size % num_attention_heads or (hidden_size // num_attention_heads) % 2:
+            raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads}) "
+                             "with an even quotient: each head's width, whose coordinates RoPE rotates in pairs")
+        for name, value, low in (("layer_norm_eps", layer_norm_eps, 0), ("rotary_emb_base", rotary_emb_base, 1)):
+            if not _is_number(value) or not math.isfinite(value) or value <= low:
+                raise ValueError(f"{name} must be a finite number above {low}; got {value!r}")
+        check_rotary_scaling_factor(rotary_scaling_factor)
         if attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}; got {attention_backend!r}")
         self.vocab_size, self.hidden_size, self.num_hidden_layers = vocab_size, hidden_size, num_hidden_layers
@@ -272,9 +299,10 @@ class NomicBertPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                        **config_overrides):
+                        tokenizer=None, **config_overrides):
         """Load from a checkpoint directory (or hub id) in any of `CHECKPOINT_FORMATS`; keyword arguments other than
-        `dtype`/`device` override config fields (e.g. `rotary_scaling_factor=2.0`). Returns the model in eval mode."""
+        `dtype`/`device`/`tokenizer` override config fields (e.g. `rotary_scaling_factor=2.0`). Returns the model in eval mode.
+        Refuses weights that are not finite, and (given the `tokenizer` it will read) a vocabulary smaller than the tokenizer's."""
         dtype = dtype or config_overrides.pop("torch_dtype", None)
         if not Path(path).exists():
             if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
@@ -286,6 +314,10 @@ class NomicBertPreTrainedModel(PreTrainedModel):
         if unknown:
             raise TypeError(f"from_pretrained got unknown argument(s) {', '.join(unknown)}; it takes dtype, device and NomicBertConfig fields")
         config = NomicBertConfig.from_dict(config.to_dict() | config_overrides)  # validates the overrides
+        check_finite(canonical, f"the weights in {path}", fix="training diverged before this checkpoint was written: "
+                     "use an earlier checkpoint of the run")
+        if tokenizer is not None:
+            check_vocabulary(config, tokenizer, str(path))
         model = cls(config)
         load_canonical_state_dict(model, canonical)
         return model.to(device=device, dtype=dtype).eval()
@@ -730,19 +762,28 @@ def detect_format(config_dict: dict) -> str:
         return "transformers"
     raise ValueError(f"config.json with model_type={config_dict.get('model_type')!r} is not a NomicBERT checkpoint (expected {NomicBertConfig.model_type!r}, a released nomic-ai config with n_embd, or transformers' 'nomic_bert')")
 
-def _read_tensors(directory: Path) -> dict[str, Tensor]:
+def _load_weights(path: Path) -> dict[str, Tensor]:
+    "The tensors of one weights file (safetensors, or a PyTorch `.bin`); a damaged file is a `CorruptFileError` naming it."
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
-    for index_name, loader in (("model.safetensors.index.json", load_file), ("pytorch_model.bin.index.json", None)):
+    with open(path, "rb"):  # an unreadable file or a directory: the OSError names the path and the reason
+        pass
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise CorruptFileError(f"{path} cannot be read as weights ({error}); it is truncated or damaged: copy it again "
+                               "from where it came from") from None
+
+def _read_tensors(directory: Path) -> dict[str, Tensor]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (directory / index_name).exists():
-            shards = sorted(set(json.loads((directory / index_name).read_text())["weight_map"].values()))
-            tensors = {}
-            for shard in shards:
-                tensors.update(load_file(directory / shard) if loader else torch.load(directory / shard, map_location="cpu", weights_only=True))
-            return tensors
-    if (directory / "model.safetensors").exists():
-        return load_file(directory / "model.safetensors")
-    if (directory / "pytorch_model.bin").exists():
-        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            shards = sorted(set(load_json(directory / index_name)["weight_map"].values()))
+            return {name: t for shard in shards for name, t in _load_weights(directory / shard).items()}
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).exists():
+            return _load_weights(directory / name)
     raise FileNotFoundError(f"no weights in {directory}: expected model.safetensors, pytorch_model.bin or a sharded index")
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[NomicBertConfig, dict[str, Tensor], str]:
@@ -750,15 +791,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[NomicBertConfig, dict[str,
     directory = Path(path)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"{directory} has no config.json; pass a directory written by save_pretrained or a released checkpoint")
-    config_dict = json.loads((directory / "config.json").read_text())
-    fmt = detect_format(config_dict)
+    verify_manifest(directory)  # when the directory has one: a missing, truncated or changed file is named here
+    config_dict = load_json(directory / "config.json")
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"{directory / 'config.json'} holds a JSON {type(config_dict).__name__}, not an object of config fields")
+    try:
+        fmt = detect_format(config_dict)
+        config = {"nomic_embed": NomicBertConfig.from_dict, "nomic": config_from_nomic,
+                  "transformers": config_from_transformers}[fmt](config_dict)
+    except ValueError as error:
+        raise ValueError(f"{directory / 'config.json'}: {error}") from None
     tensors = _read_tensors(directory)
-    if fmt == "nomic_embed":
-        config = NomicBertConfig.from_dict(config_dict)
-    elif fmt == "nomic":
-        config = config_from_nomic(config_dict)
-    else:
-        config = config_from_transformers(config_dict)
+    if fmt == "transformers":
         tensors = from_transformers_state_dict(tensors)
     canonical = {name.removeprefix("bert."): tensor for name, tensor in tensors.items()}
     decoder = canonical.pop("cls.predictions.decoder.weight", None)
@@ -793,9 +837,17 @@ def write_checkpoint(directory: str | os.PathLike, config: NomicBertConfig, cano
         save_file(tensors, temporary, metadata={"format": "pt"})
     with atomic_file(directory / "config.json") as temporary:
         temporary.write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    write_manifest(directory, ["model.safetensors", "config.json"])  # last: what loading verifies
     return directory
 
 # %% ../nbs/01_model.ipynb #34e84964
+def check_vocabulary(config: NomicBertConfig, tokenizer, where: str = "the model") -> None:
+    "Raise unless every id of `tokenizer` has a row in the embedding table of a model with `config`."
+    if config.vocab_size < len(tokenizer):
+        raise ValueError(f"{where} has {config.vocab_size:,} token embeddings but its tokenizer has {len(tokenizer):,} tokens, "
+                         f"so ids from {config.vocab_size:,} on have no vector; use the tokenizer the model was trained with "
+                         "(bert-base-uncased for nomic-embed models)")
+
 def canonical_state_dict(model: NomicBertPreTrainedModel) -> dict[str, Tensor]:
     "The model's tensors under canonical names (no `bert.` prefix, tied decoder left out)."
     return {name.removeprefix("bert."): t for name, t in model.state_dict().items() if name != "cls.predictions.decoder.weight"}
@@ -815,6 +867,12 @@ def load_canonical_state_dict(model: NomicBertPreTrainedModel, canonical: dict[s
             return ", ".join(names[:20]) + (f" ... (+{len(names) - 20} more)" if len(names) > 20 else "")
         problems = ([f"{len(unknown)} unknown tensor(s): {listing(unknown)}"] if unknown else []) + ([f"{len(missing)} missing tensor(s): {listing(missing)}"] if missing else [])
         raise ValueError(f"checkpoint does not match {type(model).__name__}({model.config.num_hidden_layers} layers): " + "; ".join(problems))
+    wrong = [(name, tuple(t.shape), tuple(expected[name].shape)) for name, t in canonical.items() if t.shape != expected[name].shape]
+    if wrong:
+        name, stored, built = wrong[0]
+        more = f" ({len(wrong) - 1} more tensor(s) differ too)" if len(wrong) > 1 else ""
+        raise ValueError(f"{name} has shape {stored} in the checkpoint but {built} in the model its config describes{more}; "
+                         "the weights and config.json do not belong together")
     state = {("bert." + name if has_head and not name.startswith("cls.") else name): t for name, t in canonical.items()}
     if has_head:
         state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]

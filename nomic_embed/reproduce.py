@@ -1719,12 +1719,17 @@ def write_scaling(out: Path, payload: dict) -> None:
 
 # %% ../nbs/12_reproduce.ipynb #1544a079
 def run_command(args) -> None:
-    "Run `nomic_embed_reproduce` with parsed arguments."
-    try:
-        reproduce(args.out, args.budget, args.ablations)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"nomic_embed_reproduce: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """Run `nomic_embed_reproduce` with parsed arguments, inside the console boundary (`cli.reproduce`): one run per
+    `--out` at a time; Ctrl-C or SIGTERM keep every finished phase and the last checkpoint of a stage in training."""
+    from nomic_embed.utils import Interrupted, directory_lock
+    with directory_lock(args.out, "nomic_embed_reproduce"):  # a second run into this --out is refused, naming this one
+        try:
+            reproduce(args.out, args.budget, args.ablations)
+        except (KeyboardInterrupt, Interrupted) as stopped:  # the trainer's own interruption is one too
+            name = getattr(stopped, "signal_name", None) or "SIGINT"
+            again = f"nomic_embed_reproduce --out {args.out} --budget {args.budget}" + (" --ablations" if args.ablations else "")
+            raise Interrupted(name, f"stopped by {name}; the finished phases are kept in {args.out}: run `{again}` again "
+                                    "to continue where it stopped") from None
 
 # %% ../nbs/12_reproduce.ipynb #90fe727c
 def cut_after(model, blocks: int):

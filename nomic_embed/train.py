@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -27,21 +28,26 @@ from .corpus import CorpusConfig, default_cache_dir, load_tokenizer, packed_corp
 from .gradcache import SIDES, MeanPooledEncoder, gradcache_step
 from .mlm import MaskingConfig, MLMBatches, SpecialTokens, evaluate_mlm, unigram_baseline
 from .model import (NomicBertConfig, NomicBertForPreTraining, NomicBertModel, config_from_nomic, config_from_transformers,
-                               detect_format, embed_texts)
+                               detect_format, embed_texts, forward_flops_per_token)
 from .pairs import (NEGATIVE_SAMPLING, WEIGHTINGS, MixedBatchSampler, OneSourceBatchSampler, PairCollator, PairDataset,
                                PairSource, load_pair_config, read_pairs, split_pairs, with_prefix, write_pairs)
 from .trainer import (STAGES, Backprop, CheckpointError, DistInfo, Stage, Trainer, TrainConfig, _coerce,
                                  TrainingInterrupted, build_section, find_checkpoint, load_config, main_process_first,
-                                 read_metrics, register_stage, resolve_precision, resolve_resume_config, run_training)
+                                 prepare_data, read_metrics, read_prepared, register_stage, resolve_precision,
+                                 resolve_resume_config, run_training)
 from .utils import run_console
 
+
 # %% auto #0
-__all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MLMStage', 'eval_autocast', 'plot_mlm_metrics',
-           'PairDataConfig', 'check_pair_source', 'ContrastiveConfig', 'with_pairs_config', 'upgrade_gradcache_keys',
-           'check_pair_rows', 'pair_splits', 'with_built_negatives', 'retrieval_metrics', 'held_out_corpus',
-           'corpus_rows', 'HeldOutRetrieval', 'ContrastiveBatches', 'pooled_encoder', 'with_negatives',
-           'starting_encoder_config', 'ContrastiveStage', 'ContrastivePretrainStage', 'ContrastiveFinetuneStage',
-           'plot_contrastive_metrics', 'run_command', 'train_command']
+__all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MEMORY_BYTES', 'REFERENCE_VOCAB', 'GPUS', 'CUDA_CONTEXT_GIB',
+           'HEADROOM', 'MEASURED_MFU', 'REPORT_STEPS', 'ASSUMED_MEAN_TOKENS', 'MLMStage', 'eval_autocast',
+           'plot_mlm_metrics', 'PairDataConfig', 'check_pair_source', 'ContrastiveConfig', 'with_pairs_config',
+           'upgrade_gradcache_keys', 'check_pair_rows', 'pair_splits', 'with_built_negatives', 'retrieval_metrics',
+           'held_out_corpus', 'corpus_rows', 'HeldOutRetrieval', 'ContrastiveBatches', 'pooled_encoder',
+           'with_negatives', 'starting_encoder_config', 'ContrastiveStage', 'ContrastivePretrainStage',
+           'ContrastiveFinetuneStage', 'plot_contrastive_metrics', 'activation_scale', 'GPU', 'planned_model',
+           'static_memory', 'activation_memory', 'planned_steps', 'step_flops', 'plan_run', 'format_plan',
+           'run_command', 'train_command']
 
 # %% ../nbs/09a_train.ipynb #5a5de3ca
 @register_stage
@@ -71,6 +77,13 @@ class MLMStage(Stage):
 
     def num_samples(self) -> int:
         return len(self.train_corpus)
+
+    def data_summary(self) -> dict[str, Any]:
+        "Chunks and tokens of the packed training corpus (and held-out chunks)."
+        stats = self.train_corpus.stats
+        held_out = len(self.val_corpus) if self.val_corpus is not None else 0
+        return {"samples": len(self.train_corpus), "tokens": stats.tokens,
+                "documents": stats.documents, "validation_chunks": held_out}
 
     def micro_batches(self, step: int) -> list[dict[str, Tensor]]:
         return [{"input_ids": b["input_ids"], "labels": b["labels"]} for b in self.batches.micro_batches(step)]
@@ -556,6 +569,21 @@ class ContrastiveStage(Stage):
     def num_samples(self) -> int:
         return self.batches.steps_per_epoch * self.config.training.global_batch_size  # incomplete batches are dropped
 
+    def data_summary(self, sample: int = 1000) -> dict[str, Any]:
+        "Pairs per source, steps per epoch, mean tokens of queries and documents (`sample` a source)."
+        dataset, data = self.batches.dataset, self.config.data
+        picked = [start + k * (end - start) // min(sample, end - start)  # spread over each source
+                  for start, end in zip(dataset.offsets[:-1].tolist(), dataset.offsets[1:].tolist())
+                  for k in range(min(sample, end - start))]
+        rows = [dataset[(0, index)] for index in picked]
+        def mean_tokens(side: str, max_length: int) -> float:
+            ids = self.tokenizer([row[side] for row in rows], truncation=True, max_length=max_length)
+            return float(np.mean([len(one) for one in ids["input_ids"]]))
+        lengths = [mean_tokens("query", data.query_max_length),
+                   mean_tokens("document", data.document_max_length)]
+        return {"samples": self.num_samples(), "steps_per_epoch": self.batches.steps_per_epoch,
+                "pairs": dataset.source_sizes, "mean_tokens": lengths}
+
     def micro_batches(self, step: int) -> list[dict[str, Any]]:
         return self.batches.micro_batches(step)
 
@@ -643,16 +671,213 @@ def plot_contrastive_metrics(run_dir: str | Path):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/09a_train.ipynb #4c112de0
+# per token of the 137M model (768 wide, 12 blocks, SwiGLU 3,072) under CUDA's bf16 autocast,
+# measured by benchmarks/bench_memory.py
+MEMORY_BYTES = {
+    "encoder_saved": 541_448,  # what one forward of the encoder saves for backward
+    "encoder": 555_510,  # the peak of forward + backward (stages 2-3: a GradCache chunk)
+    "encoder_checkpointed": 70_797,  # the same with training.gradient_checkpointing
+    "mlm_head_per_target": 323_842,  # what stage 1's MLM head and loss add, per masked token
+    "mlm_head_per_target_checkpointed": 227_737,  # the same with gradient checkpointing
+}
+REFERENCE_VOCAB = 30_528  # the vocabulary MEMORY_BYTES was measured with
+
+def activation_scale(model: NomicBertConfig) -> float:
+    "Activation bytes per token of `model` relative to the measured 137M shape."
+    # what a block saves per token (the benchmark's inventory): 26 B per hidden unit, 8 per FFN unit
+    per_block = lambda hidden, ffn: 26 * hidden + 8 * ffn
+    blocks = model.num_hidden_layers * per_block(model.hidden_size, model.intermediate_size)
+    return blocks / (12 * per_block(768, 3072))
+
+# %% ../nbs/09a_train.ipynb #c7c73c72
+@dataclass(frozen=True)
+class GPU:
+    "A GPU type as the plan sees it: its memory and its dense bf16 tensor-core peak."
+    name: str
+    memory_gib: float
+    bf16_tflops: float
+
+GPUS = {"h100-80gb": GPU("H100 SXM 80GB", 79.6, 989.0), "h200-141gb": GPU("H200 141GB", 140.4, 989.0),
+        "a100-80gb": GPU("A100 80GB", 80.0, 312.0), "a100-40gb": GPU("A100 40GB", 40.0, 312.0)}
+CUDA_CONTEXT_GIB = 1.5  # per process, outside PyTorch's allocator: CUDA context, cuBLAS, NCCL
+HEADROOM = 0.15  # share of the GPU a plan leaves free: fragmentation and the estimate's own error
+MEASURED_MFU = 0.23  # stage 1's step on one H100 (benchmarks/bench_gpu.py): 243k tokens/s in bf16
+REPORT_STEPS = {"contrastive_pretrain": (16_384, 14_316), "contrastive_finetune": (256, 6_612)}  # batch, steps
+ASSUMED_MEAN_TOKENS = (64, 256)  # query, document: the caps of the measured GradCache throughput
+
+# %% ../nbs/09a_train.ipynb #f59fed71
+def planned_model(config: TrainConfig) -> tuple[NomicBertConfig, int]:
+    "The run's encoder shape and the parameters it trains (stage 1: with the MLM head)."
+    try:
+        encoder = starting_encoder_config(config)
+    except FileNotFoundError:  # the previous stage has not run yet: its shape is the config's
+        encoder = None
+    encoder = encoder or NomicBertConfig(**config.model)
+    with torch.device("meta"):  # shapes only, no memory
+        model = (NomicBertForPreTraining if config.stage == "mlm" else NomicBertModel)(encoder)
+    return encoder, sum(p.numel() for p in model.parameters())  # tied weights once
+
+def static_memory(config: TrainConfig, parameters: int, gpus: int) -> tuple[str, float]:
+    "(what, bytes per GPU) of weights, gradients and AdamW state: DeepSpeed ZeRO-2 or DDP."
+    if config.distributed.deepspeed:
+        deepspeed_config = json.loads(Path(config.distributed.deepspeed).read_text())
+        zero = deepspeed_config.get("zero_optimization", {})
+        # bf16 gradient buckets, two of them when communication overlaps the backward
+        buckets = 2 * zero.get("reduce_bucket_size", 5e8) * (2 if zero.get("overlap_comm") else 1)
+        # bf16 weights (2 B) on every GPU; fp32 masters, gradients, AdamW's m and v (16 B) sharded
+        what = f"ZeRO-2: bf16 weights, buckets; 1/{gpus} of fp32 masters, grads, AdamW"
+        return what, 2 * parameters + buckets + 16 * parameters / gpus
+    # fp32 weights, gradients and DDP's buckets (4 B each), AdamW's m and v (8 B), bf16 copies (2 B)
+    return "DDP: fp32 weights, gradients, buckets, AdamW, bf16 copies", 22 * parameters
+
+# %% ../nbs/09a_train.ipynb #22081c00
+def activation_memory(config: TrainConfig, encoder: NomicBertConfig, gpus: int,
+                      checkpointing: bool | None = None, rows: int | None = None) -> dict[str, Any]:
+    """Peak activation bytes per GPU of one micro-batch (stage 1) or one GradCache chunk (stages
+    2-3, every row at its maximum length: the worst chunk). `rows` replaces the configured size."""
+    t = config.training
+    checkpointing = t.gradient_checkpointing if checkpointing is None else checkpointing
+    suffix = "_checkpointed" if checkpointing else ""
+    per_token = MEMORY_BYTES["encoder" + suffix] * activation_scale(encoder)
+    if config.stage == "mlm":
+        rows = rows or t.micro_batch_for(gpus)
+        tokens = rows * config.data.chunk_length
+        targets = config.mlm.mlm_probability * tokens
+        per_target = MEMORY_BYTES["mlm_head_per_target" + suffix] * encoder.vocab_size
+        per_target /= REFERENCE_VOCAB  # the logits grow with the vocabulary
+        return {"rows": rows, "tokens": tokens, "per_token": per_token, "targets": targets,
+                "activations": tokens * per_token, "head": targets * per_target, "loss": 0.0}
+    data, local, negatives = config.data, t.global_batch_size // gpus, config.data.num_negatives
+    rows = rows or config.contrastive.gradcache_chunk_size or local * (2 + negatives)  # or all rows
+    tokens = rows * max(data.query_max_length, data.document_max_length)
+    documents = t.global_batch_size * (1 + negatives)  # each local query is scored against them all
+    # the loss: logits, softmax and their gradient (fp32); the cached embeddings and their gradients
+    loss = 3 * 4 * local * documents + 2 * 4 * local * (2 + negatives) * encoder.hidden_size
+    return {"rows": rows, "tokens": tokens, "per_token": per_token, "targets": 0,
+            "activations": tokens * per_token, "head": 0.0, "loss": loss}
+
+# %% ../nbs/09a_train.ipynb #740e9a38
+def planned_steps(config: TrainConfig, prepared: dict | None = None) -> tuple[int, str]:
+    "Optimiser steps of the run, and where the number comes from."
+    t = config.training
+    if t.max_steps:
+        return t.max_steps, "training.max_steps"
+    if prepared and prepared.get("samples"):
+        steps = math.ceil(t.num_epochs * prepared["samples"] / t.global_batch_size)
+        return steps, "the prepared data"
+    batch, steps = REPORT_STEPS.get(config.stage, (None, None))  # one epoch of Table 7 or Table 3
+    if t.num_epochs == 1 and t.global_batch_size == batch:
+        return steps, "the report; --prepare counts the data's own"
+    raise ValueError("training.num_epochs needs the data's size: run nomic_embed_train "
+                     "--config ... --prepare first")
+
+def step_flops(config: TrainConfig, encoder: NomicBertConfig, prepared: dict | None = None) -> dict:
+    "Tokens and FLOPs of one optimiser step over all GPUs, counting every forward pass executed."
+    t = config.training
+    extra = int(t.gradient_checkpointing)  # checkpointing re-runs each block's forward in backward
+    if config.stage == "mlm":
+        length = config.data.chunk_length
+        tokens = t.global_batch_size * length
+        encoder_flops = sum(forward_flops_per_token(length, encoder).values())
+        hidden = encoder.hidden_size
+        head = 2 * (hidden * hidden + hidden * encoder.vocab_size)  # on the masked tokens only
+        per_token = (3 + extra) * encoder_flops + 3 * config.mlm.mlm_probability * head
+        return {"tokens": tokens, "flops": tokens * per_token, "passes": 3 + extra,
+                "lengths": f"{length:,}-token chunks"}
+    query, document = (prepared or {}).get("mean_tokens") or ASSUMED_MEAN_TOKENS
+    texts = [(query, 1), (document, 1 + config.data.num_negatives)]  # (mean length, texts per pair)
+    passes = (4 if config.contrastive.gradcache_chunk_size else 3) + extra  # GradCache: 2 forwards
+    per_pair = sum(count * length * sum(forward_flops_per_token(length, encoder).values())
+                   for length, count in texts)
+    source = "measured" if prepared and prepared.get("mean_tokens") else "assumed"
+    return {"tokens": t.global_batch_size * sum(length * count for length, count in texts),
+            "flops": t.global_batch_size * passes * per_pair, "passes": passes,
+            "lengths": f"mean {query:.0f}-token queries, {document:.0f}-token documents, {source}"}
+
+# %% ../nbs/09a_train.ipynb #f5d35319
+def plan_run(config: TrainConfig, gpu: str = "h100-80gb", gpus: int = 8, mfu: float = MEASURED_MFU,
+             prepared: dict | None = None) -> dict[str, Any]:
+    "Per-GPU peak memory, tokens and FLOPs per step, steps and wall time of `config`."
+    if gpu not in GPUS:
+        raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(GPUS)}")
+    batch = config.training.global_batch_size
+    if gpus < 1 or batch % gpus or not 0 < mfu <= 1:
+        raise ValueError(f"--gpus must divide training.global_batch_size ({batch}) and --mfu be in "
+                         f"(0, 1]; got {gpus} GPUs and {mfu}")
+    card, (encoder, parameters) = GPUS[gpu], planned_model(config)
+    static_what, static = static_memory(config, parameters, gpus)
+    context, budget = CUDA_CONTEXT_GIB * 2**30, (1 - HEADROOM) * card.memory_gib * 2**30
+
+    def peak(checkpointing: bool, rows: int | None = None) -> float:
+        parts = activation_memory(config, encoder, gpus, checkpointing, rows)
+        return static + parts["activations"] + parts["head"] + parts["loss"] + context
+
+    share = batch // gpus  # micro-batches (stage 1) or chunks (stages 2-3) that divide it evenly
+    sizes = [2**k for k in range(share.bit_length()) if share % 2**k == 0]
+    largest = {ckpt: max([n for n in sizes if peak(ckpt, n) <= budget], default=0)
+               for ckpt in (False, True)}
+    step = step_flops(config, encoder, prepared)
+    steps, steps_from = planned_steps(config, prepared)
+    seconds = step["flops"] * steps / (gpus * card.bf16_tflops * 1e12 * mfu)
+    return {"gpu": card, "gpus": gpus, "mfu": mfu, "parameters": parameters, "encoder": encoder,
+            "static_what": static_what, "static": static,
+            **activation_memory(config, encoder, gpus),
+            "context": context, "peak": peak(config.training.gradient_checkpointing),
+            "budget": budget, "largest": largest, "step": step, "steps": steps,
+            "steps_from": steps_from, "seconds": seconds}
+
+# %% ../nbs/09a_train.ipynb #8489ba9f
+def format_plan(plan: dict[str, Any], config: TrainConfig) -> str:
+    "The plan as the text `nomic_embed_train --plan` prints."
+    card, step = plan["gpu"], plan["step"]
+    row = lambda what, size: f"  {what}".ljust(72) + f" {size / 2**30:6.1f} GiB"
+    unit = "micro-batch" if config.stage == "mlm" else "GradCache chunk"
+    how = " (gradient checkpointing)" if config.training.gradient_checkpointing else ""
+    fits = "fits" if plan["peak"] <= plan["budget"] else "DOES NOT FIT"
+    share = plan["peak"] / (card.memory_gib * 2**30)
+    length = plan["tokens"] // plan["rows"]
+    lines = [f"{config.stage} on {plan['gpus']} x {card.name} ({card.memory_gib:.1f} GiB, "
+             f"{card.bf16_tflops:.0f} TFLOP/s bf16); {plan['parameters'] / 1e6:.1f}M parameters",
+             "per-GPU peak memory:", row(plan["static_what"], plan["static"]),
+             row(f"activations{how}: {unit} of {plan['rows']} x {length:,} tokens at "
+                 f"{plan['per_token'] / 1024:.0f} KiB/token", plan["activations"])]
+    if plan["head"]:
+        what = f"MLM logits and cross-entropy: {plan['targets']:,.0f} masked tokens"
+        lines.append(row(what, plan["head"]))
+    if plan["loss"]:
+        lines.append(row("contrastive loss over the global batch, cached embeddings", plan["loss"]))
+    lines += [row("CUDA context and workspaces", plan["context"]),
+              row(f"peak: {fits} ({share:.0%} of the GPU; a plan keeps {HEADROOM:.0%} free)",
+                  plan["peak"]),
+              f"  largest {unit} that fits: {plan['largest'][False]} without gradient "
+              f"checkpointing, {plan['largest'][True]} with it",
+              f"per step: {step['tokens']:,.0f} tokens ({step['lengths']}), "
+              f"{step['flops'] / 1e15:,.1f} PFLOP ({step['passes']} forward-pass equivalents)",
+              f"run: {plan['steps']:,} steps (from {plan['steps_from']}), "
+              f"{plan['steps'] * step['flops'] / 1e18:,.0f} EFLOP -> "
+              f"{plan['seconds'] / 3600:,.1f} hours at {plan['mfu']:.0%} of the bf16 peak"]
+    return "\n".join(lines)
+
 # %% ../nbs/09a_train.ipynb #07232177
 def run_command(args: argparse.Namespace) -> None:
     "Run `nomic_embed_train` with parsed arguments in the console boundary (`utils.run_console`)."
     run_console("nomic_embed_train", lambda: train_command(args))
 
 def train_command(args: argparse.Namespace) -> None:
-    "Validate the config, build the run (resumed if asked), train, and print the summary."
+    "Validate the config; print it, plan the run or prepare its data, or build the run and train."
     config = resolve_resume_config(args.config, args.overrides, args.resume)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return
+    if args.plan:
+        mfu = MEASURED_MFU if args.mfu is None else args.mfu
+        print(format_plan(plan_run(config, args.plan, args.gpus, mfu, read_prepared(config)), config))
+        return
+    if args.prepare:
+        if args.resume:
+            raise ValueError("--prepare builds the data of a new run: give --config, not --resume")
+        print(json.dumps(prepare_data(config)))
         return
     trainer = Trainer(config, args.resume)
     try:

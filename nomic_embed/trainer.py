@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import inspect
 import json
@@ -18,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,19 +37,21 @@ from .utils import (CorruptFileError, DiskFullError, NonFiniteError, atomic_file
                                directory_lock, free_bytes, is_disk_full, load_json, verify_manifest, write_manifest)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES', 'OptimizerConfig',
-           'ScheduleConfig', 'TrainingConfig', 'CheckpointConfig', 'LoggingConfig', 'DistributedConfig',
-           'build_section', 'register_stage', 'Backprop', 'Stage', 'TrainConfig', 'check_model_keys',
-           'check_model_sizes', 'apply_overrides', 'read_config_file', 'load_config', 'parameter_groups',
-           'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed', 'restoring_threads', 'all_reduce_sum',
-           'main_process_first', 'resolve_precision', 'seed_everything', 'to_device', 'data_parallel',
-           'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'CheckpointError', 'list_checkpoints',
-           'find_checkpoint', 'verify_checkpoint', 'tied_parameter_names', 'model_state', 'with_tied',
-           'load_model_state', 'holding_weights', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir',
-           'check_resume_config', 'accumulate_gradients', 'gradient_norm', 'apply_update', 'TrainingInterrupted',
-           'StopRequest', 'stop_agreed', 'NonFiniteGuard', 'Prefetcher', 'RunFiles', 'lock_run_dir',
-           'removed_on_failure', 'checkpoint_bytes', 'TrainingSetup', 'Trainer', 'metric_rows', 'read_metrics',
-           'plot_loss', 'run_training', 'resolve_resume_config']
+__all__ = ['SCHEDULES', 'TRACKERS', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES',
+           'TRACKER_CLASSES', 'OptimizerConfig', 'ScheduleConfig', 'TrainingConfig', 'CheckpointConfig',
+           'LoggingConfig', 'DistributedConfig', 'build_section', 'register_stage', 'Backprop', 'Stage', 'TrainConfig',
+           'check_model_keys', 'check_model_sizes', 'apply_overrides', 'read_config_file', 'load_config',
+           'parameter_groups', 'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed',
+           'restoring_threads', 'all_reduce_sum', 'main_process_first', 'resolve_precision', 'seed_everything',
+           'to_device', 'data_parallel', 'import_deepspeed', 'deepspeed_engine', 'build_backprop',
+           'enable_gradient_checkpointing', 'CheckpointError', 'list_checkpoints', 'find_checkpoint',
+           'verify_checkpoint', 'tied_parameter_names', 'model_state', 'with_tied', 'load_model_state',
+           'holding_weights', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir', 'check_resume_config',
+           'accumulate_gradients', 'gradient_norm', 'apply_update', 'TrainingInterrupted', 'StopRequest', 'stop_agreed',
+           'NonFiniteGuard', 'Prefetcher', 'import_tracker', 'tracker_scalars', 'TensorBoardTracker', 'WandbTracker',
+           'TrackioTracker', 'RunFiles', 'lock_run_dir', 'removed_on_failure', 'checkpoint_bytes', 'TrainingSetup',
+           'Trainer', 'metric_rows', 'read_metrics', 'plot_loss', 'prepare_data', 'read_prepared', 'run_training',
+           'resolve_resume_config']
 
 # %% ../nbs/09_trainer.ipynb #85b42d43
 @dataclass
@@ -104,6 +108,7 @@ class TrainingConfig:
     micro_batch_size: int | None = None  # samples per forward pass per rank; null = the rank's whole share of the batch
     max_grad_norm: float | None = None  # None or 0 = no clipping (stage 1); 1.0 for stages 2-3
     precision: str = "auto"             # auto = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
+    gradient_checkpointing: bool = False  # recompute each block's activations in backward (less memory, +1 forward)
     skip_nonfinite_steps: int = 0       # steps with a NaN/inf loss or gradient norm dropped before the run stops
 
     def __post_init__(self):
@@ -142,6 +147,8 @@ class CheckpointConfig:
         if self.every_steps < 1 or self.keep_last < 1:
             raise ValueError(f"checkpoint.every_steps and checkpoint.keep_last must be >= 1; got {self.every_steps}, {self.keep_last}")
 
+TRACKERS = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "trackio": "trackio"}  # name: module
+
 @dataclass
 class LoggingConfig:
     "Metrics and evaluation cadence; `eval_every_steps: 0` evaluates only after the last step."
@@ -151,10 +158,15 @@ class LoggingConfig:
     eval_batch_size: int = 32
     progress_bar: bool = True
     plot: bool = True
+    report_to: list = field(default_factory=list)  # experiment trackers: tensorboard, wandb, trackio
+    project: str = "nomic_embed"  # the trackers' project (W&B, trackio); the run is named after output_dir
 
     def __post_init__(self):
         if self.every_steps < 1 or self.eval_every_steps < 0 or self.eval_batch_size < 1:
             raise ValueError("logging.every_steps and logging.eval_batch_size must be >= 1, logging.eval_every_steps >= 0")
+        unknown = [name for name in self.report_to if name not in TRACKERS]
+        if unknown:
+            raise ValueError(f"logging.report_to: unknown tracker(s) {unknown}; choose from {', '.join(TRACKERS)}")
 
 @dataclass
 class DistributedConfig:
@@ -163,10 +175,13 @@ class DistributedConfig:
     deepspeed: str | None = None
     find_unused_parameters: bool = False
     cpu_threads: int | None = None  # torch.set_num_threads per process; null = torch's default (one per core)
+    timeout_minutes: float = 60.0  # how long a rank waits at a collective (barrier, all-reduce) before the run fails
 
     def __post_init__(self):
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"distributed.backend must be auto, nccl or gloo; got {self.backend!r}")
+        if not self.timeout_minutes > 0:
+            raise ValueError(f"distributed.timeout_minutes must be > 0; got {self.timeout_minutes}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"distributed.cpu_threads must be >= 1 or null (torch's default); got {self.cpu_threads}")
 
@@ -280,6 +295,10 @@ class Stage:
             loss = self.loss(model, batch)
         backprop.backward(loss.float() * loss_scale)
         return loss.detach()
+
+    def data_summary(self) -> dict[str, Any]:
+        "What `--prepare` records about the data: `samples` (in one epoch), and what a stage adds."
+        return {"samples": self.num_samples()}
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         "Held-out sums on this rank (added over ranks by the trainer); `{}` for none."
@@ -462,7 +481,8 @@ def setup_distributed(config: DistributedConfig) -> DistInfo:
         torch.cuda.set_device(device)
     if world_size > 1 and not torch.distributed.is_initialized():
         backend = config.backend if config.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
-        torch.distributed.init_process_group(backend=backend)
+        timeout = datetime.timedelta(minutes=config.timeout_minutes)  # NCCL's default, 10 minutes, is too short here
+        torch.distributed.init_process_group(backend=backend, timeout=timeout)
     return DistInfo(rank, world_size, local_rank, device)
 
 @contextlib.contextmanager
@@ -565,6 +585,16 @@ def build_backprop(train_model: nn.Module, engine, precision: str, device: torch
         return Backprop(autocast, Tensor.backward, train_model.no_sync)
     return Backprop(autocast, Tensor.backward, contextlib.nullcontext)
 
+# %% ../nbs/09_trainer.ipynb #bc9e7d7a
+def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
+    "Recompute each encoder block's activations in backward instead of keeping them."
+    encoders = [m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)]
+    if not encoders:
+        raise ValueError(f"training.gradient_checkpointing: {type(model).__name__} has no module that "
+                         "supports it; set it to false")
+    encoders[0].activation_checkpointing_enable({"use_reentrant": False})
+    return model
+
 # %% ../nbs/09_trainer.ipynb #7f3e498b
 class CheckpointError(CorruptFileError):
     "A checkpoint is missing, incomplete or corrupted."
@@ -633,19 +663,21 @@ def tied_parameter_names(model: nn.Module) -> list[list[str]]:
 
 # %% ../nbs/09_trainer.ipynb #fc177d32
 def model_state(model: nn.Module, engine=None) -> dict[str, Tensor]:
-    """The model's tensors as separate fp32 CPU copies, a tied group once (under its first name); with a DeepSpeed
-    `engine`, the fp32 master weights gathered from ZeRO's shards (a collective: call it on every rank)."""
+    """The model's tensors as separate fp32 CPU copies, a tied group once (under its first name).
+    With a DeepSpeed `engine`: the fp32 master weights gathered from ZeRO's shards (a collective:
+    call it on every rank)."""
     state = model.state_dict()
     if engine is not None:
         from deepspeed.utils import safe_get_full_fp32_param
         masters: dict[int, Tensor | None] = {}
-        for name, param in model.named_parameters(remove_duplicate=False):  # same order on every rank
+        for name, param in model.named_parameters(remove_duplicate=False):  # same order everywhere
             if id(param) not in masters:
                 masters[id(param)] = safe_get_full_fp32_param(param)
             if masters[id(param)] is not None:
                 state[name] = masters[id(param)]
     duplicates = {name for names in tied_parameter_names(model) for name in names[1:]}
-    return {name: tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype, copy=True)
+    fp32 = lambda tensor: torch.float32 if tensor.is_floating_point() else tensor.dtype
+    return {name: tensor.detach().to("cpu", fp32(tensor), copy=True)
             for name, tensor in state.items() if name not in duplicates}
 
 # %% ../nbs/09_trainer.ipynb #9ddc1113
@@ -658,13 +690,13 @@ def with_tied(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor
     return state
 
 def load_model_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    "Copy a `model_state` into `model` (cast to its dtype); a missing, unknown or misshapen tensor is an error."
+    "Copy a `model_state` into `model` (cast to its dtype); a missing or unknown tensor is an error."
     model.load_state_dict(with_tied(model, state), strict=True)
 
 # %% ../nbs/09_trainer.ipynb #aac93505
 @contextlib.contextmanager
 def holding_weights(model: nn.Module, state: Mapping[str, Tensor]) -> Iterator[nn.Module]:
-    "Within the block `model`'s parameters are `state`'s tensors (e.g. fp32 masters); their own tensors afterwards."
+    "Within the block `model`'s parameters are `state`'s tensors (the fp32 masters); afterwards their own."
     state, params = with_tied(model, state), dict(model.named_parameters())
     own = {name: param.data for name, param in params.items()}
     try:
@@ -862,12 +894,79 @@ class Prefetcher:
             self.pending = {step + 1: self.pool.submit(self.make, step + 1)}
         return future.result()
 
+# %% ../nbs/09_trainer.ipynb #c21269dc
+def import_tracker(name: str):
+    "The module of tracker `name` (`TRACKERS`), or an ImportError that says what to install."
+    import importlib
+    try:
+        return importlib.import_module(TRACKERS[name])
+    except ImportError as error:
+        raise ImportError(f"logging.report_to names {name}, which is not installed: pip install {name} (or "
+                          "'nomic_embed[tracking]' for all three), or remove it from logging.report_to") from error
+
+def tracker_scalars(row: dict) -> tuple[int, dict[str, float]]:
+    "A metrics row as (step, {`train/<key>` or `eval/<key>`: number}); other values are left out."
+    evaluation = any(key.startswith("eval_") for key in row)
+    scalars = {(f"eval/{key.removeprefix('eval_')}" if evaluation else f"train/{key}"): float(value)
+               for key, value in row.items()
+               if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return int(row["step"]), scalars
+
+# %% ../nbs/09_trainer.ipynb #5fa15895
+class TensorBoardTracker:
+    "Scalars as TensorBoard event files in `run_dir/tensorboard` (PyTorch's `SummaryWriter`)."
+
+    def __init__(self, run_dir: Path, config: TrainConfig, step: int):
+        writer = import_tracker("tensorboard").SummaryWriter
+        # a resumed run writes the steps after its checkpoint again: TensorBoard drops the old ones
+        self.writer = writer(str(run_dir / "tensorboard"), purge_step=step + 1 if step else None)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+class WandbTracker:
+    "A Weights & Biases run (`WANDB_MODE=offline` logs without a network); a resume continues its id."
+
+    def __init__(self, run_dir: Path, config: TrainConfig, step: int):
+        wandb, id_file = import_tracker("wandb"), run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        with atomic_file(id_file) as written:
+            written.write_text(run_id)
+        self.run = wandb.init(project=config.logging.project, name=run_dir.name, dir=str(run_dir), id=run_id,
+                              resume="allow", config=config.to_dict())
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+class TrackioTracker:
+    "A trackio run in its local database (`TRACKIO_DIR`); a resume continues the run of the same name."
+
+    def __init__(self, run_dir: Path, config: TrainConfig, step: int):
+        self.trackio = import_tracker("trackio")
+        self.trackio.init(project=config.logging.project, name=run_dir.name, config=config.to_dict(),
+                          resume="allow", embed=False, auto_log_cpu=False, auto_log_gpu=False)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.trackio.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.trackio.finish()
+
+TRACKER_CLASSES = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "trackio": TrackioTracker}
+
 # %% ../nbs/09_trainer.ipynb #ef38f062
 class RunFiles:
     "The files of a run directory other than checkpoints: config.yaml, metrics.jsonl, baseline.json, final/ and loss.png."
 
     def __init__(self, run_dir: Path, is_main: bool = True):
-        self.run_dir, self.is_main = Path(run_dir), is_main
+        self.run_dir, self.is_main, self.trackers = Path(run_dir), is_main, []
 
     def prepare(self, config: TrainConfig, step: int, stage: Stage) -> None:
         "Write config.yaml; drop metrics logged after `step` (a resumed run); write the stage's baseline on a fresh start."
@@ -884,12 +983,21 @@ class RunFiles:
         if step == 0 and (baseline := stage.baseline()) is not None:
             with atomic_file(self.run_dir / "baseline.json") as written:
                 written.write_text(json.dumps(baseline, indent=1))
+        self.trackers = [TRACKER_CLASSES[name](self.run_dir, config, step) for name in config.logging.report_to]
 
     def log(self, row: dict) -> None:
-        "Append one row (a step's or an evaluation's metrics) to metrics.jsonl."
+        "Append one row (a step's or an evaluation's metrics) to metrics.jsonl, and send it to the trackers."
         if self.is_main and row:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            for tracker in self.trackers:
+                tracker.log(*tracker_scalars(row))
+
+    def close(self) -> None:
+        "Finish the trackers' runs."
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
 
     def save_final(self, stage: Stage, model: nn.Module, plot: bool = True) -> Path:
         "The trained model for downstream use in `final/` (atomically), and the stage's figure as `loss.png`."
@@ -947,17 +1055,13 @@ class TrainingSetup:
     "Everything a run is made of, built from a `TrainConfig` (and a checkpoint to resume): processes, stage, model, optimiser, schedule, backprop."
 
     def __init__(self, config: TrainConfig, resume: str | Path | None = None):
-        run_dir = Path(config.output_dir)
-        created = not run_dir.exists()
+        self.run_dir, self.created = Path(config.output_dir), not Path(config.output_dir).exists()
         # rank 0 holds the run directory for the whole run: a second run there is refused at once
-        self.lock = lock_run_dir(run_dir) if int(os.environ.get("RANK", 0)) == 0 else None
+        self.lock = lock_run_dir(self.run_dir) if int(os.environ.get("RANK", 0)) == 0 else None
         try:
             self.setup(config, resume)
         except BaseException:
             self.release()
-            if created:  # nothing of a run that never started is left behind
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()
             raise
 
     def setup(self, config: TrainConfig, resume: str | Path | None) -> None:
@@ -970,6 +1074,8 @@ class TrainingSetup:
             refuse_used_run_dir(Path(config.output_dir))
         if config.distributed.deepspeed:
             import_deepspeed()  # a missing DeepSpeed is reported before any data is built
+        for tracker in config.logging.report_to if int(os.environ.get("RANK", 0)) == 0 else []:
+            import_tracker(tracker)  # and a missing tracker
         if config.distributed.deepspeed and config.training.skip_nonfinite_steps:
             raise ValueError("training.skip_nonfinite_steps needs the trainer's own optimiser step; DeepSpeed's engine "
                              "has reduced the gradients into its partitions: set it to 0 with distributed.deepspeed")
@@ -977,11 +1083,18 @@ class TrainingSetup:
         self.dist = setup_distributed(config.distributed)
         self.precision = resolve_precision(config.training.precision, self.dist.device)
         self.run_dir, self.files = Path(config.output_dir), RunFiles(config.output_dir, self.dist.is_main)
+        if self.dist.distributed and self.dist.is_main and resume is None and not read_prepared(config):
+            print("nomic_embed_train: the data of this config was not prepared: rank 0 builds it now "
+                  "while the other ranks wait (at most distributed.timeout_minutes = "
+                  f"{config.distributed.timeout_minutes:g}); for a long build run "
+                  "nomic_embed_train --config ... --prepare first, in one process", file=sys.stderr)
         seed_everything(config.data_seed)  # whatever the data pipeline draws from the global RNGs
         self.stage: Stage = STAGES[config.stage](config, self.dist)
         seed_everything(config.init_seed)  # the initialisation draws from its own stream alone
         self.model = self.stage.build_model().to(self.dist.device)
         t = config.training
+        if t.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         t.micro_batch_for(self.dist.world_size)  # the batch geometry must fit the number of processes
         self.total_steps = t.max_steps or math.ceil(t.num_epochs * self.stage.num_samples() / t.global_batch_size)
         self.optimizer = build_optimizer(self.model, config.optimizer)
@@ -997,10 +1110,15 @@ class TrainingSetup:
         self.step = self.restore() if self.resume_from is not None else 0
 
     def release(self) -> None:
-        "Release the run directory's lock (rank 0, when the run ends): now it may be resumed."
+        "Finish the trackers and release the run directory's lock (rank 0): now it may be resumed."
+        if getattr(self, "files", None) is not None:
+            self.files.close()
         if self.lock is not None:
             self.lock.close()
             self.lock = None
+            if self.created:  # a directory made for a run that wrote nothing is not left behind
+                with contextlib.suppress(OSError):
+                    self.run_dir.rmdir()
 
     def restore(self) -> int:
         "Load the checkpoint being resumed (model, optimiser, schedule, RNG states); return its step."
@@ -1026,8 +1144,9 @@ class TrainingSetup:
     def write_checkpoint(self, state: dict) -> Path:
         "`save_checkpoint` of the current step with the trainer state `state`."
         if self.engine is not None:  # every rank writes its partition
-            return save_checkpoint(self.run_dir, self.step, self.model, None, None, state, self.dist, self.config.checkpoint.keep_last,
-                                   lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state"), self.engine)
+            write_shards = lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+            return save_checkpoint(self.run_dir, self.step, self.model, None, None, state, self.dist,
+                                   self.config.checkpoint.keep_last, write_shards, self.engine)
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state, self.dist,
                                self.config.checkpoint.keep_last)
 
@@ -1107,8 +1226,10 @@ class Trainer(TrainingSetup):
                 if not done and stop_agreed(stop, self.dist):
                     self.stop(progress, stop.signal, checkpoint)
         progress.close()
-        # DeepSpeed: final/ holds the fp32 master weights (gathered on every rank), not the module's bf16 copies
-        masters = holding_weights(self.model, model_state(self.model, self.engine)) if self.engine else contextlib.nullcontext()
+        # DeepSpeed: final/ holds the fp32 master weights (gathered on every rank), not bf16 copies
+        masters = contextlib.nullcontext()
+        if self.engine is not None:
+            masters = holding_weights(self.model, model_state(self.model, self.engine))
         with masters:
             if self.dist.is_main:
                 self.files.save_final(self.stage, self.model, log.plot)
@@ -1155,6 +1276,30 @@ def plot_loss(run_dir: str | Path):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/09_trainer.ipynb #01a4c996
+def prepare_data(config: TrainConfig) -> dict[str, Any]:
+    "Build and cache the stage's data in this one process; record a summary in `prepared.json`."
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ValueError("--prepare runs in one process, before torchrun: "
+                         "nomic_embed_train --config FILE --prepare")
+    # the data does not depend on the starting weights: prepare it while the previous stage still trains
+    data_config = load_config(raw={**config.to_dict(), "init_from": None})
+    stage = STAGES[config.stage](data_config, DistInfo())  # a stage builds (and caches) its data
+    summary = {"stage": config.stage, "data": config.to_dict().get("data"), **stage.data_summary()}
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    with atomic_file(Path(config.output_dir) / "prepared.json") as written:
+        written.write_text(json.dumps(summary, indent=1))
+    return summary
+
+def read_prepared(config: TrainConfig) -> dict[str, Any] | None:
+    "The summary `prepare_data` recorded for this config's data, or None (not prepared, other data)."
+    path = Path(config.output_dir) / "prepared.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    same_data = summary.get("data") == config.to_dict().get("data")
+    return summary if summary.get("stage") == config.stage and same_data else None
 
 # %% ../nbs/09_trainer.ipynb #bea5657e
 def run_training(config: TrainConfig | str | Path, overrides: list[str] | None = None, resume: str | Path | None = None) -> dict:

@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 # %% auto #0
 __all__ = ['USER_ERRORS', 'human_bytes', 'free_bytes', 'DiskFullError', 'ensure_free_space', 'is_disk_full', 'atomic_file',
            'CorruptFileError', 'sha256_file', 'load_json', 'write_manifest', 'verify_manifest', 'DirectoryInUseError',
-           'directory_lock', 'NonFiniteError', 'check_finite', 'Interrupted', 'is_user_error', 'error_line',
-           'run_console']
+           'directory_lock', 'check_unlocked', 'NonFiniteError', 'check_finite', 'resolve_device', 'Interrupted',
+           'is_user_error', 'error_line', 'run_console']
 
 # %% ../nbs/00a_utils.ipynb #cafdfe18
 def human_bytes(count: int) -> str:
@@ -189,8 +189,7 @@ def directory_lock(directory: str | os.PathLike, what: str) -> Iterator[Path]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(handle)
-            raise DirectoryInUseError(f"{directory} is in use by {_lock_holder(lock)}; wait for it "
-                                      "to finish or stop it, or choose another directory") from None
+            raise _in_use(directory) from None
         if _same_file(lock, handle):  # not a lock file its last holder deleted meanwhile
             break
         os.close(handle)
@@ -211,6 +210,12 @@ def _holder(what: str) -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": command}
 
+def _in_use(directory: Path) -> DirectoryInUseError:
+    "The refusal for a `directory` another process holds, naming that process."
+    holder = _lock_holder(directory / ".lock")
+    return DirectoryInUseError(f"{directory} is in use by {holder}; wait for it to finish or stop "
+                               "it, or choose another directory")
+
 def _lock_holder(lock: Path) -> str:
     "The holder of `lock` in words, from the JSON it wrote."
     try:
@@ -226,6 +231,21 @@ def _same_file(path: Path, handle: int) -> bool:
         return os.stat(path).st_ino == os.fstat(handle).st_ino
     except FileNotFoundError:
         return False
+
+# %% ../nbs/00a_utils.ipynb #2c4162e4
+def check_unlocked(directory: str | os.PathLike) -> None:
+    "Raise `DirectoryInUseError` when a process holds the lock on `directory`; create nothing."
+    directory = Path(directory)
+    try:
+        handle = os.open(directory / ".lock", os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return  # no lock file: nobody holds it (or we cannot tell, and the lock itself will)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(directory) from None
+    finally:
+        os.close(handle)  # closing drops the probe's own lock at once
 
 # %% ../nbs/00a_utils.ipynb #f1e3a741
 class NonFiniteError(ValueError):
@@ -249,8 +269,34 @@ def check_finite(values, what: str, fix: str = "") -> None:
                 continue
             nan, inf, total = int(np.isnan(value).sum()), int(np.isinf(value).sum()), value.size
         which = f"{name} has " if name is not None else ""
-        raise NonFiniteError(f"{what} is not finite: {which}{nan:,} NaN and {inf:,} infinite of "
-                             f"{total:,} values" + (f"; {fix}" if fix else ""))
+        raise NonFiniteError(f"non-finite values in {what}: {which}{nan:,} NaN and {inf:,} "
+                             f"infinite of {total:,} values" + (f"; {fix}" if fix else ""))
+
+# %% ../nbs/00a_utils.ipynb #62265011
+def resolve_device(device: str | None = None):
+    """The `torch.device` for `device` (None or 'auto': cuda if available, else cpu); a device this
+    machine lacks is a `ValueError` that says what would work."""
+    import torch
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a PyTorch device; use cpu, cuda, cuda:N or mps"
+                         ) from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            built = torch.version.cuda is not None
+            why = "no GPU is visible" if built else "this PyTorch is built without CUDA"
+            raise ValueError(f"device {device!r}: {why}; use --device cpu, or run where a GPU is")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ValueError(f"device {device!r}: this machine has {count} GPU(s), numbered "
+                             f"from 0; use cuda:0 to cuda:{count - 1}")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS (Apple GPUs) is not available here; "
+                         "use --device cpu")
+    return chosen
 
 # %% ../nbs/00a_utils.ipynb #26f81d5f
 class Interrupted(BaseException):
@@ -280,9 +326,10 @@ def error_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 # %% ../nbs/00a_utils.ipynb #ef899dae
-def run_console(prog: str, work: Callable[[], Any]) -> Any:
+def run_console(prog: str, work: Callable[[], Any], also: tuple[type, ...] = ()) -> Any:
     """Run a console command's `work()` inside the boundary every command shares: the user's
-    errors end with `prog: error: ...`, exit 2; Ctrl-C 130, SIGTERM 143; bugs keep a traceback."""
+    errors (and `also` these classes) end with `prog: error: ...`, exit 2; Ctrl-C 130, SIGTERM 143;
+    bugs keep a traceback."""
     ours = _in_main_thread() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
     previous = signal.signal(signal.SIGTERM, _raise_interrupted) if ours else None
     try:
@@ -292,7 +339,7 @@ def run_console(prog: str, work: Callable[[], Any]) -> Any:
         print(f"{prog}: {line}", file=sys.stderr)
         raise SystemExit(getattr(stopped, "exit_code", 130)) from None
     except Exception as error:
-        if not is_user_error(error):
+        if not (is_user_error(error) or isinstance(error, also)):
             raise  # a bug: the traceback is what its report needs
         print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -89,23 +89,59 @@ def test_pretrain_and_finetune_improve_held_out_retrieval(mlm_checkpoint, tmp_pa
 
 
 def test_contrastive_resume_is_bitwise_exact(tmp_path):
+    "Stage 3 with random negatives and three different random streams, stopped at step 2 and resumed: bitwise the same."
     common = MICRO + QUIET + ["data.sources=[{name: pydoc_topics, offline: pydoc_topics}]", "data.query_max_length=16",
                               "data.document_max_length=32", "data.held_out_fraction=0", "training.max_steps=4",
                               "training.num_epochs=null", "training.global_batch_size=8", "contrastive.gradcache_chunk_size=4",
                               "checkpoint.every_steps=2", "checkpoint.keep_last=5", "schedule.warmup_steps=1",
-                              "contrastive.learnable_scale=true"]  # the learned scale is checkpointed with the model
+                              "contrastive.learnable_scale=true",  # the learned scale is checkpointed with the model
+                              "data.mine_negatives=random", "data.num_negatives=2", "data.random_negatives_sources=[]",
+                              "init_seed=3", "data_seed=5", "negative_seed=7"]
+    config = CONFIGS / "contrastive_finetune_tiny.yaml"
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run_training(CONFIGS / "contrastive_pretrain_tiny.yaml", common + [f"output_dir={straight}"])
-    first = Trainer(load_config(CONFIGS / "contrastive_pretrain_tiny.yaml", common + [f"output_dir={split}"]))
+    run_training(config, common + [f"output_dir={straight}"])
+    first = Trainer(load_config(config, common + [f"output_dir={split}"]))
     first.total_steps = 2  # stop early, as a crash would (the schedule still spans 4 steps)
     first.train()
-    resumed = Trainer(load_config(CONFIGS / "contrastive_pretrain_tiny.yaml", common + [f"output_dir={split}"]), resume=split)
+    resumed = Trainer(load_config(config, common + [f"output_dir={split}"]), resume=split)
     assert resumed.step == 2
     resumed.train()
     a, b = weights(straight, 4), weights(split, 4)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     assert "logit_scale.log_scale" in a
     assert [r["loss"] for r in read_metrics(straight)[0]] == [r["loss"] for r in read_metrics(split)[0]]
+
+
+def test_random_streams_change_only_what_they_seed(tmp_path):
+    "init_seed moves only the initial weights, data_seed only the batches, negative_seed only the negatives (stage 3)."
+    from nomic_embed.trainer import TrainingSetup
+    common = MICRO + QUIET + ["data.sources=[{name: pydoc_topics, offline: pydoc_topics}]", "data.query_max_length=16",
+                              "data.document_max_length=32", "data.held_out_fraction=0", "training.max_steps=4",
+                              "training.num_epochs=null", "training.global_batch_size=8", "data.mine_negatives=random",
+                              "data.num_negatives=2", "data.random_negatives_sources=[]"]
+
+    def build(*overrides: str) -> tuple[dict, list]:
+        setup = TrainingSetup(load_config(CONFIGS / "contrastive_finetune_tiny.yaml", [*common, *overrides,
+                                                                                      f"output_dir={tmp_path / 'run'}"]))
+        setup.release()
+        return setup.model.state_dict(), [setup.stage.micro_batches(step)[0] for step in range(4)]
+
+    def same(a: dict, b: dict, keys=None) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in (keys or a))
+
+    def same_sides(a: list, b: list, sides: tuple) -> bool:
+        return all(same(x[side], y[side]) for x, y in zip(a, b) for side in sides)
+
+    weights0, batches0 = build()
+    init_weights, init_batches = build("init_seed=1")
+    data_weights, data_batches = build("data_seed=1")
+    negative_weights, negative_batches = build("negative_seed=1")
+    everything = ("query", "document", "negatives")
+    assert not same(weights0, init_weights) and same_sides(batches0, init_batches, everything)
+    assert same(weights0, data_weights) and not same_sides(batches0, data_batches, ("query", "document"))
+    assert same(weights0, negative_weights) and same_sides(batches0, negative_batches, ("query", "document"))
+    assert not same_sides(batches0, negative_batches, ("negatives",))
+    assert not (tmp_path / "run").exists()  # built, never trained: nothing left behind
 
 
 def torchrun_matches_single_process(tmp_path: Path, config: Path, extra: list[str]) -> None:

@@ -6,6 +6,7 @@ cached under $NOMIC_EMBED_CACHE (default ~/.cache/nomic_embed), so only the firs
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import signal
 import subprocess
@@ -82,9 +83,13 @@ def test_torchrun_two_processes_match_one(tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run(train_cli("--config", str(TINY), *sets(*common, f"output_dir={single}")), env=ENV, check=True, capture_output=True)
     torchrun = [*TORCHRUN, "-m", "nomic_embed.train"]
-    result = subprocess.run(torchrun + ["--config", str(TINY), *sets(*common, f"output_dir={double}", "distributed.backend=gloo")],
-                            env=ENV, capture_output=True, text=True)
+    double_config = ["--config", str(TINY), *sets(*common, f"output_dir={double}", "distributed.backend=gloo")]
+    prepared = subprocess.run(train_cli(*double_config, "--prepare"), env=ENV, capture_output=True, text=True)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert json.loads(prepared.stdout.strip().splitlines()[-1])["samples"] == json.loads((double / "prepared.json").read_text())["samples"]
+    result = subprocess.run(torchrun + double_config, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "was not prepared" not in result.stderr  # the ranks found the prepared data
     (one_train, one_eval), (two_train, two_eval) = read_metrics(single), read_metrics(double)
     assert [r["step"] for r in one_train] == [r["step"] for r in two_train] == list(range(1, 7))
     differences = [abs(a["loss"] - b["loss"]) for a, b in zip(one_train, two_train)]
@@ -134,7 +139,7 @@ def test_corrupted_checkpoint_is_detected_and_nothing_is_overwritten(tmp_path, c
         original = target.read_bytes()
         target.write_bytes(original[:50] + bytes([original[50] ^ 0xFF]) + original[51:])  # flip one byte
         before = snapshot(run)
-        err = expect_error(capsys, ["--resume", str(run)], "is corrupted")
+        err = expect_error(capsys, ["--resume", str(run)], "differs from the SHA-256")
         assert name in err
         assert snapshot(run) == before, "a failed resume must not change the run directory"
         target.write_bytes(original)
@@ -215,3 +220,100 @@ def test_help_loads_no_torch():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV)
     assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr
     assert "unrecognized arguments: --no-such-flag" in done.stderr
+
+
+def test_plan_of_the_full_scale_configs(capsys, monkeypatch):
+    "`--plan` prints per-GPU memory and time of the three full-scale configs; each fits an 80 GB H100."
+    from nomic_embed.cli import train as main
+    monkeypatch.chdir(ROOT)  # the configs' paths (the DeepSpeed JSON) start at the repository root
+    for name, unit in (("mlm_nomic_bert_2048", "micro-batch of 32"), ("contrastive_pretrain", "GradCache chunk of 32"),
+                       ("contrastive_finetune", "GradCache chunk of 32")):
+        main(["--config", str(ROOT / "configs" / f"{name}.yaml"), "--plan"])
+        out = capsys.readouterr().out
+        assert unit in out and "peak: fits" in out and "hours at 23% of the bf16 peak" in out, out
+    main(["--config", str(ROOT / "configs" / "mlm_nomic_bert_2048.yaml"), "--plan", "a100-40gb"])
+    assert "DOES NOT FIT" in capsys.readouterr().out
+    expect_error(capsys, ["--config", str(TINY), "--plan", "v100"], "known: h100-80gb")
+    expect_error(capsys, ["--config", str(TINY), "--plan", "--gpus", "3"], "--gpus must divide")
+
+
+def wandb_history(run_file: Path) -> list[dict]:
+    "The history rows of an offline W&B run file: a LevelDB-style log (32 KiB blocks, records with a 7-byte header)."
+    from wandb.proto import wandb_internal_pb2
+    data, rows, pending, position = run_file.read_bytes(), [], b"", 7  # after the file's header (':W&B', magic, version)
+    assert data[:4] == b":W&B", run_file
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:  # a block's tail too short for a header is padding
+            position += 32768 - position % 32768
+            continue
+        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+    return rows
+
+
+def test_trackers_hold_the_logged_scalars(tmp_path):
+    "logging.report_to: TensorBoard event files, W&B's offline run and trackio's database hold each logged loss at its step."
+    trackers = [name for name, module in (("tensorboard", "tensorboard"), ("wandb", "wandb"), ("trackio", "trackio"))
+                if importlib.util.find_spec(module)]
+    if not trackers:
+        pytest.skip("no tracker installed: pip install -e '.[tracking]'")
+    run = tmp_path / "tracked"
+    env = {**ENV, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TRACKIO_DIR": str(tmp_path / "trackio")}
+    done = subprocess.run(train_cli("--config", str(TINY), *sets(*MICRO, "training.max_steps=5", "training.global_batch_size=8",
+                                                              "training.micro_batch_size=4", f"output_dir={run}",
+                                                              f"logging.report_to={trackers}", "logging.project=trackers-test")),
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = [row["loss"] for row in read_metrics(run)[0]]
+    assert len(losses) == 5
+    if "tensorboard" in trackers:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        events = EventAccumulator(str(run / "tensorboard"))
+        events.Reload()
+        scalars = events.Scalars("train/loss")
+        assert [e.step for e in scalars] == [1, 2, 3, 4, 5]
+        assert all(abs(e.value - loss) <= 1e-5 * loss for e, loss in zip(scalars, losses))  # stored as float32
+    if "wandb" in trackers:
+        (run_file,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
+        history = [row for row in wandb_history(run_file) if "train/loss" in row]
+        assert [row["_step"] for row in history] == [1, 2, 3, 4, 5] and [row["train/loss"] for row in history] == losses
+    if "trackio" in trackers:
+        probe = ("import json, sys\nfrom trackio.sqlite_storage import SQLiteStorage\n"
+                 "print(json.dumps(SQLiteStorage.get_logs('trackers-test', sys.argv[1])))")
+        read = subprocess.run([sys.executable, "-c", probe, run.name], env=env, capture_output=True, text=True)
+        logs = [row for row in json.loads(read.stdout.strip().splitlines()[-1]) if "train/loss" in row]
+        assert [row["step"] for row in logs] == [1, 2, 3, 4, 5] and [row["train/loss"] for row in logs] == losses
+    print(f"{', '.join(trackers)}: 5 losses read back at their steps")
+
+
+def test_process_group_waits_distributed_timeout_minutes(tmp_path):
+    "The process group's timeout is distributed.timeout_minutes (PyTorch's own default is 10 minutes for NCCL, 30 for gloo)."
+    script = tmp_path / "timeout.py"
+    script.write_text("import torch\nfrom nomic_embed.trainer import DistributedConfig, setup_distributed\n"
+                      "setup_distributed(DistributedConfig(backend='gloo', timeout_minutes=7))\n"
+                      "group = torch.distributed.distributed_c10d._get_default_group()\n"
+                      "print(group._get_backend(torch.device('cpu')).options._timeout.total_seconds())\n")
+    done = subprocess.run([*TORCHRUN, str(script)], env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [float(line) for line in done.stdout.split()] == [420.0, 420.0]
+
+
+def test_prepare_a_contrastive_stage_before_its_starting_checkpoint_exists(tmp_path, capsys, monkeypatch):
+    "--prepare builds stage 2's pairs while stage 1 has not finished (no init_from yet); --plan then counts the data's steps."
+    from nomic_embed.cli import train as main
+    monkeypatch.chdir(ROOT)  # the tiny configs' paths start at the repository root
+    config = ["--config", "configs/contrastive_pretrain_tiny.yaml", "--set", f"output_dir={tmp_path / 'run'}",
+              "--set", f"init_from={tmp_path / 'stage1' / 'final'}"]  # not there yet
+    main(config + ["--prepare"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps_per_epoch"] >= 1 and set(summary["pairs"]) and all(n > 0 for n in summary["mean_tokens"])
+    main(config + ["--plan"])
+    out = capsys.readouterr().out
+    assert f"run: {summary['steps_per_epoch']:,} steps (from the prepared data)" in out and "measured" in out, out
