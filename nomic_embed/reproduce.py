@@ -58,7 +58,7 @@ class Budget:
     finetune_lr: float = 1e-4
     finetune_pairs_per_source: int = 500
     filter_sample_size: int = 4096  # pairs that compete for the top-2 (report: 1M)
-    teacher_rows: int | None = None  # rows per source to cache teacher vectors of (None: the pools')
+    teacher_rows: int | None = None  # rows per source to give teacher vectors (None: the pools')
     held_out_per_source: int = 50  # pairs held out per source for the curves logged in training
     logit_scale: float = 50.0
     eval_tasks: tuple | str | None = None  # None: the whole offline suite; "primary": its tasks
@@ -1144,7 +1144,7 @@ def check_settings(out: Path, settings: dict) -> None:
 
 # %% ../nbs/12_reproduce.ipynb #0f8cd272
 def cache_teacher(budget: Budget) -> dict:
-    "The teacher's vectors of every pair the budget filters: its pools' rows, or `teacher_rows` if more."
+    "The teacher's vectors of every pair the budget filters: its pools' rows, or `teacher_rows`."
     caps = [budget.pretrain_pairs_per_source, *budget.sweep]
     rows = {}
     for name, parts in pool_slices(budget, max(caps)).items():
