@@ -23,8 +23,10 @@ from .offline import (TEXT_SOURCES, WIKI_DUMP_NAME, clean_wiki_text, default_cac
                                  offline_wikipedia_path, text_source_key, wikipedia_articles)
 
 # %% auto #0
-__all__ = ['FULL_SCALE_SOURCES', 'CORPUS_FORMAT_VERSION', 'offline_tokenizer_path', 'load_tokenizer', 'check_source',
-           'text_dataset', 'tokenize_documents', 'pack_token_stream', 'CorpusConfig', 'PackingStats', 'PackedCorpus',
+__all__ = ['HUB_MIRROR_ENV', 'FULL_SCALE_SOURCES', 'PRETOKENIZED_SOURCE', 'CORPUS_FORMAT_VERSION', 'offline_tokenizer_path',
+           'load_tokenizer', 'is_dataset_repository', 'hub_repo_root', 'dataset_card_configs', 'card_splits',
+           'hub_data_files', 'data_file_format', 'load_hub_split', 'check_source', 'source_rows', 'text_dataset',
+           'token_dataset', 'tokenize_documents', 'pack_token_stream', 'CorpusConfig', 'PackingStats', 'PackedCorpus',
            'corpus_cache_key', 'write_packed', 'packed_corpus', 'datasets_progress']
 
 # %% ../nbs/02_corpus.ipynb #c00c0c4f
@@ -54,13 +56,134 @@ def load_tokenizer(name_or_path: str | None = None, model_max_length: int = 8192
         raise ValueError(f"tokenizer {name_or_path!r} has no {', '.join(missing)}; the MLM recipe needs BERT's [CLS]/[SEP]/[PAD]/[MASK]")
     return tokenizer
 
+# %% ../nbs/02_corpus.ipynb #43b24bf4
+HUB_MIRROR_ENV = "NOMIC_EMBED_HUB_MIRROR"  # a directory holding owner/name copies of hub dataset repositories
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+def is_dataset_repository(path: str) -> bool:
+    "Whether `path` is a hub dataset id (`owner/name`) or a local directory laid out like a repository."
+    return os.path.isdir(path) or bool(_HUB_ID.fullmatch(str(path)))
+
+def hub_repo_root(repo: str, revision: str | None = None) -> str:
+    """Where the files of dataset repository `repo` (at `revision`) are: `repo` itself when it is a local directory,
+    `$NOMIC_EMBED_HUB_MIRROR/owner/name[@revision]` when the variable is set, else `hf://datasets/owner/name[@revision]`."""
+    from urllib.parse import quote
+    if os.path.isdir(repo):
+        return str(repo)
+    at = f"@{quote(revision, safe='')}" if revision else ""
+    mirror = os.environ.get(HUB_MIRROR_ENV)
+    if not mirror:
+        return f"hf://datasets/{repo}{at}"
+    root = Path(mirror) / f"{repo}{at}"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{HUB_MIRROR_ENV}={mirror} holds no copy of {repo!r}"
+                                f"{f' at {revision!r}' if revision else ''}: expected the directory {root}")
+    return str(root)
+
+# %% ../nbs/02_corpus.ipynb #a5f54549
+def dataset_card_configs(repo: str, revision: str | None = None) -> list[dict]:
+    "The `configs:` block of a hub dataset's card (README.md front matter): which files make each config's splits."
+    import yaml
+    root = hub_repo_root(repo, revision)
+    if root.startswith("hf://"):
+        from huggingface_hub import hf_hub_download
+        try:
+            card = Path(hf_hub_download(repo, "README.md", repo_type="dataset", revision=revision))
+        except Exception as error:  # no card (EntryNotFoundError), or no network: say which
+            if type(error).__name__ != "EntryNotFoundError":
+                raise
+            return []
+    else:
+        card = Path(root) / "README.md"
+        if not card.is_file():
+            return []
+    front = re.match(r"---\s*\n(.*?)\n---\s*(?:\n|$)", card.read_text(encoding="utf-8"), re.DOTALL)
+    return (yaml.safe_load(front.group(1)) or {}).get("configs") or [] if front else []
+
+def card_splits(configs: list[dict], config: str | None = None) -> dict[str, list[str]]:
+    "{split: file patterns} of one config of a card's `configs:` block (`config` None: the default one)."
+    if config is None:
+        chosen = [c for c in configs if c.get("default")] or [c for c in configs if c.get("config_name", "default") == "default"]
+        chosen = chosen or (configs if len(configs) == 1 else [])
+    else:
+        chosen = [c for c in configs if c.get("config_name", "default") == config]
+    if not chosen:
+        return {}
+    data_files = chosen[0].get("data_files") or []
+    if isinstance(data_files, str):
+        return {"train": [data_files]}
+    if isinstance(data_files, dict):
+        return {split: [p] if isinstance(p, str) else list(p) for split, p in data_files.items()}
+    if all(isinstance(item, str) for item in data_files):
+        return {"train": list(data_files)}
+    return {item["split"]: [item["path"]] if isinstance(item["path"], str) else list(item["path"]) for item in data_files}
+
+# %% ../nbs/02_corpus.ipynb #7656387f
+def _glob_files(root: str, pattern: str) -> list[str]:
+    "Files under `root` (a directory or an `hf://` repository) matching `pattern` (`*` within a name, `**` across)."
+    if root.startswith("hf://"):
+        from huggingface_hub import HfFileSystem
+        found = HfFileSystem().glob(f"{root[len('hf://'):]}/{pattern}", detail=True)
+        return ["hf://" + path for path, info in found.items() if info.get("type") == "file"]
+    return [str(path) for path in Path(root).glob(pattern) if path.is_file()]
+
+def hub_data_files(repo: str, config: str | None = None, split: str = "train", revision: str | None = None,
+                   data_files: str | Sequence[str] | None = None) -> list[str]:
+    """The files of one split of dataset repository `repo` (a hub id or a local copy), as its card's `configs:` lists them
+    (without one, by `datasets`' file-name conventions), or those matching `data_files` (patterns inside the repository);
+    sorted, listed, never downloaded."""
+    root = hub_repo_root(repo, revision)
+    where = f"{repo}{f'@{revision}' if revision else ''}"
+    if data_files:
+        patterns = [data_files] if isinstance(data_files, str) else list(data_files)
+    else:
+        splits = card_splits(dataset_card_configs(repo, revision), config)
+        if not splits and config is None:  # no `configs:` block: the file-name conventions `datasets` itself applies
+            from datasets.data_files import get_data_patterns
+            try:
+                splits = get_data_patterns(root)
+            except Exception:  # EmptyDatasetError: no file follows a convention
+                splits = {}
+        if split not in splits:
+            raise ValueError(f"the dataset card of {where} lists no files for config {config or 'default'!r}, split {split!r} "
+                             f"(its splits there: {sorted(splits) or 'none'}); check the names, or give data_files "
+                             "(patterns inside the repository)")
+        patterns = splits[split]
+    files = sorted({file for pattern in patterns for file in _glob_files(root, pattern)})
+    if not files:
+        raise ValueError(f"no file of {where} matches {patterns} (under {root}); check the split, revision and data_files")
+    return files
+
+def data_file_format(location: str) -> str:
+    "The `datasets` builder that reads a data file: parquet, or json for JSON Lines (optionally gzipped)."
+    name = location.split("?")[0].lower()
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+        return "json"
+    raise ValueError(f"{location}: data files must be .parquet, .jsonl or .jsonl.gz")
+
+def load_hub_split(repo: str, config: str | None = None, split: str = "train", revision: str | None = None,
+                   data_files: str | Sequence[str] | None = None, streaming: bool = False):
+    "One split of a hub dataset as a `datasets` dataset, read from that split's files alone."
+    import datasets
+    files = hub_data_files(repo, config, split, revision, data_files)
+    kinds = sorted({data_file_format(file) for file in files})
+    if len(kinds) != 1:
+        raise ValueError(f"{repo} split {split!r} mixes file formats ({', '.join(kinds)}); give data_files of one format")
+    return datasets.load_dataset(kinds[0], data_files=files, split="train", streaming=streaming)
+
 # %% ../nbs/02_corpus.ipynb #1accba8a
 FULL_SCALE_SOURCES = [
     {"path": "wikimedia/wikipedia", "name": "20231101.en", "split": "train", "text_column": "text"},
-    {"path": "bookcorpus/bookcorpus", "split": "train", "text_column": "text", "rows_per_document": 256},
+    {"path": "bookcorpus/bookcorpus", "revision": "refs/convert/parquet", "data_files": "plain_text/*train/*.parquet",
+     "text_column": "text", "rows_per_document": 256},
 ]
+PRETOKENIZED_SOURCE = {"path": "nomic-ai/nomic-bert-2048-pretraining-data", "data_files": "data/train-*.parquet",
+                       "token_column": "input_ids"}  # the reference run's chunks: both corpora, bert-base-uncased, 2,048 tokens
 
-_SOURCE_KEYS = {"path", "name", "split", "text_column", "rows_per_document", "document_column", "data_files"}
+_SOURCE_KEYS = {"path", "name", "split", "revision", "data_files", "text_column", "rows_per_document", "document_column",
+                "token_column"}
 
 def check_source(source: str | dict) -> str | dict:
     "Validate one text source spec; return it unchanged or raise a `ValueError` that says what to write instead."
@@ -80,6 +203,10 @@ def check_source(source: str | dict) -> str | dict:
     if source.get("document_column") and int(source.get("rows_per_document", 1)) > 1:
         raise ValueError(f"source {source['path']!r} sets both document_column and rows_per_document; a document is either "
                          "the rows sharing a document_column value or a fixed number of rows")
+    joins = [key for key in ("text_column", "document_column", "rows_per_document") if key in source]
+    if source.get("token_column") and joins:
+        raise ValueError(f"source {source['path']!r} sets token_column (rows of token ids) and {', '.join(joins)} (for text); "
+                         "a source is either text or token ids")
     return source
 
 # %% ../nbs/02_corpus.ipynb #560e5415
@@ -98,6 +225,32 @@ def _rows_by_document(dataset, key_column: str):
             yield {"text": " ".join(parts)}
     return datasets.IterableDataset.from_generator(documents)
 
+def source_rows(source: dict, streaming: bool = False):
+    "The rows of a dataset source as `datasets` reads them: a hub id through `load_hub_split`, anything else as given."
+    import datasets
+    data_files = source.get("data_files")
+    if is_dataset_repository(source["path"]):  # listing errors (no such split, no copy in the mirror) say what to fix
+        hub_data_files(source["path"], source.get("name"), source.get("split", "train"), source.get("revision"), data_files)
+    else:
+        for file in ([data_files] if isinstance(data_files, str) else data_files or []):
+            if isinstance(file, str) and os.path.isfile(file) and os.path.getsize(file) == 0:
+                raise ValueError(f"the corpus is empty: data file {file} has no text; check data.sources")
+    try:
+        if is_dataset_repository(source["path"]):
+            return load_hub_split(source["path"], source.get("name"), source.get("split", "train"), source.get("revision"),
+                                  data_files, streaming)
+        return datasets.load_dataset(source["path"], source.get("name"), split=source.get("split", "train"),
+                                     data_files=data_files, revision=source.get("revision"), streaming=streaming)
+    except Exception as error:  # datasets raises many types; name the source and the cause
+        raise ValueError(f"could not load corpus source {source['path']!r} ({type(error).__name__}: {error}); "
+                         "check the name, split and data_files, and whether it needs the network") from error
+
+def _select_column(dataset, source: dict, column: str, key: str):
+    "`dataset` with only `column`, or a `ValueError` naming the columns it has and the source key to set."
+    if column not in (dataset.column_names or []):
+        raise ValueError(f"source {source['path']!r} has no column {column!r}; its columns are {dataset.column_names}; set {key}")
+    return dataset.select_columns([column])
+
 def text_dataset(source: str | dict, streaming: bool = False):
     "One source as a `datasets` dataset with a single `text` column (an `IterableDataset` when `streaming` or `document_column`)."
     import datasets
@@ -105,21 +258,12 @@ def text_dataset(source: str | dict, streaming: bool = False):
     if isinstance(source, str):
         table = datasets.Dataset.from_dict({"text": offline_documents(source)})
         return table.to_iterable_dataset() if streaming else table
-    data_files = source.get("data_files")
-    for file in ([data_files] if isinstance(data_files, str) else data_files or []):
-        if isinstance(file, str) and os.path.isfile(file) and os.path.getsize(file) == 0:
-            raise ValueError(f"the corpus is empty: data file {file} has no text; check data.sources")
-    try:
-        dataset = datasets.load_dataset(source["path"], source.get("name"), split=source.get("split", "train"),
-                                        data_files=data_files, streaming=streaming)
-    except Exception as error:  # datasets raises many types; name the source and the cause
-        raise ValueError(f"could not load corpus source {source['path']!r} ({type(error).__name__}: {error}); "
-                         "check the name, split and data_files, and whether it needs the network") from error
+    if source.get("token_column"):
+        raise ValueError(f"source {source['path']!r} holds token ids (token_column), not text; read it with token_dataset")
+    dataset = source_rows(source, streaming)
     column, key_column = source.get("text_column", "text"), source.get("document_column")
     for name in filter(None, (column, key_column)):
-        if name not in (dataset.column_names or []):
-            raise ValueError(f"source {source['path']!r} has no column {name!r}; its columns are {dataset.column_names}; "
-                             f"set {'text_column' if name == column else 'document_column'}")
+        _select_column(dataset, source, name, "text_column" if name == column else "document_column")
     dataset = dataset.select_columns([column] + ([key_column] if key_column and key_column != column else []))
     if column != "text":
         dataset = dataset.rename_column(column, "text")
@@ -130,6 +274,12 @@ def text_dataset(source: str | dict, streaming: bool = False):
         dataset = dataset.map(lambda batch: {"text": [" ".join(batch["text"][i:i + rows]) for i in range(0, len(batch["text"]), rows)]},
                               batched=True, batch_size=rows * 64, remove_columns=dataset.column_names)
     return dataset
+
+def token_dataset(source: dict, streaming: bool = False):
+    "A source of token ids (`token_column`) as a `datasets` dataset with a single `input_ids` column."
+    source = check_source(source)
+    dataset = _select_column(source_rows(source, streaming), source, source["token_column"], "token_column")
+    return dataset if source["token_column"] == "input_ids" else dataset.rename_column(source["token_column"], "input_ids")
 
 # %% ../nbs/02_corpus.ipynb #91375577
 def _tokenize_batch(batch: dict, tokenizer) -> dict:
@@ -233,13 +383,23 @@ def _document_token_ids(config: CorpusConfig, tokenizer, split: str) -> Iterator
     "Tokenised documents of every source, in order, restricted to `split` by the every-k-th-document rule."
     every = round(1 / config.val_fraction) if config.val_fraction > 0 else 0
     for source in config.sources:
-        dataset = text_dataset(source, streaming=config.streaming and not isinstance(source, str))
+        tokens = isinstance(source, dict) and bool(source.get("token_column"))
+        streaming = config.streaming and not isinstance(source, str)
+        dataset = token_dataset(source, streaming) if tokens else text_dataset(source, streaming)
         if config.max_documents is not None:
             dataset = dataset.select(range(min(config.max_documents, len(dataset)))) if hasattr(dataset, "select") else dataset.take(config.max_documents)
         if every:
             keep_validation = split == "validation"
             keep = lambda _, i: ((i % every) == every - 1) == keep_validation
             dataset = dataset.filter(keep, with_indices=True)
+        if tokens:  # already [CLS] … [SEP] ids: checked against the tokenizer's vocabulary, then packed as they are
+            for index, row in enumerate(dataset):
+                ids = row["input_ids"]
+                if len(ids) and not 0 <= min(ids) <= max(ids) < len(tokenizer):
+                    raise ValueError(f"source {source['path']!r}, row {index}: token id {max(ids)} is outside the tokenizer's "
+                                     f"{len(tokenizer)} entries; the rows were tokenised with another vocabulary (data.tokenizer)")
+                yield ids
+            continue
         for row in tokenize_documents(dataset, tokenizer, num_proc=config.num_proc, batch_size=config.batch_size):
             yield row["input_ids"]
 

@@ -21,21 +21,24 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .corpus import data_file_format, hub_data_files
+
 # %% auto #0
 __all__ = ['COMMANDS', 'NEGATIVE_MODES', 'PHASES', 'CURATE_SOURCE_KEYS', 'CORPUS_KEYS', 'CurateConfig', 'load_curate_config',
            'Shard', 'list_shards', 'read_pair_shard', 'read_corpus_shard', 'check_shard', 'save_array', 'save_table',
            'load_table', 'save_parquet', 'mark_done', 'read_done', 'text_hashes', 'Workers', 'Progress', 'Plan',
            'ingest_shard', 'ingest_corpus_shard', 'Teacher', 'embed_shard', 'embed_corpus_shard', 'Samples',
            'filter_sample', 'shard_keep', 'write_filtered_shard', 'Corpus', 'corpus_top_k', 'Positives',
-           'pick_negatives', 'random_candidates', 'draw_negatives', 'mine_shard', 'run_fingerprint', 'check_output',
-           'run_curate', 'main']
+           'pick_negatives', 'random_candidates', 'draw_negatives', 'positive_aware_candidates', 'mine_shard',
+           'run_fingerprint', 'check_output', 'run_curate', 'parquet_rows', 'check_pair_source', 'check_corpus',
+           'check_text_source', 'data_sources', 'check_data', 'one_source_steps', 'main']
 
 # %% ../nbs/08a_curate.ipynb #5914ae97
 COMMANDS = ("filter", "mine")
 NEGATIVE_MODES = ("mined", "random", "keep")  # report §4.2.4: mined for retrieval sets, random for the rest; keep = as published
 PHASES = {"filter": ("ingest", "embed", "sample", "write"), "mine": ("ingest", "embed", "mine")}
 CURATE_SOURCE_KEYS = ("negatives", "corpus")  # per-source keys beside the PairSource fields
-CORPUS_KEYS = ("path", "config", "split", "data_files", "offline", "columns")
+CORPUS_KEYS = ("path", "config", "split", "revision", "data_files", "offline", "columns")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass
@@ -55,6 +58,7 @@ class CurateConfig:
     negatives: str = "mined"  # mine: the mode of sources that do not set their own
     negatives_pool: int = 20  # mine: negatives written per row (report: the top 20)
     num_negatives: int = 7  # mine: H, written into the output pairs config (report: 7 sampled from the 20)
+    positive_aware_ratio: float | None = None  # mine: skip candidates scored >= this × the positive's score; null = off (report)
     weighting: str = "proportional"  # copied into the output pairs config
     query_max_length: int = 2048  # copied into the output pairs config (report §4.1.2: 2,048 in every stage)
     document_max_length: int = 2048
@@ -68,6 +72,8 @@ class CurateConfig:
             raise ValueError(f"num_negatives ({self.num_negatives}) must be between 0 and negatives_pool ({self.negatives_pool})")
         if self.teacher_max_length is not None and self.teacher_max_length < 2:
             raise ValueError(f"teacher_max_length must be >= 2 tokens or null; got {self.teacher_max_length}")
+        if self.positive_aware_ratio is not None and not 0 < self.positive_aware_ratio <= 1:
+            raise ValueError(f"positive_aware_ratio must be in (0, 1] (NV-Retriever uses 0.95) or null; got {self.positive_aware_ratio!r}")
         if self.negatives not in NEGATIVE_MODES:
             raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_MODES)}; got {self.negatives!r}")
         if self.weighting not in ("proportional", "uniform"):
@@ -154,16 +160,6 @@ def _expand_files(files: str | Sequence[str]) -> list[str]:
             expanded.append(pattern)
     return expanded
 
-def _hub_files(path: str, config: str | None, split: str) -> list[str]:
-    "The data files of one split of a hub (or local) `datasets` dataset, as `datasets` resolves them."
-    import datasets
-    builder = datasets.load_dataset_builder(path, config)
-    files = (builder.config.data_files or {}).get(split)
-    if not files:
-        raise ValueError(f"dataset {path!r} has no data files for split {split!r} (splits: {sorted(builder.config.data_files or {})}); "
-                         "check the split name with datasets.get_dataset_split_names, or give data_files")
-    return [str(f) for f in files]
-
 def list_shards(name: str, spec: Mapping, rows_per_shard: int) -> list[Shard]:
     "The shards of a source (or corpus) `spec`: one per data file, or `rows_per_shard` rows of an offline source."
     if spec.get("offline"):
@@ -171,22 +167,14 @@ def list_shards(name: str, spec: Mapping, rows_per_shard: int) -> list[Shard]:
         shards = [Shard(name, i, f"offline:{spec['offline']}", start, min(start + rows_per_shard, n))
                   for i, start in enumerate(range(0, n, rows_per_shard))]
     else:
-        files = _expand_files(spec["data_files"]) if spec.get("data_files") else _hub_files(spec["path"], spec.get("config"), spec.get("split", "train"))
+        files = (_expand_files(spec["data_files"]) if spec.get("data_files") else
+                 hub_data_files(spec["path"], spec.get("config"), spec.get("split", "train"), spec.get("revision")))
         shards = [Shard(name, i, location) for i, location in enumerate(files)]
     if not shards:
         raise ValueError(f"source {name!r} has no rows (spec {dict(spec)})")
     return shards
 
 # %% ../nbs/08a_curate.ipynb #e6903ef9
-def _file_kind(location: str) -> str:
-    "The `datasets` builder for a data file: parquet or json (JSONL, optionally gzipped)."
-    name = location.split("?")[0].lower()
-    if name.endswith(".parquet"):
-        return "parquet"
-    if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
-        return "json"
-    raise ValueError(f"{location}: data files must be .parquet, .jsonl or .jsonl.gz")
-
 def _stream_batches(shard: Shard, batch_size: int = 10_000) -> Iterator[dict[str, list]]:
     "The shard's rows as column batches (offline rows from memory, files streamed by `datasets`)."
     if shard.location.startswith("offline:"):
@@ -196,7 +184,7 @@ def _stream_batches(shard: Shard, batch_size: int = 10_000) -> Iterator[dict[str
             yield {key: [row.get(key) for row in chunk] for key in chunk[0]}
         return
     import datasets
-    stream = datasets.load_dataset(_file_kind(shard.location), data_files=[shard.location], split="train", streaming=True)
+    stream = datasets.load_dataset(data_file_format(shard.location), data_files=[shard.location], split="train", streaming=True)
     yield from stream.iter(batch_size=batch_size)
 
 def _renamed(columns: Mapping[str, list], renames: Mapping[str, str]) -> dict[str, list]:
@@ -205,11 +193,16 @@ def _renamed(columns: Mapping[str, list], renames: Mapping[str, str]) -> dict[st
     return {theirs.get(name, name): values for name, values in columns.items()}
 
 def _check_columns(location: str, names: Sequence[str], required: Sequence[str], renames: Mapping[str, str]) -> None:
-    "Raise when a shard (whose own column `names` are given) lacks a required column, naming what it has and how to map it."
-    missing = [renames.get(c, c) for c in required if renames.get(c, c) not in names]
+    """Raise when a shard (whose own column `names` are given) lacks a required or a mapped column, or carries a list of
+    negatives under another name than the one read, naming what it has and how to map it."""
+    missing = [renames.get(c, c) for c in [*required, *renames] if renames.get(c, c) not in names]
     if missing:
-        raise ValueError(f"{location}: no column {', '.join(map(repr, missing))} (it has {sorted(names)}); map the "
-                         "source's columns with `columns:`, e.g. columns: {document: pos, negatives: neg}")
+        raise ValueError(f"{location}: no column {', '.join(map(repr, dict.fromkeys(missing)))} (it has {sorted(names)}); "
+                         "map the source's columns with `columns:`, e.g. columns: {negatives: negative}")
+    unread = [n for n in ("negative", "negatives", "neg") if n in names and n != renames.get("negatives", "negatives")]
+    if "query" in required and unread:  # published negatives that would be dropped without a word
+        raise ValueError(f"{location}: its column {unread[0]!r} looks like a list of negatives, but the source reads "
+                         f"{renames.get('negatives', 'negatives')!r}; add columns: {{negatives: {unread[0]}}} to keep them")
 
 # %% ../nbs/08a_curate.ipynb #166a227f
 def read_pair_shard(shard: Shard, renames: Mapping[str, str] | None = None):
@@ -253,7 +246,7 @@ def check_shard(shard: Shard, renames: Mapping[str, str] | None = None, required
     location, renames = shard.location, dict(renames or {})
     if location.startswith("offline:") or "://" in location:
         return
-    if _file_kind(location) == "parquet":
+    if data_file_format(location) == "parquet":
         import pyarrow.parquet as pq
         names, empty = pq.read_schema(location).names, pq.read_metadata(location).num_rows == 0
     else:
@@ -627,8 +620,9 @@ class Corpus:
 
 # %% ../nbs/08a_curate.ipynb #dbe68c64
 def corpus_top_k(query_vectors: np.ndarray, corpus: Corpus, k: int, block_size: int = 1024,
-                 corpus_block_size: int = 262_144, device: str = "cpu") -> np.ndarray:
-    "Corpus ids `(n_queries, min(k, corpus size))` of each query's most cosine-similar corpus texts, best first, the corpus streamed in blocks."
+                 corpus_block_size: int = 262_144, device: str = "cpu", with_scores: bool = False):
+    """Corpus ids `(n_queries, min(k, corpus size))` of each query's most cosine-similar corpus texts, best first, the
+    corpus streamed in blocks; with `with_scores`, `(ids, cosines)`."""
     import torch
     n, k = len(query_vectors), min(k, int(corpus.offsets[-1]))
     best_scores = torch.full((n, k), -torch.inf, device=device)
@@ -643,7 +637,7 @@ def corpus_top_k(query_vectors: np.ndarray, corpus: Corpus, k: int, block_size: 
             merged_ids = torch.cat([best_ids[start:start + block_size], top_ids + first], dim=1)
             best_scores[start:start + block_size], order = merged_scores.topk(k, dim=1)
             best_ids[start:start + block_size] = merged_ids.gather(1, order)
-    return best_ids.cpu().numpy()
+    return (best_ids.cpu().numpy(), best_scores.cpu().numpy()) if with_scores else best_ids.cpu().numpy()
 
 # %% ../nbs/08a_curate.ipynb #bf06f4cc
 @dataclass
@@ -665,10 +659,11 @@ class Positives:
         low, high = np.searchsorted(self.queries, query_hashes, "left"), np.searchsorted(self.queries, query_hashes, "right")
         return [set(self.documents[a:b].tolist()) for a, b in zip(low, high)]
 
-def pick_negatives(candidates: np.ndarray, corpus_hashes: np.ndarray, positives: Sequence[set], pool: int) -> list[list[int]]:
+def pick_negatives(candidates: np.ndarray | Sequence[Sequence[int]], corpus_hashes: np.ndarray, positives: Sequence[set],
+                   pool: int) -> list[list[int]]:
     "Per row, the first `pool` candidate corpus ids whose text is neither a positive nor a repeat of one already taken."
     picked = []
-    for row, own in zip(candidates.tolist(), positives):
+    for row, own in zip(candidates.tolist() if isinstance(candidates, np.ndarray) else candidates, positives):
         seen, chosen = set(own), []
         for corpus_id in row:
             text = int(corpus_hashes[corpus_id])
@@ -697,6 +692,13 @@ def draw_negatives(corpus: Corpus, positives: Sequence[set], pool: int, rng: np.
             chosen += more
     return picked
 
+# %% ../nbs/08a_curate.ipynb #b72a3974
+def positive_aware_candidates(candidates: np.ndarray, scores: np.ndarray,
+                              positive_scores: np.ndarray, ratio: float) -> list[list[int]]:
+    "Per row, the candidate ids (best first) scored below `ratio` × the row's positive score."
+    keep = scores < ratio * positive_scores[:, None]  # (rows, candidates)
+    return [row[mask].tolist() for row, mask in zip(candidates, keep)]
+
 # %% ../nbs/08a_curate.ipynb #aa933835
 def mine_shard(plan: Plan, shard: Shard, corpus: Corpus | None, positives: Positives | None, device: str = "cpu") -> dict:
     "Write a shard with its `negatives` column to `OUTPUT/SOURCE/NNNNN.parquet`: mined, random or kept, per the source's mode."
@@ -710,12 +712,21 @@ def mine_shard(plan: Plan, shard: Shard, corpus: Corpus | None, positives: Posit
     negatives = [list(n or []) for n in negatives]
     todo = {"mined": _rows_without_negatives(table), "random": np.arange(table.num_rows), "keep": np.zeros(0, dtype=np.int64)}[mode]
     picked: list[list[int]] = []
+    skipped = 0  # mined negatives plain mining would take that the positive-aware rule skips
     if len(todo):
         own = positives.of_queries(np.load(plan.work(shard.source, shard.index, "qhash.npy"))[todo])
         if mode == "mined":
-            width = c.negatives_pool + max(len(p) for p in own) + c.negatives_pool  # room for positives and repeated texts
-            candidates = corpus_top_k(np.load(plan.work(shard.source, shard.index, "query.npy")), corpus, width, c.block_size, c.corpus_block_size, device)
+            aware = c.positive_aware_ratio is not None
+            width = c.negatives_pool * (3 if aware else 2) + max(len(p) for p in own)  # room for positives, repeats, skips
+            queries = np.load(plan.work(shard.source, shard.index, "query.npy"))
+            candidates, scores = corpus_top_k(queries, corpus, width, c.block_size, c.corpus_block_size, device, with_scores=True)
             picked = pick_negatives(candidates, corpus.hashes, own, c.negatives_pool)
+            if aware:  # skip the candidates scored too close to the row's own positive
+                documents = np.load(plan.work(shard.source, shard.index, "document.npy"), mmap_mode="r")[todo]
+                positive = (queries.astype(np.float32) * documents.astype(np.float32)).sum(axis=1)  # cosines: unit vectors
+                plain, picked = picked, pick_negatives(positive_aware_candidates(candidates, scores, positive, c.positive_aware_ratio),
+                                                       corpus.hashes, own, c.negatives_pool)
+                skipped = sum(len(set(p) - set(a)) for p, a in zip(plain, picked))
         else:
             source_number = [s["name"] for s in c.sources].index(shard.source)  # stable whatever --sources selects
             picked = draw_negatives(corpus, own, c.negatives_pool, np.random.default_rng([c.seed, source_number, shard.index]))
@@ -726,7 +737,7 @@ def mine_shard(plan: Plan, shard: Shard, corpus: Corpus | None, positives: Posit
                     "negatives": pa.array(negatives, pa.list_(pa.string()))})
     save_parquet(plan.output(shard.source, shard.index), out)
     info = {"rows": table.num_rows, "built": int(len(todo)), "short": sum(len(p) < c.negatives_pool for p in picked),
-            "without_negatives": sum(not n for n in negatives)}
+            "without_negatives": sum(not n for n in negatives), "positive_aware_skipped": int(skipped)}
     mark_done(marker, info)
     return info
 
@@ -795,6 +806,10 @@ def _needs(plan: Plan, info: Mapping[Shard, dict]) -> dict[str, tuple[bool, bool
         needs[name] = (plan.command == "filter" or to_mine, plan.command == "mine" and (to_mine or plan.modes[name] == "random"))
     return needs
 
+def _positive_aware(plan: Plan, name: str) -> bool:
+    "Whether source `name`'s mined candidates are judged against the positive's score (needs its documents' vectors)."
+    return plan.command == "mine" and plan.modes[name] == "mined" and plan.config.positive_aware_ratio is not None
+
 def _ingest_and_embed(plan: Plan, workers: Workers, device: str, stop_after: str | None, show) -> tuple[dict, dict, bool]:
     "Phases 1-2, common to both commands: every shard's row counts, what each source needs, and whether to stop here."
     pair_units = [s for shards in plan.shards.values() for s in shards]
@@ -809,7 +824,8 @@ def _ingest_and_embed(plan: Plan, workers: Workers, device: str, stop_after: str
     units = [s for s in pair_units if needs[s.source][0]] + [u for u in corpus_units if needs[u[0]][0]]
     def embed(unit):
         if isinstance(unit, Shard):  # documents too, unless an external corpus stands in for them
-            embed_shard(plan, unit, teacher, True, plan.command == "filter" or unit.source not in plan.corpora)
+            documents = plan.command == "filter" or unit.source not in plan.corpora or _positive_aware(plan, unit.source)
+            embed_shard(plan, unit, teacher, True, documents)
         else:
             embed_corpus_shard(plan, unit[0], unit[1], teacher)
     _phase(workers, units, f"{plan.command} embed", embed, weight=lambda u: info[u]["rows"] if isinstance(u, Shard) else 1,
@@ -862,6 +878,7 @@ def _mine_phases(plan: Plan, workers: Workers, device: str, stop_after: str | No
         report["sources"][name] = {"pairs": sum(written[s]["rows"] for s in shards), "negatives": plan.modes[name],
                                    "built": sum(written[s]["built"] for s in shards), "short": sum(written[s]["short"] for s in shards),
                                    "without_negatives": sum(written[s]["without_negatives"] for s in shards),
+                                   "positive_aware_skipped": sum(written[s].get("positive_aware_skipped", 0) for s in shards),
                                    "corpus": int(len(corpora[name].hashes)) if name in corpora else None}
     return _finish(plan, workers, report, {name: list(shards) for name, shards in plan.shards.items()}, plan.config.num_negatives)
 
@@ -883,18 +900,156 @@ def _finish(plan: Plan, workers: Workers, report: dict, files: Mapping[str, Sequ
     workers.barrier()
     return report
 
+# %% ../nbs/08a_curate.ipynb #2dc3be28
+def _first_rows(files: Sequence[str], rows: int) -> list[dict]:
+    "The first `rows` rows of the first of `files`, streamed (nothing else is downloaded)."
+    import datasets
+    stream = datasets.load_dataset(data_file_format(files[0]), data_files=[files[0]], split="train", streaming=True)
+    return list(stream.take(rows))
+
+def _spec_files(spec: Mapping) -> list[str]:
+    "The files of a pair source or corpus spec: its data_files, or the hub split's files."
+    if spec.get("data_files"):
+        from nomic_embed.pairs import PairSource
+        return PairSource("check", data_files=spec["data_files"], made_by=spec.get("made_by")).local_files()
+    return hub_data_files(spec["path"], spec.get("config"), spec.get("split", "train"), spec.get("revision"))
+
+def _count(files: Sequence[str]) -> str:
+    return f"{len(files)} file{'s' if len(files) != 1 else ''}"
+
+def parquet_rows(files: Sequence[str]) -> int:
+    "Rows in parquet `files` (local or `hf://`), read from their footers alone."
+    import fsspec
+    import pyarrow.parquet as pq
+    total = 0
+    for file in files:
+        if data_file_format(file) != "parquet":
+            raise ValueError(f"{file}: rows are counted from parquet footers only")
+        with fsspec.open(file, "rb") as stream:
+            total += pq.ParquetFile(stream).metadata.num_rows
+    return total
+
+def _where(spec: Mapping) -> str:
+    "How a spec names its data, for a report line."
+    if spec.get("data_files"):
+        return str(spec["data_files"])
+    revision = f"@{spec['revision']}" if spec.get("revision") else ""
+    return f"{spec['path']}{revision} {'/'.join(filter(None, (spec.get('config') or spec.get('name'), spec.get('split', 'train'))))}"
+
+def check_pair_source(spec: Mapping, rows: int = 3, count: bool = False) -> tuple[str, int | None]:
+    """Check the first `rows` rows of a pair source (its `columns:` applied): (a one-line summary, its row count when
+    `count`), or a `ValueError`."""
+    from nomic_embed.pairs import _check_row
+    if spec.get("offline"):
+        return "offline source (installed with the package)", None
+    files = _spec_files(spec)
+    total = parquet_rows(files) if count else None
+    size = f"{_count(files)}{f', {total:,} rows' if count else ''}"
+    head = _first_rows(files, rows)
+    renames = dict(spec.get("columns") or {})
+    _check_columns(files[0], list(head[0]) if head else [], ("query", "document"), renames)
+    head = [{new: row.get(old) for new, old in {"query": "query", "document": "document", "negatives": "negatives",
+                                                **renames}.items() if old in row} for row in head]
+    for i, row in enumerate(head):
+        _check_row(row, f"{files[0]} row {i}")
+    negatives = "/".join(str(len(row.get("negatives") or [])) for row in head)
+    if "negatives" in renames or any("negatives" in row for row in head):
+        return f"{size}; negatives in the first rows: {negatives}", total
+    return f"{size}; query, document", total
+
+def check_corpus(spec: Mapping, rows: int = 3, count: bool = False) -> tuple[str, None]:
+    "Check that a mining corpus's first rows hold its text columns: (a one-line summary, None), or a `ValueError`."
+    files = _spec_files(spec)
+    head = _first_rows(files, rows)
+    columns = list(spec.get("columns") or ["text"])
+    _check_columns(files[0], list(head[0]) if head else [], columns, {})
+    return f"{_count(files)}; columns {', '.join(columns)}", None
+
+def check_text_source(source: str | Mapping, rows: int = 3, count: bool = False) -> tuple[str, int | None]:
+    """Check the first `rows` documents (or token rows) of a stage-1 source: (a one-line summary, its row count when
+    `count`), or a `ValueError`."""
+    from nomic_embed.corpus import check_source, hub_data_files as files_of, is_dataset_repository, text_dataset, token_dataset
+    source = check_source(dict(source) if isinstance(source, Mapping) else source)
+    if isinstance(source, str):
+        return "offline source (installed with the package)", None
+    size, total = "", None
+    if is_dataset_repository(source["path"]):
+        files = files_of(source["path"], source.get("name"), source.get("split", "train"), source.get("revision"),
+                         source.get("data_files"))
+        total = parquet_rows(files) if count else None
+        size = f"{_count(files)}{f', {total:,} rows' if count else ''}; "
+    if source.get("token_column"):
+        head = list(token_dataset(source, streaming=True).take(rows))
+        bad = next((i for i, r in enumerate(head) if not r["input_ids"] or not all(isinstance(t, int) for t in r["input_ids"])), None)
+        if bad is not None or not head:
+            raise ValueError(f"{_where(source)}: row {bad or 0} holds no token ids in {source['token_column']!r}")
+        return f"{size}rows of {len(head[0]['input_ids'])} token ids", total
+    head = list(text_dataset(source, streaming=True).take(rows))
+    bad = next((i for i, r in enumerate(head) if not isinstance(r["text"], str) or not r["text"].strip()), None)
+    if bad is not None or not head:
+        raise ValueError(f"{_where(source)}: document {bad or 0} has no text in {source.get('text_column', 'text')!r}")
+    return f"{size}text: {head[0]['text'][:60]!r}", total
+
+# %% ../nbs/08a_curate.ipynb #a7f9baff
+def data_sources(config: str | os.PathLike, overrides: Sequence[str] = ()) -> list[tuple[str, str, Mapping | str]]:
+    """(kind, name, spec) of every data source a config names: a stage config (`stage:`; `overrides` are its `--set`
+    items), a curate config or a pairs config. Kinds: text, pairs, corpus."""
+    import yaml
+    path = Path(config)
+    if not path.is_file():
+        raise ValueError(f"config {str(path)!r} does not exist (relative paths start at {os.getcwd()})")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if overrides:
+        from nomic_embed.trainer import apply_overrides
+        raw = apply_overrides(raw, list(overrides))
+    if "stage" in raw:
+        data = raw.get("data") or {}
+        if raw["stage"] == "mlm":
+            return [("text", s if isinstance(s, str) else s["path"], s) for s in data.get("sources") or []]
+        raw = {"pairs_config": data.get("pairs_config"), "sources": data.get("sources")}
+    sources = list(raw.get("sources") or [])
+    if raw.get("pairs_config"):
+        pairs = Path(raw["pairs_config"])
+        if not pairs.is_file():
+            raise ValueError(f"pairs_config {str(pairs)!r} does not exist (relative paths start at {os.getcwd()})")
+        sources = sources or list((yaml.safe_load(pairs.read_text()) or {}).get("sources") or [])
+    found = []
+    for spec in sources:
+        found.append(("pairs", spec["name"], {k: v for k, v in spec.items() if k not in CURATE_SOURCE_KEYS}))
+        if spec.get("corpus"):
+            found.append(("corpus", f"{spec['name']}.corpus", spec["corpus"]))
+    return found
+
+def check_data(config: str | os.PathLike, overrides: Sequence[str] = (), rows: int = 3,
+               count: bool = False) -> list[tuple[str, str, bool, str, int | None]]:
+    """(kind, name, ok, summary or error, row count) for every data source of `config`, each read from its first `rows`
+    rows; with `count`, every parquet source's rows are counted from its files' footers."""
+    checks = {"text": check_text_source, "pairs": check_pair_source, "corpus": check_corpus}
+    results = []
+    for kind, name, spec in data_sources(config, overrides):
+        try:
+            results.append((kind, name, True, *checks[kind](spec, rows, count)))
+        except Exception as error:  # every failure is reported, with its source; the run goes on to the next
+            results.append((kind, name, False, f"{type(error).__name__}: {error}", None))
+    return results
+
+def one_source_steps(rows: Mapping[str, int], global_batch_size: int) -> int:
+    "Steps of one epoch of one-source batches: each source's full global batches (a remainder is dropped)."
+    return sum(n // global_batch_size for n in rows.values())
+
 # %% ../nbs/08a_curate.ipynb #3441afc6
 _OVERRIDES = {"teacher": str, "teacher_max_length": int, "batch_size": int, "rows_per_shard": int, "top_k": int,
-              "sample_size": int, "block_size": int, "corpus_block_size": int, "negatives_pool": int, "num_negatives": int, "seed": int}
+              "sample_size": int, "block_size": int, "corpus_block_size": int, "negatives_pool": int, "num_negatives": int,
+              "positive_aware_ratio": float, "seed": int}
 _COMMAND_OVERRIDES = {"filter": ("teacher", "teacher_max_length", "batch_size", "rows_per_shard", "top_k", "sample_size", "block_size", "seed"),
                       "mine": ("teacher", "teacher_max_length", "batch_size", "rows_per_shard", "block_size", "corpus_block_size",
-                               "negatives_pool", "num_negatives", "seed")}
+                               "negatives_pool", "num_negatives", "positive_aware_ratio", "seed")}
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nomic_embed_curate", description="Consistency-filter pairs (report §4.2.1) or mine "
                                      "hard negatives (§4.2.4) over sharded data; one process, or many with torchrun. Rerun the same "
                                      "command to resume after an interruption.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{filter,mine}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{filter,mine,check}")
     for command, about in (("filter", "keep the pairs whose document is among the query's top-k in its random sample"),
                            ("mine", "add a negatives column: mined from the source's corpus, random, or kept as published")):
         sub = commands.add_parser(command, help=about, description=about)
@@ -908,7 +1063,35 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                          help="progress: a bar on a terminal, a plain line every --log-every seconds otherwise")
         sub.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines when not on a terminal")
+    about = "read the first rows of every data source a config names and check their columns (nothing is written)"
+    sub = commands.add_parser("check", help=about, description=about)
+    sub.add_argument("--config", required=True, help="a stage config (configs/mlm_*.yaml, contrastive_*.yaml), curate or pairs YAML")
+    sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a stage config's value, as nomic_embed_train --set does (repeatable)")
+    sub.add_argument("--rows", type=int, default=3, help="rows read from each source's first file")
+    sub.add_argument("--count", action="store_true", help="also count every parquet source's rows (footers only) and, for "
+                     "a stage 2/3 config, the steps of one epoch of one-source batches")
     return parser
+
+def _check_command(args: argparse.Namespace) -> None:
+    "`nomic_embed_curate check`: one line per source; exit status 2 when any fails."
+    results = check_data(args.config, args.overrides, args.rows, args.count)
+    for kind, name, ok, summary, _ in results:
+        print(f"{'ok' if ok else 'FAIL':5} {kind:7} {name:36} {summary}", flush=True)
+    failed = [name for _, name, ok, *_ in results if not ok]
+    if failed:
+        print(f"nomic_embed_curate: error: {len(failed)} of {len(results)} sources failed: {', '.join(failed)}", file=sys.stderr)
+        raise SystemExit(2)
+    pairs = {name: n for kind, name, ok, _, n in results if kind == "pairs" and n is not None}
+    if args.count and pairs:
+        import yaml
+        raw = yaml.safe_load(Path(args.config).read_text()) or {}
+        if args.overrides:
+            from nomic_embed.trainer import apply_overrides
+            raw = apply_overrides(raw, list(args.overrides))
+        batch = (raw.get("training") or {}).get("global_batch_size")
+        total = f"{sum(pairs.values()):,} pairs"
+        print(f"{total}; one epoch of one-source batches of {batch:,}: {one_source_steps(pairs, batch):,} steps" if batch else total)
 
 # %% ../nbs/08a_curate.ipynb #18cc4697
 def main(argv: Sequence[str] | None = None) -> None:
@@ -920,6 +1103,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _curate(args: argparse.Namespace) -> None:
     """The work of `nomic_embed_curate`: the config and output checked before torch loads; process 0 holds the lock on the
     output directory; Ctrl-C or a scheduler's SIGTERM keep every finished shard."""
+    if args.command == "check":
+        return _check_command(args)
     import contextlib
     from nomic_embed.utils import Interrupted, directory_lock, resolve_device
     overrides = {key: getattr(args, key) for key in _COMMAND_OVERRIDES[args.command] if getattr(args, key) is not None}

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .corpus import data_file_format, is_dataset_repository, load_hub_split
 from .utils import atomic_file
 from .offline import PAIR_SOURCES, offline_pair_rows
 
@@ -128,7 +129,9 @@ class PairSource:
     path: str | None = None  # a `datasets.load_dataset` path (hub dataset id)
     config: str | None = None  # its configuration name
     split: str = "train"
-    columns: dict[str, str] = field(default_factory=dict)  # {"query": "title", "document": "body", "negatives": "neg"}
+    revision: str | None = None  # a hub branch, tag or commit (e.g. refs/convert/parquet)
+    columns: dict[str, str] = field(default_factory=dict)  # {"query": "title", "document": "body", "negatives": "negative"}
+    made_by: str | None = None  # the command that writes `data_files`, named when they are missing
 
     def __post_init__(self):
         if self.document_prefix == "auto":
@@ -147,13 +150,32 @@ class PairSource:
             return offline_pairs([self.offline]).get(self.offline, [])
         import datasets
         if self.data_files is not None:
-            files = [self.data_files] if isinstance(self.data_files, str) else list(self.data_files)
-            kind = "parquet" if files[0].endswith(".parquet") else "json"
+            files = self.local_files()
+            kind = data_file_format(files[0])
             table = datasets.load_dataset(kind, data_files=files, split="train")
-        else:
+        elif is_dataset_repository(self.path):  # a hub id or a local copy of a repository: its split's files only
+            table = load_hub_split(self.path, self.config, self.split, self.revision)
+        else:  # a `datasets` builder name
             table = datasets.load_dataset(self.path, self.config, split=self.split)
         renames = {old: new for new, old in self.columns.items() if old != new}
+        missing = sorted(set(self.columns.values()) - set(table.column_names))
+        if missing:
+            raise ValueError(f"source {self.name!r}: columns maps to {missing}, which its rows lack (they have "
+                             f"{table.column_names}); fix the source's columns:")
         return table.rename_columns(renames) if renames else table
+
+    def local_files(self) -> list[str]:
+        "`data_files` with local globs expanded; a pattern that matches nothing is an error naming `made_by`."
+        import glob
+        files = []
+        for pattern in [self.data_files] if isinstance(self.data_files, str) else list(self.data_files):
+            matches = [pattern] if "://" in pattern else sorted(glob.glob(pattern))
+            if not matches or ("://" not in pattern and not os.path.isfile(matches[0])):
+                made = f"; they are written by: {self.made_by}" if self.made_by else ""
+                raise FileNotFoundError(f"source {self.name!r}: no data file matches {pattern!r} (relative paths start at "
+                                        f"{os.getcwd()}){made}")
+            files += matches
+        return files
 
 def load_pair_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     "Read a pairs config (YAML path or dict): `sources` become `PairSource`s, other keys are returned unchanged."

@@ -35,7 +35,6 @@ from .trainer import (STAGES, Backprop, CheckpointError, DistInfo, Stage, Traine
                                  TrainingInterrupted, build_section, find_checkpoint, load_config, main_process_first,
                                  prepare_data, read_metrics, read_prepared, register_stage, resolve_precision,
                                  resolve_resume_config, run_training)
-from .utils import run_console
 
 
 # %% auto #0
@@ -47,7 +46,7 @@ __all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MEMORY_BYTES
            'with_negatives', 'starting_encoder_config', 'ContrastiveStage', 'ContrastivePretrainStage',
            'ContrastiveFinetuneStage', 'plot_contrastive_metrics', 'activation_scale', 'GPU', 'planned_model',
            'static_memory', 'activation_memory', 'planned_steps', 'step_flops', 'plan_run', 'format_plan',
-           'run_command', 'train_command']
+           'run_command']
 
 # %% ../nbs/09a_train.ipynb #5a5de3ca
 @register_stage
@@ -64,12 +63,13 @@ class MLMStage(Stage):
             self.train_corpus = packed_corpus(config.data, "train", self.tokenizer, progress=dist.is_main)
             self.val_corpus = packed_corpus(config.data, "validation", self.tokenizer, progress=dist.is_main) if config.data.val_fraction > 0 else None
         t = config.training
-        self.batches = MLMBatches(self.train_corpus, self.special, config.mlm, config.data_seed, t.global_batch_size,
-                                  t.micro_batch_for(dist.world_size), dist.rank, dist.world_size)
+        self.batches = MLMBatches(self.train_corpus, self.special, config.mlm, config.data_seed,
+                                  t.global_batch_size, t.micro_batch_for(dist.world_size),
+                                  dist.rank, dist.world_size)
 
     def build_model(self) -> nn.Module:
         if self.config.init_from:
-            return NomicBertForPreTraining.from_pretrained(self.config.init_from)
+            return NomicBertForPreTraining.from_pretrained(self.config.init_from, tokenizer=self.tokenizer)
         model_config = NomicBertConfig(**self.config.model)
         if model_config.vocab_size < self.special.vocab_size:
             raise ValueError(f"model.vocab_size ({model_config.vocab_size}) is smaller than the tokenizer's ({self.special.vocab_size})")
@@ -98,8 +98,10 @@ class MLMStage(Stage):
         if self.val_corpus is None:
             return {}
         log, autocast = self.config.logging, eval_autocast(self.config, self.dist)
-        sums = evaluate_mlm(model, self.val_corpus, self.special, self.config.mlm.val_mlm_probability, self.config.data_seed,
-                            log.eval_batch_size, log.eval_max_chunks, self.dist.device, self.dist.rank, self.dist.world_size, autocast)
+        masking = self.config.mlm.val_mlm_probability
+        sums = evaluate_mlm(model, self.val_corpus, self.special, masking, self.config.data_seed,
+                            log.eval_batch_size, log.eval_max_chunks, self.dist.device,
+                            self.dist.rank, self.dist.world_size, autocast)
         return {"loss_sum": sums["loss_sum"], "correct": sums["correct"], "targets": sums["targets"]}
 
     def summarize_evaluation(self, sums: dict[str, float]) -> dict[str, float]:
@@ -258,8 +260,10 @@ def with_pairs_config(data: dict) -> dict:
         return data
     path = Path(data["pairs_config"])
     if not path.is_file():
+        made = (f"; a pairs.yaml is written by the `nomic_embed_curate filter` or `mine` run with --output {path.parent} "
+                "when it finishes: run that first (the README's full-scale steps)" if path.name == "pairs.yaml" else "")
         raise ValueError(f"data.pairs_config {str(path)!r} does not exist (relative paths start at the working directory "
-                         f"{os.getcwd()}); run from the repository root or give an absolute path")
+                         f"{os.getcwd()}); run from the repository root or give an absolute path{made}")
     try:
         from_file = load_pair_config(path)
     except (TypeError, ValueError) as error:
@@ -480,10 +484,10 @@ class ContrastiveBatches:
         return [{side: features[side] for side in SIDES if side in features}]
 
 # %% ../nbs/09a_train.ipynb #78e45406
-def pooled_encoder(config: TrainConfig) -> MeanPooledEncoder:
+def pooled_encoder(config: TrainConfig, tokenizer=None) -> MeanPooledEncoder:
     "The contrastive stages' model: the encoder inside a `MeanPooledEncoder`, with a `LogitScale` when the scale is learnable."
     if config.init_from:
-        encoder = NomicBertModel.from_pretrained(config.init_from, **config.model)
+        encoder = NomicBertModel.from_pretrained(config.init_from, tokenizer=tokenizer, **config.model)
     else:
         encoder = NomicBertModel(NomicBertConfig(**config.model))
     model = MeanPooledEncoder(encoder)
@@ -560,7 +564,7 @@ class ContrastiveStage(Stage):
                 raise ValueError(f"contrastive.matryoshka_{error}") from None
 
     def build_model(self) -> nn.Module:
-        model = pooled_encoder(self.config)
+        model = pooled_encoder(self.config, self.tokenizer)  # init_from: its vocabulary must cover the tokenizer's
         self.check_matryoshka(model.model.config.hidden_size)  # a hub checkpoint's size is only known now
         if self.layer_norm or hasattr(model.model.config, MATRYOSHKA_LAYER_NORM_KEY):  # recorded in the saved config.json
             setattr(model.model.config, MATRYOSHKA_LAYER_NORM_KEY, self.layer_norm)
@@ -861,11 +865,7 @@ def format_plan(plan: dict[str, Any], config: TrainConfig) -> str:
 
 # %% ../nbs/09a_train.ipynb #07232177
 def run_command(args: argparse.Namespace) -> None:
-    "Run `nomic_embed_train` with parsed arguments in the console boundary (`utils.run_console`)."
-    run_console("nomic_embed_train", lambda: train_command(args))
-
-def train_command(args: argparse.Namespace) -> None:
-    "Validate the config; print it, plan the run or prepare its data, or build the run and train."
+    "Validate the config; print it, plan the run or prepare its data, or build the run and train (in `run_console`)."
     config = resolve_resume_config(args.config, args.overrides, args.resume)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))

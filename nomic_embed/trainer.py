@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .model import NomicBertConfig, progress_bar
 from .utils import (CorruptFileError, DiskFullError, NonFiniteError, atomic_file, check_finite,
-                               directory_lock, free_bytes, is_disk_full, load_json, verify_manifest, write_manifest)
+                               check_unlocked, directory_lock, is_disk_full, load_json, verify_manifest, write_manifest)
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'TRACKERS', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES',
@@ -48,10 +48,10 @@ __all__ = ['SCHEDULES', 'TRACKERS', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL'
            'verify_checkpoint', 'tied_parameter_names', 'model_state', 'with_tied', 'load_model_state',
            'holding_weights', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir', 'check_resume_config',
            'accumulate_gradients', 'gradient_norm', 'apply_update', 'TrainingInterrupted', 'StopRequest', 'stop_agreed',
-           'NonFiniteGuard', 'Prefetcher', 'import_tracker', 'tracker_scalars', 'TensorBoardTracker', 'WandbTracker',
-           'TrackioTracker', 'RunFiles', 'lock_run_dir', 'removed_on_failure', 'checkpoint_bytes', 'TrainingSetup',
-           'Trainer', 'metric_rows', 'read_metrics', 'plot_loss', 'prepare_data', 'read_prepared', 'run_training',
-           'resolve_resume_config']
+           'NonFiniteGuard', 'Prefetcher', 'lock_run_dir', 'naming_a_full_disk', 'removed_on_failure',
+           'checkpoint_bytes', 'import_tracker', 'tracker_scalars', 'TensorBoardTracker', 'WandbTracker',
+           'TrackioTracker', 'RunFiles', 'TrainingSetup', 'Trainer', 'metric_rows', 'read_metrics', 'plot_loss',
+           'prepare_data', 'read_prepared', 'run_training', 'resolve_resume_config']
 
 # %% ../nbs/09_trainer.ipynb #85b42d43
 @dataclass
@@ -628,7 +628,7 @@ def verify_checkpoint(checkpoint: str | Path) -> dict:
             raise CorruptFileError(f"{checkpoint} has no manifest.json, so it is incomplete")
         return load_json(checkpoint / "trainer_state.json")
     except (CorruptFileError, ValueError, OSError) as error:
-        raise CheckpointError(f"checkpoint {checkpoint} cannot be resumed: {error}; nothing was changed — or resume "
+        raise CheckpointError(f"checkpoint {checkpoint} is corrupted: {error}; nothing was changed — or resume "
                               f"from an earlier checkpoint of {checkpoint.parent}") from None
 
 # %% ../nbs/09_trainer.ipynb #250bcc45
@@ -805,7 +805,7 @@ def gradient_norm(model: nn.Module, max_grad_norm: float | None) -> Tensor:
     return norm
 
 def apply_update(optimizer, scheduler, engine=None) -> None:
-    "Step the optimiser and the schedule, zero the gradients; DeepSpeed's engine does all of it (and clips)."
+    "Step the optimiser and the schedule, zero the gradients; DeepSpeed's engine does it all."
     if engine is not None:
         engine.step()
         return
@@ -853,12 +853,12 @@ def stop_agreed(stop: StopRequest, dist: DistInfo) -> bool:
 # %% ../nbs/09_trainer.ipynb #c4d2f1b2
 @dataclass
 class NonFiniteGuard:
-    "Counts steps whose loss or gradient norm is not finite; the run stops at the first beyond `allowed`."
+    "Counts steps whose loss or gradient norm is not finite; the run stops past `allowed`."
     allowed: int = 0   # training.skip_nonfinite_steps
     skipped: int = 0   # non-finite steps so far (checkpointed)
 
     def allows(self, metrics: dict, total_steps: int, is_main: bool = True) -> bool:
-        "Count the non-finite step of `metrics` (its update was dropped); whether the run may go on."
+        "Count the non-finite step of `metrics` (its update was dropped); whether the run goes on."
         self.skipped += 1
         if self.skipped <= self.allowed and is_main:
             print(f"{self.describe(metrics, total_steps)}; update skipped ({self.skipped} of "
@@ -868,10 +868,11 @@ class NonFiniteGuard:
     def error(self, metrics: dict, total_steps: int, run_dir: Path) -> NonFiniteError:
         "The error that stops the run at the step of `metrics`, naming the checkpoint that is kept."
         kept = list_checkpoints(run_dir)
-        return NonFiniteError(f"{self.describe(metrics, total_steps)}: training stopped without applying "
-                              f"the step; the last checkpoint, {kept[-1] if kept else 'none yet'}, is finite "
-                              "and kept. Lower optimizer.lr or lengthen the warmup and start a new run, or "
-                              "let training.skip_nonfinite_steps drop a few such steps")
+        return NonFiniteError(
+            f"{self.describe(metrics, total_steps)}: training stopped without applying the step; "
+            f"the last checkpoint, {kept[-1] if kept else 'none yet'}, is finite and kept. Lower "
+            "optimizer.lr or lengthen the warmup and start a new run, or let "
+            "training.skip_nonfinite_steps drop a few such steps")
 
     @staticmethod
     def describe(metrics: dict, total_steps: int) -> str:
@@ -893,6 +894,46 @@ class Prefetcher:
         if step + 1 < self.total_steps:
             self.pending = {step + 1: self.pool.submit(self.make, step + 1)}
         return future.result()
+
+# %% ../nbs/09_trainer.ipynb #e6f4b3d4
+def lock_run_dir(run_dir: Path) -> contextlib.ExitStack:
+    "Create `run_dir` and hold its lock until the returned stack is closed; a file or unwritable path is a `ValueError`."
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(directory_lock(run_dir, "training"))
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"output_dir {run_dir} is a file (or lies under one); choose a directory path") from None
+    except OSError as error:
+        raise ValueError(f"output_dir {run_dir} cannot be written ({error.strerror}); choose another output_dir or "
+                         "make it writable") from None
+    return stack
+
+@contextlib.contextmanager
+def naming_a_full_disk(what: str, directory: Path, needed: int | None = None) -> Iterator[None]:
+    "A full disk while the block writes into `directory` becomes a `DiskFullError` naming `what` (and `needed`)."
+    try:
+        yield
+    except Exception as error:
+        if isinstance(error, DiskFullError) or is_disk_full(error, directory):
+            raise DiskFullError(what, directory, needed) from error  # the free space measured now
+        raise
+
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path, what: str, needed: int | None = None) -> Iterator[Path]:
+    "Remove the temporary directory `tmp` if the block fails; a full disk becomes a `DiskFullError` naming `what`."
+    try:
+        with naming_a_full_disk(what, tmp.parent, needed):
+            yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+def checkpoint_bytes(run_dir: Path, model: nn.Module) -> int:
+    "About the bytes a checkpoint needs: the last one's size, or the weights and AdamW's two moments in fp32."
+    kept = list_checkpoints(run_dir)
+    if kept:
+        return sum(p.stat().st_size for p in kept[-1].rglob("*") if p.is_file())
+    return 3 * 4 * sum(p.numel() for p in model.parameters())
 
 # %% ../nbs/09_trainer.ipynb #c21269dc
 def import_tracker(name: str):
@@ -988,7 +1029,7 @@ class RunFiles:
     def log(self, row: dict) -> None:
         "Append one row (a step's or an evaluation's metrics) to metrics.jsonl, and send it to the trackers."
         if self.is_main and row:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
+            with naming_a_full_disk("a row of metrics.jsonl", self.run_dir), open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             for tracker in self.trackers:
                 tracker.log(*tracker_scalars(row))
@@ -1013,42 +1054,10 @@ class RunFiles:
             with contextlib.suppress(ImportError):
                 import matplotlib.pyplot as plt
                 figure = stage.plot_metrics(self.run_dir)
-                figure.savefig(self.run_dir / "loss.png", dpi=100, bbox_inches="tight")
+                with naming_a_full_disk("loss.png (final/ is complete)", self.run_dir):
+                    figure.savefig(self.run_dir / "loss.png", dpi=100, bbox_inches="tight")
                 plt.close(figure)
         return final
-
-# %% ../nbs/09_trainer.ipynb #e6f4b3d4
-def lock_run_dir(run_dir: Path) -> contextlib.ExitStack:
-    "Create `run_dir` and hold its lock until the returned stack is closed; a file or unwritable path is a `ValueError`."
-    stack = contextlib.ExitStack()
-    try:
-        stack.enter_context(directory_lock(run_dir, "training"))
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"output_dir {run_dir} is a file (or lies under one); choose a directory path") from None
-    except OSError as error:
-        raise ValueError(f"output_dir {run_dir} cannot be written ({error.strerror}); choose another output_dir or "
-                         "make it writable") from None
-    return stack
-
-@contextlib.contextmanager
-def removed_on_failure(tmp: Path, what: str, needed: int | None = None) -> Iterator[Path]:
-    "Remove the temporary directory `tmp` if the block fails; a full disk becomes a `DiskFullError` naming `what`."
-    try:
-        yield tmp
-    except BaseException as error:
-        full = isinstance(error, DiskFullError) or isinstance(error, Exception) and is_disk_full(error, tmp.parent)
-        free = free_bytes(tmp.parent) if full else None  # before the removal frees some
-        shutil.rmtree(tmp, ignore_errors=True)
-        if full:
-            raise DiskFullError(what, tmp.parent, needed, free) from error
-        raise
-
-def checkpoint_bytes(run_dir: Path, model: nn.Module) -> int:
-    "About the bytes a checkpoint needs: the last one's size, or the weights and AdamW's two moments in fp32."
-    kept = list_checkpoints(run_dir)
-    if kept:
-        return sum(p.stat().st_size for p in kept[-1].rglob("*") if p.is_file())
-    return 3 * 4 * sum(p.numel() for p in model.parameters())
 
 # %% ../nbs/09_trainer.ipynb #7df6a155
 class TrainingSetup:
@@ -1065,7 +1074,7 @@ class TrainingSetup:
             raise
 
     def setup(self, config: TrainConfig, resume: str | Path | None) -> None:
-        "Verify a checkpoint to resume, join the processes, build stage, model, optimiser, schedule, backprop."
+        "Verify a checkpoint to resume, join the processes, build stage, model, optimiser…"
         self.config, self.resume_from = config, None
         if resume is not None:  # verify before touching anything
             self.resume_from = find_checkpoint(resume)
@@ -1077,8 +1086,9 @@ class TrainingSetup:
         for tracker in config.logging.report_to if int(os.environ.get("RANK", 0)) == 0 else []:
             import_tracker(tracker)  # and a missing tracker
         if config.distributed.deepspeed and config.training.skip_nonfinite_steps:
-            raise ValueError("training.skip_nonfinite_steps needs the trainer's own optimiser step; DeepSpeed's engine "
-                             "has reduced the gradients into its partitions: set it to 0 with distributed.deepspeed")
+            raise ValueError("training.skip_nonfinite_steps needs the trainer's optimiser step; "
+                             "DeepSpeed's engine has reduced the gradients into its partitions: "
+                             "set it to 0 with distributed.deepspeed")
         self.caller_threads = torch.get_num_threads()  # given back when train() ends (an in-process caller embeds next)
         self.dist = setup_distributed(config.distributed)
         self.precision = resolve_precision(config.training.precision, self.dist.device)
@@ -1126,19 +1136,21 @@ class TrainingSetup:
             self.engine.load_checkpoint(str(self.resume_from / "deepspeed"), tag="state")
             state = load_checkpoint(self.resume_from, self.model, None, None, self.dist)
         else:
-            state = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler, self.dist)
+            state = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler,
+                                    self.dist)
         self.guard.skipped = state.get("nonfinite_steps", 0)
         return state["step"]
 
     def save(self) -> Path:
         "Write a checkpoint of the current step (with DeepSpeed: its own partitioned optimiser files under `deepspeed/`)."
-        check_finite(self.model.state_dict(), f"the model after step {self.step}", "not saved (every rank checks "
-                     "the same weights and stops); the checkpoints already written are kept")
+        check_finite(self.model.state_dict(), f"the model after step {self.step}", "not saved "
+                     "(every rank checks the same weights and stops); the checkpoints stay")
         state = {"step": self.step, "total_steps": self.total_steps, "world_size": self.dist.world_size,
                  "samples_seen": self.step * self.config.training.global_batch_size, "config": self.config.to_dict(),
                  "torch": torch.__version__, "nonfinite_steps": self.guard.skipped}
-        tmp = self.run_dir / "checkpoints" / f"step-{self.step:06d}.tmp"  # a full disk: removed, and said so
-        with removed_on_failure(tmp, f"checkpoint {tmp.stem} of {self.run_dir}", checkpoint_bytes(self.run_dir, self.model)):
+        tmp = self.run_dir / "checkpoints" / f"step-{self.step:06d}.tmp"  # on a full disk: removed
+        needed = checkpoint_bytes(self.run_dir, self.model)
+        with removed_on_failure(tmp, f"checkpoint {tmp.stem} of {self.run_dir}", needed):
             return self.write_checkpoint(state)
 
     def write_checkpoint(self, state: dict) -> Path:
@@ -1158,11 +1170,14 @@ class Trainer(TrainingSetup):
         "Run optimiser step `step` (0-based) over the global batch; return its metrics."
         start = time.perf_counter()
         batches = self.next_batches(step)
-        loss, tokens = accumulate_gradients(self.stage, self.train_model, batches, self.backprop, self.dist)
+        loss, tokens = accumulate_gradients(self.stage, self.train_model, batches, self.backprop,
+                                            self.dist)
         lr = self.scheduler.get_last_lr()[0]
-        norm = None if self.engine else float(gradient_norm(self.model, self.config.training.max_grad_norm))
+        clip = self.config.training.max_grad_norm
+        norm = None if self.engine else float(gradient_norm(self.model, clip))
         # summed over ranks: a NaN or inf on any rank reaches all of them, and all decide alike
-        total_loss, total_tokens, norms = all_reduce_sum([float(loss), tokens, norm or 0.0], self.dist)
+        total_loss, total_tokens, norms = all_reduce_sum([float(loss), tokens, norm or 0.0],
+                                                         self.dist)
         finite = math.isfinite(total_loss) and math.isfinite(norms)
         if finite:
             apply_update(self.optimizer, self.scheduler, self.engine)
@@ -1178,7 +1193,7 @@ class Trainer(TrainingSetup):
             if not self.guard.allows(metrics, self.total_steps, self.dist.is_main):
                 self.files.log(metrics)  # the step that stops the run, for the record
                 raise self.guard.error(metrics, self.total_steps, self.run_dir)
-            with warnings.catch_warnings():  # the schedule keeps pace with the steps; torch warns without an update
+            with warnings.catch_warnings():  # the schedule keeps pace with the steps (torch warns)
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
         return metrics | self.stage.step_metrics(self.model)
@@ -1193,7 +1208,7 @@ class Trainer(TrainingSetup):
         return {"step": self.step, **self.stage.summarize_evaluation(totals)}
 
     def train(self) -> dict:
-        "Train from the current step to the end (see `run`), then release the run directory; return a summary."
+        "Train from the current step to the end (`run`), then release the run directory."
         try:
             return self.run()
         finally:
@@ -1210,7 +1225,8 @@ class Trainer(TrainingSetup):
         last, last_eval = {}, {}
         if self.step == 0 and self.stage.evaluate_at_start:  # the starting model's numbers, logged as step 0
             self.files.log(self.evaluate())
-        with StopRequest() as stop, restoring_threads(self.caller_threads), contextlib.closing(progress):
+        threads = restoring_threads(self.caller_threads)
+        with StopRequest() as stop, threads, contextlib.closing(progress):
             while self.step < self.total_steps:
                 last = self.train_step(self.step)
                 self.step += 1
@@ -1310,6 +1326,9 @@ def run_training(config: TrainConfig | str | Path, overrides: list[str] | None =
 
 def resolve_resume_config(config_path: str | None, overrides: list[str] | None, resume: str | None) -> TrainConfig:
     "The config of a (resumed) run: `--config` + `--set`, or, when resuming without `--config`, the checkpoint's own."
+    if resume is not None:  # a run still writing there is named at once, before its checkpoints are read
+        path = Path(resume)
+        check_unlocked(path.parent.parent if (path / "trainer_state.json").exists() else path)
     if config_path is not None:
         return load_config(config_path, overrides)
     checkpoint = find_checkpoint(resume)

@@ -217,7 +217,7 @@ def test_interrupted_runs_resume_to_identical_files(tmp_path, single, inputs):
     wait_for(tmp_path / "filtered" / "work" / "wiki", "00000.embedded.done", victim)
     victim.send_signal(signal.SIGTERM)
     _, err = victim.communicate(timeout=120)
-    assert victim.returncode == 130 and "interrupted; finished shards are kept in filtered: run the same command again to resume" in err
+    assert victim.returncode == 143 and "stopped by SIGTERM; finished shards are kept in filtered: run the same command again to resume" in err
     embedded = len(list((tmp_path / "filtered" / "work" / "wiki").glob("*.embedded.done")))
     assert 1 <= embedded < SHARDS
 
@@ -255,7 +255,7 @@ def test_hub_layout_lists_one_shard_per_data_file(tmp_path):
     shards = list_shards("hub", {"path": str(tmp_path), "split": "train"}, rows_per_shard=10)
     assert [Path(s.location).name for s in shards] == [f"train-0000{k}-of-00003.parquet" for k in range(3)]
     assert read_pair_shard(shards[2], {"document": "pos"}).to_pylist() == [{"query": "topic 2", "document": "text of topic 2"}]
-    with pytest.raises(ValueError, match="no data files for split 'validation'"):
+    with pytest.raises(ValueError, match="lists no files for config 'default', split 'validation'"):
         list_shards("hub", {"path": str(tmp_path), "split": "validation"}, rows_per_shard=10)
 
 
@@ -336,3 +336,99 @@ def test_peak_memory_is_bounded_by_shard_and_sample_size(tmp_path):
           f"{peaks[large][1] - peaks[small][1]:+.0f} MB (all vectors in memory would add {vectors_mb:.0f} MB)")
     assert peaks[large][1] - peaks[small][1] < vectors_mb / 2, peaks
     assert peaks[large][0] - peaks[small][0] < 2 * vectors_mb, peaks
+
+
+def supervised_mirror(root: Path) -> Path:
+    "Local copies of nomic-ai/nomic-embed-supervised-data and the BEIR corpora in their published layouts (hub_layouts.py)."
+    from hub_layouts import beir, supervised
+    beir(root, supervised(root, rows_per_split=24, unmined={"fever_hn_mine": 4}))
+    return root
+
+
+def test_check_reads_the_published_stage3_columns(tmp_path, monkeypatch):
+    """Defect 2 before/after: the published rows carry `negative` (a list); the finetune config maps it and all ten splits
+    and four corpora pass; the old bucket mapping (`pos`/`neg`) fails on the MEDI sets, and reading the retrieval sets
+    without the mapping fails instead of silently dropping their 10 published negatives."""
+    import yaml
+    monkeypatch.setenv("NOMIC_EMBED_HUB_MIRROR", str(supervised_mirror(tmp_path / "hub")))
+    check = lambda config: subprocess.run(curate_cli("check", "--config", str(config)), cwd=ROOT, env={**ENV, "NOMIC_EMBED_HUB_MIRROR": str(tmp_path / "hub")},
+                                          capture_output=True, text=True)
+    after = check(ROOT / "configs" / "curate_finetune.yaml")
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert after.stdout.count("ok    pairs") == 10 and after.stdout.count("ok    corpus") == 4
+    assert "msmarco" in after.stdout and "negatives in the first rows: 10/10/10" in after.stdout
+    config = yaml.safe_load((ROOT / "configs" / "curate_finetune.yaml").read_text())
+    for source in config["sources"]:  # the old configuration: retrieval sets unmapped, MEDI sets on pos/neg
+        source["columns"] = {"document": "pos", "negatives": "neg"} if source["name"].startswith("medi") else {}
+    config.pop("defaults")
+    before = check(write_yaml(tmp_path / "before.yaml", config))
+    assert before.returncode == 2
+    failed = {line.split()[2]: line for line in before.stdout.splitlines() if line.startswith("FAIL")}
+    assert {"medi_wiki", "medi_stackexchange", "medi_flickr", "medi_supernli"} <= set(failed) and "no column 'pos'" in failed["medi_wiki"]
+    assert "add columns: {negatives: negative} to keep them" in failed["msmarco"]
+    print(after.stdout, before.stdout, sep="\n")
+
+
+def test_one_split_is_read_without_touching_the_others(tmp_path, monkeypatch):
+    "Loading a split lists and reads only its own files: another split's files, made unreadable, are never opened."
+    from hub_layouts import unsupervised
+    from nomic_embed.corpus import hub_data_files
+    from nomic_embed.pairs import PairSource
+    repo = unsupervised(tmp_path / "hub", rows_per_split=24)
+    monkeypatch.setenv("NOMIC_EMBED_HUB_MIRROR", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    for broken in (repo / "data").glob("paq-*.parquet"):
+        broken.write_bytes(b"not a parquet file")
+    files = hub_data_files("nomic-ai/nomic-embed-unsupervised-data", split="gooaq")
+    assert [Path(f).name for f in files] == ["gooaq-00000-of-00002.parquet", "gooaq-00001-of-00002.parquet"]
+    rows = PairSource("gooaq", path="nomic-ai/nomic-embed-unsupervised-data", split="gooaq").load()
+    assert len(rows) == 24 and set(rows.column_names) == {"query", "document", "dataset", "shard"} and set(rows["dataset"]) == {"gooaq"}
+    with pytest.raises(Exception):  # the broken split itself does fail
+        PairSource("paq", path="nomic-ai/nomic-embed-unsupervised-data", split="paq").load()
+
+
+def test_positive_aware_mining_skips_candidates_close_to_the_positive(tmp_path):
+    """`positive_aware_ratio`: every mined negative scores below ratio × the row's positive (the teacher's own vectors),
+    while plain mining of the same rows takes some above it; the report counts what was skipped."""
+    import pyarrow.parquet as pq
+    import yaml
+    from nomic_embed.curate import load_table
+    import pyarrow as pa
+    from nomic_embed.pairs import offline_pairs
+    ratio = 0.95  # NV-Retriever's TopK-PercPos
+    rows = offline_pairs(["wikipedia_sections"])["wikipedia_sections"][:SHARDS * ROWS]  # clean pairs: section heading → body
+    (tmp_path / "wiki").mkdir()
+    for k in range(SHARDS):
+        pq.write_table(pa.Table.from_pylist(rows[k * ROWS:(k + 1) * ROWS]), tmp_path / "wiki" / f"part-{k}.parquet")
+    source = {"name": "wiki", "data_files": str(tmp_path / "wiki" / "*.parquet"), "query_prefix": "search_query", "negatives": "mined"}
+    outputs = {}
+    for name, extra in (("plain", {}), ("aware", {"positive_aware_ratio": ratio})):
+        config = write_yaml(tmp_path / f"{name}.yaml", {**SETTINGS, "sources": [source], **extra})
+        done = subprocess.run(curate_cli("mine", "--config", str(config), "--output", name), cwd=tmp_path, env=ENV, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[name] = tmp_path / name
+
+    def scores(output: Path) -> list[tuple[float, list[float]]]:
+        "Per row: the teacher's cosine of the positive and of each written negative, from the run's own vectors."
+        texts, vectors = [], []
+        for k in range(SHARDS):
+            texts += load_table(output / "work" / "wiki" / f"{k:05d}.texts.arrow").column("document").to_pylist()
+            vectors.append(np.load(output / "work" / "wiki" / f"{k:05d}.document.npy").astype(np.float32))
+        index, vectors = {t: i for i, t in enumerate(texts)}, np.concatenate(vectors)
+        rows = []
+        for k in range(SHARDS):
+            queries = np.load(output / "work" / "wiki" / f"{k:05d}.query.npy").astype(np.float32)
+            for q, row in zip(queries, pq.read_table(output / "wiki" / f"{k:05d}.parquet").to_pylist()):
+                rows.append((float(q @ vectors[index[row["document"]]]), [float(q @ vectors[index[n]]) for n in row["negatives"]]))
+        return rows
+
+    plain, aware = scores(outputs["plain"]), scores(outputs["aware"])
+    too_close = sum(s >= ratio * p for p, negatives in plain for s in negatives)
+    assert too_close > 0, "plain mining took no negative near its positive: the test data cannot show the option"
+    assert all(s < ratio * p for p, negatives in aware for s in negatives)
+    report = json.loads((outputs["aware"] / "report.json").read_text())["sources"]["wiki"]
+    assert report["short"] == sum(len(negatives) < SETTINGS["negatives_pool"] for _, negatives in aware) < len(aware) // 2
+    assert report["positive_aware_skipped"] >= too_close
+    assert json.loads((outputs["plain"] / "report.json").read_text())["sources"]["wiki"]["positive_aware_skipped"] == 0
+    print(f"ratio {ratio}: plain mining took {too_close} negatives scored >= {ratio} x the positive; "
+          f"positive-aware mining skipped {report['positive_aware_skipped']}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENV, ROOT, TORCHRUN, expect_error, sets, train_cli, weights
+from conftest import ENV, ROOT, TORCHRUN, bin_path, expect_error, sets, train_cli, weights
 from nomic_embed.train import load_config, read_metrics, run_training, Trainer
 
 CONFIGS = ROOT / "configs"
@@ -152,7 +152,7 @@ def torchrun_matches_single_process(tmp_path: Path, config: Path, extra: list[st
     single, double = tmp_path / "single", tmp_path / "double"
     one = subprocess.run(train_cli("--config", str(config), *sets(*common, f"output_dir={single}")), env=ENV, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([*TORCHRUN, "-m", "nomic_embed.train", "--config", str(config), *sets(*common, f"output_dir={double}")],
+    two = subprocess.run([*TORCHRUN, "--no-python", bin_path("nomic_embed_train"), "--config", str(config), *sets(*common, f"output_dir={double}")],
                          env=ENV, capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-3000:]
     one_rows, two_rows = read_metrics(single)[0], read_metrics(double)[0]
