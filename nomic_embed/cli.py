@@ -86,8 +86,9 @@ def embed(argv: list[str] | None = None) -> None:
     run_console("nomic_embed_embed", work)
 
 # %% ../nbs/13_cli.ipynb #a3a0c299
-BUDGET_NAMES = ("micro", "small", "medium")  # the reproduce chapter's BUDGETS
-ABLATION_NAMES = ("unfiltered", "mixed_batches", "from_scratch", "first_7", "random_negatives", "ablated")  # and its ABLATIONS
+BUDGET_NAMES = ("micro", "small", "medium", "scaling")  # the reproduce chapter's BUDGETS
+ABLATION_NAMES = ("unfiltered", "noisy", "noisy_unfiltered", "mixed_batches", "from_scratch", "first_7",
+                  "random_negatives", "ablated")  # and its ABLATIONS
 
 def reproduce_parser() -> argparse.ArgumentParser:
     "The arguments of `nomic_embed_reproduce`."
@@ -96,14 +97,16 @@ def reproduce_parser() -> argparse.ArgumentParser:
                                      "evaluation — and write results.md / results.json. Run it again with the same --out to continue.")
     parser.add_argument("--out", default="reproduction", help="output directory (default: ./reproduction)")
     parser.add_argument("--budget", default="small", choices=BUDGET_NAMES,
-                        help="micro: about a minute (tests); small: the default, about 20 minutes on 2 CPU cores; medium: 4 layers x 256, about 90 minutes on 2 CPU cores")
+                        help="micro: about a minute (tests); small: the default, stages 2 and 3 at 3 seeds, about 20 minutes on 2 CPU "
+                             "cores once its caches exist; medium: 4 layers x 256, about 150 minutes on 2 CPU cores; scaling: "
+                             "the scaling curve (stage-2 pairs per source from 500 to 16,000, 2 seeds each), about 65 minutes")
     parser.add_argument("--ablations", nargs="?", const="all", default="", metavar="NAMES",
                         help="also run one training per design choice of the report and score it — all of them, or the comma-separated "
-                             f"NAMES ({', '.join(ABLATION_NAMES)}) — and stages 2 and 3 at two more seeds, to judge each against")
+                             f"NAMES ({', '.join(ABLATION_NAMES)}) — each arm and its default at 8 paired seeds")
     return parser
 
 def reproduce(argv: list[str] | None = None) -> None:
-    "Console entry point `nomic_embed_reproduce [--out DIR] [--budget micro|small|medium] [--ablations [NAMES]]`."
+    "Console entry point `nomic_embed_reproduce [--out DIR] [--budget NAME] [--ablations [NAMES]]`."
     args = reproduce_parser().parse_args(argv)
     def work():
         from nomic_embed.reproduce import run_command  # PyTorch and every chapter load only now

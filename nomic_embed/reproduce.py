@@ -35,7 +35,7 @@ __all__ = ['BUDGETS', 'TEACHER_CHUNK', 'TEACHER_SETTINGS', 'NOISE_FRACTION', 'CH
            'payload_tables', 'results_markdown', 'write_results', 'plot_chain', 'plot_claims', 'reproduce',
            'mlm_losses', 'scale_sentence', 'write_figures', 'run_scaling', 'scaling_payload', 'plot_scaling',
            'write_scaling', 'run_command', 'cut_after', 'layer_scores', 'participation_ratio', 'token_spread',
-           'whitened_records', 'scored_negatives', 'negative_scores', 'positive_aware_pairs']
+           'whitened_records']
 
 # %% ../nbs/12_reproduce.ipynb #326b4357
 @dataclass(frozen=True)
@@ -1830,100 +1830,3 @@ def whitened_records(model_dir: str | os.PathLike, budget: Budget) -> dict[str, 
         records[f"{task.name}@{length}"] = record_from_vectors(task, [(p - stacked.mean(0)) @ whiten
                                                                       for p in parts])
     return records
-
-# %% ../nbs/12_reproduce.ipynb #5dfceb96
-def scored_negatives(curated: str | os.PathLike):
-    "Per shard of a `mine` output mined from its own documents: (source, path, table, scored rows)."
-    import pyarrow.parquet as pq
-    import yaml
-    from nomic_embed.curate import load_table
-
-    curated = Path(curated)
-    report = json.loads((curated / "report.json").read_text())["sources"]
-    for source in yaml.safe_load((curated / "pairs.yaml").read_text())["sources"]:
-        name = source["name"]
-        if (
-            report[name].get("negatives") != "mined"
-            or (curated / "work" / f"{name}.corpus").exists()
-        ):
-            continue  # random or kept negatives, or an external corpus: no scores to read
-        paths = [Path(f) for f in source["data_files"]]
-        works = [curated / "work" / name / path.stem for path in paths]
-        corpus = np.concatenate(
-            [np.load(f"{work}.document.npy").astype(np.float32) for work in works]
-        )
-        texts = (
-            t
-            for work in works
-            for t in load_table(f"{work}.texts.arrow").column("document").to_pylist()
-        )
-        own = {text: i for i, text in enumerate(texts)}
-        first = 0
-        for path, work in zip(paths, works):
-            queries = np.load(f"{work}.query.npy").astype(np.float32)
-            table, rows = pq.read_table(path), []
-            for q, negatives in enumerate(table.column("negatives").to_pylist()):
-                if not all(text in own for text in negatives):
-                    raise ValueError(
-                        f"{path}: a negative is not among {name}'s documents; only negatives "
-                        "mined from a source's own pool can be scored"
-                    )
-                rows.append(
-                    (
-                        float(queries[q] @ corpus[first + q]),
-                        corpus[[own[text] for text in negatives]] @ queries[q],
-                    )
-                )
-            first += len(queries)
-            yield name, path, table, rows
-
-# %% ../nbs/12_reproduce.ipynb #d4d94502
-def negative_scores(curated: str | os.PathLike, ratio: float = 0.95) -> dict[str, dict]:
-    "Per mined source: rows, share of negatives ≥ `ratio` × the positive, of rows with one above."
-    counts: dict[str, dict] = {}
-    for name, _, _, rows in scored_negatives(Path(curated)):
-        c = counts.setdefault(name, {"rows": 0, "negatives": 0, "near": 0, "above": 0})
-        for positive, negatives in rows:
-            c["rows"] += 1
-            c["negatives"] += len(negatives)
-            c["near"] += int((negatives >= ratio * positive).sum())
-            c["above"] += int((negatives > positive).any())
-    return {
-        name: {
-            "rows": c["rows"],
-            "near_positive": c["near"] / max(c["negatives"], 1),
-            "rows_negative_above": c["above"] / max(c["rows"], 1),
-        }
-        for name, c in counts.items()
-    }
-
-# %% ../nbs/12_reproduce.ipynb #1912efca
-def positive_aware_pairs(
-    curated: str | os.PathLike, out: str | os.PathLike, ratio: float = 0.95, keep: int = 7
-) -> Path:
-    "A copy of a `mine` output without negatives scored ≥ `ratio` × the positive; its pairs config."
-    import pyarrow as pa
-    import yaml
-    from nomic_embed.curate import save_parquet
-
-    curated, out = Path(curated), Path(out)
-    config = yaml.safe_load((curated / "pairs.yaml").read_text())
-    rewritten = {}
-    for name, path, table, rows in scored_negatives(curated):
-        negatives = []
-        for texts, (positive, scores) in zip(table.column("negatives").to_pylist(), rows):
-            chosen = [t for t, s in zip(texts, scores) if s < ratio * positive]
-            lowest = [texts[i] for i in np.argsort(scores, kind="stable")[:keep]]
-            negatives.append(chosen if len(chosen) >= keep else lowest)
-        column = pa.array(negatives, pa.list_(pa.string()))
-        target = out / name / path.name
-        save_parquet(
-            target, table.set_column(table.column_names.index("negatives"), "negatives", column)
-        )
-        rewritten[str(path)] = str(target)
-    for source in config["sources"]:
-        source["data_files"] = [rewritten.get(str(f), str(f)) for f in source["data_files"]]
-    target = out / "pairs.yaml"
-    with atomic_file(target) as written:
-        written.write_text(yaml.safe_dump(config, sort_keys=False))
-    return target

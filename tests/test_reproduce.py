@@ -60,31 +60,21 @@ def test_micro_chain_writes_every_file_and_improves(micro_run):
     assert {row["model"] for row in tables["mlm loss"]} == {"stage 1 (MLM)", "unigram", "bigram"}
 
 
-def test_mined_negatives_scored_and_filtered_against_the_positive(micro_run, tmp_path):
-    "The teacher's scores of the micro run's mined negatives, and a positive-aware copy that stage 3 can read."
-    import pyarrow.parquet as pq
-    import yaml
+def test_positive_aware_mining_of_the_stage3_pool(micro_run, tmp_path):
+    "The micro run's stage-3 pool mined again at NV-Retriever's 0.95: same rows, some candidates skipped, loadable."
     from nomic_embed.pairs import PairSource
-    from nomic_embed.reproduce import scored_negatives, negative_scores, positive_aware_pairs
-    curated = micro_run / "curated" / "stage3"
-    report = json.loads((curated / "report.json").read_text())["sources"]
-    by_source = negative_scores(curated)
-    assert set(by_source) == {name for name, info in report.items() if info["negatives"] == "mined"}
-    for name, s in by_source.items():
-        assert s["rows"] == report[name]["pairs"] and 0 <= s["near_positive"] <= 1 and 0 <= s["rows_negative_above"] <= 1
-    print(by_source)
-    assert any(s["near_positive"] > 0 for s in by_source.values())  # the teacher scores some negatives near the positive
-    pairs = positive_aware_pairs(curated, tmp_path / "positive_aware")
-    for name, path, original, rows in scored_negatives(curated):
-        rewritten = pq.read_table(tmp_path / "positive_aware" / name / path.name).column("negatives").to_pylist()
-        for before, after, (positive, negatives) in zip(original.column("negatives").to_pylist(), rewritten, rows):
-            near = {t for t, score in zip(before, negatives) if score >= 0.95 * positive}
-            assert set(after) <= set(before) and len(after) >= min(7, len(before))
-            assert not near & set(after) or len(before) - len(near) < 7  # dropped, unless fewer than 7 would be left
-    for source in yaml.safe_load(pairs.read_text())["sources"]:  # mined sources point to the copy, the others to the run
-        copied = str(tmp_path) in source["data_files"][0]
-        assert copied == (source["name"] in by_source)
-        assert PairSource(name=source["name"], data_files=source["data_files"]).load().num_rows == report[source["name"]]["pairs"]
+    from nomic_embed.reproduce import BUDGETS, curate_config, run_curation
+    plain = json.loads((micro_run / "curated" / "stage3" / "report.json").read_text())["sources"]
+    config = {**curate_config(micro_run / "pools", BUDGETS["micro"]), "positive_aware_ratio": 0.95}
+    aware = run_curation("mine", config, tmp_path / "positive_aware")["sources"]
+    assert {name: s["pairs"] for name, s in aware.items()} == {name: s["pairs"] for name, s in plain.items()}
+    skipped = {name: s["positive_aware_skipped"] for name, s in aware.items()}
+    print(skipped)
+    assert all(n == 0 for name, n in skipped.items() if aware[name]["negatives"] != "mined")
+    assert sum(skipped.values()) > 0  # the teacher scores some top-20 candidates within 5% of the positive
+    for name in aware:
+        assert PairSource(name=name, data_files=[str(f) for f in (tmp_path / "positive_aware" / name).glob("*.parquet")]
+                          ).load().num_rows == aware[name]["pairs"]
 
 
 def test_a_changed_setting_is_refused(micro_run):
