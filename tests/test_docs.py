@@ -48,13 +48,11 @@ PENDING_PAGES = {
     "09a_train": "being rewritten (stage data, seeds); long lines (round two)",
     "10_embed": "being rewritten (error boundary); long lines (round two)",
     "11_evaluate": "hub benchmarks and GLUE to an appendix; long lines (round two)",
-    "12_reproduce": "history to the lab log, statistics to 11a_stats (round two)",
     "13_cli": "every parser in one place (round two)",
 }
 PENDING_CODE = {
     "02_corpus": "hides all of its code (`#| export`); round two shows it",
     "11_evaluate": "hides all of its code (`#| export`); round two shows the offline suite",
-    "12_reproduce": "hides Budget and the chain; round two shows them",
 }
 KEY_DEFINITIONS = {  # the cells that implement the paper: exported and shown on their page (`#| exports`)
     "00_rope": ["inv_frequencies", "rope_cos_sin", "apply_rope", "interpolation_scale", "ntk_base", "dynamic_ntk_base",
