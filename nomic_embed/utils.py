@@ -179,8 +179,10 @@ class DirectoryInUseError(RuntimeError):
 @contextlib.contextmanager
 def directory_lock(directory: str | os.PathLike, what: str) -> Iterator[Path]:
     """Hold an exclusive lock on `directory` (created if missing) for the block; a second process
-    gets `DirectoryInUseError` naming the first. The lock dies with its process."""
+    gets `DirectoryInUseError` naming the first. The lock dies with its process; a directory it
+    created is removed again if the block leaves it empty (a run refused for bad input writes nothing)."""
     directory = Path(directory)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / ".lock"
     while True:
@@ -201,6 +203,9 @@ def directory_lock(directory: str | os.PathLike, what: str) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)  # while still locked: see above
         os.close(handle)
+        if created:
+            with contextlib.suppress(OSError):  # not empty: it holds the block's work
+                directory.rmdir()
 
 # %% ../nbs/00a_utils.ipynb #ff36c9ae
 def _holder(what: str) -> dict:

@@ -50,9 +50,10 @@ FULL_SIZE_MEMORY = ["training.gradient_checkpointing=true"]  # 137M on 2 CPU ran
 
 
 def full_scale_commands(readme: Path = README) -> list[str]:
-    "The command lines of the README's full-scale block, verbatim, in order (comment and blank lines left out)."
+    "The README's full-scale command lines, in order: continuations joined, comments and blank lines left out."
     blocks = re.findall(r"```sh\n(.*?)```", readme.read_text(encoding="utf-8"), re.DOTALL)
     block = next(b for b in blocks if "nomic_embed_curate check" in b and "nomic_embed_curate mine" in b)
+    block = re.sub(r"\s*\\\n\s*", " ", block)  # a command continued over lines with a trailing backslash is one line
     return [line.strip() for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 

@@ -1,7 +1,8 @@
 """Write README.md from nbs/index.ipynb without Quarto (where Quarto exists, `nbdev_readme` does the same job).
 
-Executes the index notebook, drops `#| hide` cells, strips `#|` directives and renders Markdown with
-`jupyter nbconvert`'s MarkdownExporter. `--check` exits 1 if README.md is not what this would write.
+Executes the index notebook, drops `#| hide` cells, strips `#|` directives, renders Markdown with
+`jupyter nbconvert`'s MarkdownExporter and points links relative to `nbs/` (chapters, figures) into `nbs/`.
+`--check` exits 1 if README.md is not what this would write.
 """
 import argparse
 import re
@@ -27,6 +28,8 @@ def readme_text(index: Path) -> str:
         cell.source = DIRECTIVE.sub("", cell.source)
     body, _ = MarkdownExporter(exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
     body = re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"
+    # links that are relative to nbs/ in the docs (a chapter, a figure) point into nbs/ from the repository root
+    body = re.sub(r"\]\((?![a-z]+:|/|#)([^)\s]+)\)", r"](nbs/\1)", body)
     return "<!-- Generated from nbs/index.ipynb by tools/make_readme.py: edit the notebook, not this file. -->\n\n" + body
 
 
