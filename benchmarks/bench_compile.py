@@ -40,7 +40,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # Dynamo's recompile-limit warnings: the docstring says what they mean
     from nomic_embed.corpus import load_tokenizer
-    from nomic_embed.model import NomicBertConfig, NomicBertModel, pad_token_ids, tokenize
+    from nomic_embed.inference import pad_token_ids, tokenize
+    from nomic_embed.model import NomicBertConfig, NomicBertModel
     import torch._inductor.config as inductor_config
 
     texts = [f"{TASK}: {t}" for t in build_cases(96, 1)[args.case]]

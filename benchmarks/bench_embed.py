@@ -211,11 +211,12 @@ def prepare(work: Path, engines: list[str]) -> None:
     import torch
     from nomic_embed.corpus import load_tokenizer
     from nomic_embed.embed import Embedder
+    from nomic_embed.checkpoints import save_model
     from nomic_embed.model import NomicBertConfig, NomicBertModel
     if not (work / "st").exists():
         torch.manual_seed(0)
         model = NomicBertModel(NomicBertConfig(rotary_scaling_factor=2.0))  # full size: 768 hidden, 12 layers, 3072 SwiGLU
-        model.save_pretrained(work / "ours")
+        save_model(model, work / "ours")
         load_tokenizer().save_pretrained(work / "ours")
         Embedder.from_pretrained(work / "ours", device="cpu").save_sentence_transformers(work / "st")
     if "onnxruntime" in engines and not (work / "model.onnx").exists():

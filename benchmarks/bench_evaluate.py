@@ -26,7 +26,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(1)
     import nomic_embed.evaluate as E
-    from nomic_embed.model import length_sorted_batches, pad_token_ids, tokenize
+    from nomic_embed.inference import length_sorted_batches, pad_token_ids, tokenize
     directory = E.save_random_init(tempfile.mkdtemp() + "/random-init", seed=0, hidden_size=128, num_hidden_layers=2,
                                    num_attention_heads=2, intermediate_size=512, max_trained_positions=128)
     suite = E.offline_tasks(args.tasks)

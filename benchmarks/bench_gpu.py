@@ -158,11 +158,12 @@ def backends() -> list[str]:
 def pair_models(device, rotary_scaling_factor=None):
     "Ours (full config, seed 0) and transformers' NomicBertModel loaded from ours saved in transformers' format."
     import transformers
+    from nomic_embed.checkpoints import save_model
     from nomic_embed.model import NomicBertConfig, NomicBertModel
     torch.manual_seed(0)
     ours = NomicBertModel(NomicBertConfig(**FULL, rotary_scaling_factor=rotary_scaling_factor)).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        ours.save_pretrained(tmp, format="transformers")
+        save_model(ours, tmp, format="transformers")
         peer = transformers.AutoModel.from_pretrained(tmp).eval()
     return ours.to(device), peer.to(device)
 
@@ -305,6 +306,7 @@ def section_embed(tokenizer, data, device, results):
     import numpy as np
     from sentence_transformers import SentenceTransformer
     from nomic_embed.embed import Embedder
+    from nomic_embed.checkpoints import save_model
     from nomic_embed.model import NomicBertConfig, NomicBertModel
     torch.manual_seed(0)
     model = NomicBertModel(NomicBertConfig(**FULL, rotary_scaling_factor=2.0))

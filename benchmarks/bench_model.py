@@ -60,12 +60,12 @@ def load_model(directory: Path, case: str, name: str):
     "`ours` (auto backend), `ours_padded` (forced padded SDPA) or `transformers` (its NomicBertModel), same weights."
     from transformers import AutoModel
 
-    from nomic_embed.model import NomicBertModel
+    from nomic_embed.checkpoints import load_model
 
     sub = directory / ("long" if case == "c" else "plain")
     if name == "transformers":
         return AutoModel.from_pretrained(sub).eval()
-    return NomicBertModel.from_pretrained(sub, attention_backend="sdpa" if name == "ours_padded" else "auto")
+    return load_model(sub, attention_backend="sdpa" if name == "ours_padded" else "auto")
 
 
 def forward(model, inputs) -> torch.Tensor:
@@ -91,13 +91,14 @@ def peak_memory(directory: Path, case: str, name: str) -> float:
 
 def write_checkpoints(directory: Path) -> None:
     "One random full-size NomicBERT, written in transformers' layout twice: plain RoPE, and dynamic NTK alpha=2."
+    from nomic_embed.checkpoints import save_model
     from nomic_embed.model import NomicBertConfig, NomicBertModel
 
     torch.manual_seed(0)
     model = NomicBertModel(NomicBertConfig())
-    model.save_pretrained(directory / "plain", format="transformers")
+    save_model(model, directory / "plain", format="transformers")
     model.config.rotary_scaling_factor = 2.0
-    model.save_pretrained(directory / "long", format="transformers")
+    save_model(model, directory / "long", format="transformers")
 
 
 def main() -> None:

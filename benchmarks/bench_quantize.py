@@ -1,5 +1,5 @@
 """What the reduced-precision CPU options cost and gain: fp32 (oneDNN kernels, the default), fp32 through MKL (the
-kernels before), int8 dynamic quantisation (`nomic_embed.model.quantize_int8`) and bf16 autocast (the Embedder's
+kernels before), int8 dynamic quantisation (`nomic_embed.kernels.quantize_int8`) and bf16 autocast (the Embedder's
 `dtype="bfloat16"`), all in one process, interleaved round by round.
 
     python benchmarks/bench_quantize.py                  # speed on 32x128 and mixed paragraphs, then accuracy
@@ -41,7 +41,8 @@ from benchtools import format_ratio, interleaved, ratio_stats  # noqa: E402
 
 def variants(model, tokenizer):
     "name -> function(texts) -> vectors, for the four ways of running the model."
-    from nomic_embed.model import embed_texts, quantize_int8, use_onednn_linear
+    from nomic_embed.inference import embed_texts
+    from nomic_embed.kernels import quantize_int8, use_onednn_linear
     int8 = quantize_int8(model)
 
     def mkl(texts):
@@ -64,7 +65,7 @@ def minilm_accuracy() -> None:
     from scipy.stats import spearmanr
     from sentence_transformers import SentenceTransformer
 
-    from nomic_embed.model import quantize_int8
+    from nomic_embed.kernels import quantize_int8
     docs = [" ".join(line.split()) for line in open(datapath("lee.cor"), encoding="latin-1") if line.strip()]
     ratings = np.loadtxt(datapath("similarities0-1.txt"))
     upper = np.triu_indices(len(docs), 1)
@@ -96,10 +97,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from nomic_embed.corpus import load_tokenizer
+    from nomic_embed.checkpoints import load_model
     from nomic_embed.model import NomicBertConfig, NomicBertModel
     tokenizer = load_tokenizer()
     if args.work and (args.work / "ours").exists():
-        model = NomicBertModel.from_pretrained(args.work / "ours")
+        model = load_model(args.work / "ours")
     else:
         torch.manual_seed(0)
         model = NomicBertModel(NomicBertConfig(rotary_scaling_factor=2.0)).eval()

@@ -19,7 +19,7 @@ python benchmarks/bench_contrastive.py --device cuda --model base --precision bf
   --repeats 2 2>&1 | tee "$out/contrastive.log"
 run="$out/stage2_run"
 rm -rf "$run"
-python -m nomic_embed.train --config configs/contrastive_pretrain_tiny.yaml \
+nomic_embed_train --config configs/contrastive_pretrain_tiny.yaml \
   --set init_from=null --set model.attention_backend=auto --set training.precision=auto \
   --set "output_dir=$run" --set "data.tokenizer=$data/tokenizer" \
   --set "data.sources=[{name: wikipedia_sections, data_files: $data/pairs/wikipedia_sections.jsonl}, {name: python_docstrings, data_files: $data/pairs/python_docstrings.jsonl}, {name: pydoc_topics, data_files: $data/pairs/pydoc_topics.jsonl}]" \

@@ -417,7 +417,7 @@ def write_packed(documents: Iterable[Sequence[int]], chunk_length: int, out_dir:
     "Pack `documents` into `out_dir/chunks.arrow` + `meta.json`, atomically (temp dir, then rename). Raises on an empty corpus."
     import time
     import pyarrow as pa
-    from nomic_embed.model import progress_bar
+    from nomic_embed.utils import progress_bar
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))

@@ -1000,7 +1000,7 @@ def data_sources(config: str | os.PathLike, overrides: Sequence[str] = ()) -> li
         raise ValueError(f"config {str(path)!r} does not exist (relative paths start at {os.getcwd()})")
     raw = yaml.safe_load(path.read_text()) or {}
     if overrides:
-        from nomic_embed.trainer import apply_overrides
+        from nomic_embed.utils import apply_overrides
         raw = apply_overrides(raw, list(overrides))
     if "stage" in raw:
         data = raw.get("data") or {}
@@ -1087,7 +1087,7 @@ def _check_command(args: argparse.Namespace) -> None:
         import yaml
         raw = yaml.safe_load(Path(args.config).read_text()) or {}
         if args.overrides:
-            from nomic_embed.trainer import apply_overrides
+            from nomic_embed.utils import apply_overrides
             raw = apply_overrides(raw, list(args.overrides))
         batch = (raw.get("training") or {}).get("global_batch_size")
         total = f"{sum(pairs.values()):,} pairs"

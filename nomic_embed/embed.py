@@ -26,53 +26,61 @@ import torch.nn.functional as F
 
 from .contrastive import MATRYOSHKA_LAYER_NORM_KEY, cosine_logits, read_matryoshka_layer_norm, resize_embeddings
 from .corpus import load_tokenizer
-from .model import (CHECKPOINT_FORMATS, NomicBertModel, check_rotary_scaling_factor, check_vocabulary, embed_texts,
-                               length_sorted_batches, progress_bar, tokenize)
-from .utils import (Interrupted, atomic_file, check_finite, check_unlocked, directory_lock, ensure_free_space, is_user_error,
-                               load_json, resolve_device, write_manifest)
+from .checkpoints import CHECKPOINT_FORMATS, check_vocabulary, load_model, save_model
+from .inference import embed_texts, length_sorted_batches, tokenize
+from .model import NomicBertModel, check_rotary_scaling_factor
 from .pairs import TASK_PREFIXES, with_prefix
+from .utils import (PRECISIONS, Interrupted, atomic_file, check_finite, check_unlocked, directory_lock,
+                               ensure_free_space, is_user_error, load_json, progress_bar, resolve_device, write_manifest)
 
 # %% auto #0
-__all__ = ['TASKS', 'HUB_ID', 'CHECKPOINT_FILES', 'PRECISIONS', 'EXPORT_FORMATS', 'MTEB_PREFIXES', 'MTEB_UNNORMALIZED',
-           'INPUT_SUFFIXES', 'OUTPUT_SUFFIXES', 'check_task', 'add_prefix', 'normalize_by_default', 'check_texts',
-           'resolve_model', 'check_precision', 'check_dimensionality', 'Embedder', 'save_sentence_transformers',
-           'save_pretrained', 'quantization_ranges', 'check_ranges', 'quantize_embeddings', 'hamming_distances',
-           'dequantize_embeddings', 'quantized_search', 'mteb_task', 'MTEBEncoder', 'in_memory_task', 'read_texts',
-           'count_texts', 'check_output_path', 'partial_dir', 'load_embeddings', 'InputChangedError', 'embed_file',
-           'run_command']
+__all__ = ['TASKS', 'HUB_ID', 'CHECKPOINT_FILES', 'EXPORT_FORMATS', 'MTEB_PREFIXES', 'MTEB_UNNORMALIZED', 'INPUT_SUFFIXES',
+           'OUTPUT_SUFFIXES', 'check_task', 'add_prefix', 'normalize_by_default', 'check_texts', 'resolve_model',
+           'check_precision', 'check_dimensionality', 'Embedder', 'save_sentence_transformers', 'save_pretrained',
+           'quantization_ranges', 'check_ranges', 'quantize_embeddings', 'hamming_distances', 'dequantize_embeddings',
+           'quantized_search', 'mteb_task', 'MTEBEncoder', 'in_memory_task', 'read_texts', 'count_texts',
+           'check_output_path', 'partial_dir', 'load_embeddings', 'InputChangedError', 'embed_file', 'run_command']
 
-# %% ../nbs/10_embed.ipynb #61f744ac
+# %% ../nbs/10_embed.ipynb #77bc90f0
 TASKS = TASK_PREFIXES  # the four task prefixes (report §4.2.2), as the pairs chapter defines them
 
 def check_task(task: str) -> str:
-    "Return `task` if it is one of `TASKS`; otherwise raise a `ValueError` that names the valid ones."
+    """Return `task` if it is one of `TASKS`; otherwise raise a `ValueError` that names the valid
+    ones."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     return task
 
+# %% ../nbs/10_embed.ipynb #60dda730
 def add_prefix(texts: Sequence[str], task: str) -> list[str]:
     "Prepend the task prefix to every text: `'{task}: {text}'` (report §4.2.2)."
     check_task(task)
     return [with_prefix(text, task) for text in texts]
 
+# %% ../nbs/10_embed.ipynb #075930bf
 def normalize_by_default(task: str) -> bool:
-    "Whether `task` is L2-normalised by default: every task except `classification` (report §5.2.1)."
+    """Whether `task` is L2-normalised by default: every task except `classification` (report
+    §5.2.1)."""
     return check_task(task) != "classification"
 
 # %% ../nbs/10_embed.ipynb #63943026
 def check_texts(texts: Iterable[str]) -> list[str]:
-    "The texts as a list, after checking each is a non-blank `str`; errors give the index of the first bad one."
+    """The texts as a list, after checking each is a non-blank `str`; errors give the index of the
+    first bad one."""
     if isinstance(texts, (str, bytes)):
-        raise TypeError("texts must be a list of strings, got a single string; wrap it in a list: [text]")
+        raise TypeError("texts must be a list of strings, got a single string; wrap it in a list: "
+                        "[text]")
     try:
         texts = list(texts)
     except TypeError:
         raise TypeError(f"texts must be a list of strings; got {type(texts).__name__}") from None
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{index}] is {type(text).__name__} ({text!r:.40}), not str; drop it or convert it to text first")
+            raise TypeError(f"texts[{index}] is {type(text).__name__} ({text!r:.40}), not str; "
+                            "drop it or convert it to text first")
         if not text.strip():
-            raise ValueError(f"texts[{index}] is empty or whitespace only; drop it or replace it with the text to embed")
+            raise ValueError(f"texts[{index}] is empty or whitespace only; drop it or replace it "
+                             "with the text to embed")
     return texts
 
 # %% ../nbs/10_embed.ipynb #f5439aca
@@ -116,109 +124,143 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.bin", "vocab.txt"]  # config, weights, tokenizer
 
 def resolve_model(spec: str | os.PathLike, revision: str | None = None) -> Path:
-    "The local directory of model `spec`: an existing directory as is, a hub id through the hub cache (downloading what is missing)."
+    """The local directory of model `spec`: an existing directory as is, a hub id through the hub
+    cache (downloading what is missing)."""
     path = Path(spec)
     if path.is_dir():
         return path
     if path.exists() or not HUB_ID.fullmatch(str(spec)):
-        raise FileNotFoundError(f"model {str(spec)!r} is neither a model directory nor a hub id like nomic-ai/nomic-embed-text-v1")
+        raise FileNotFoundError(f"model {str(spec)!r} is neither a model directory nor a hub id "
+                                "like nomic-ai/nomic-embed-text-v1")
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
     try:
-        return Path(snapshot_download(str(spec), revision=revision, allow_patterns=CHECKPOINT_FILES))
+        return Path(snapshot_download(str(spec), revision=revision,
+                                      allow_patterns=CHECKPOINT_FILES))
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
-        raise FileNotFoundError(f"the hub has no model {str(spec)!r}{f' at revision {revision!r}' if revision else ''} "
-                                f"(or it is private: log in with `hf auth login`): {type(error).__name__}") from None
+        raise FileNotFoundError("the hub has no model "
+                                f"{str(spec)!r}{f' at revision {revision!r}' if revision else ''} "
+                                "(or it is private: log in with `hf auth login`): "
+                                f"{type(error).__name__}") from None
     except LocalEntryNotFoundError:
         where = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
-        raise FileNotFoundError(f"model {str(spec)!r} is not in the hub cache {constants.HF_HUB_CACHE} and {where}; download it once "
-                                "with internet (unset HF_HUB_OFFLINE), point HF_HUB_CACHE at a cache that holds it, or pass a directory") from None
+        raise FileNotFoundError(f"model {str(spec)!r} is not in the hub cache "
+                                f"{constants.HF_HUB_CACHE} and {where}; download it once "
+                                "with internet (unset HF_HUB_OFFLINE), point HF_HUB_CACHE at a "
+                                "cache that holds it, or pass a directory") from None
 
 # %% ../nbs/10_embed.ipynb #95a7cefe
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # sentence-transformers' names
-
 def check_precision(precision: str) -> str:
-    "Return `precision` if it is one of `PRECISIONS`; otherwise raise a `ValueError` that names them."
+    """Return `precision` if it is one of `PRECISIONS`; otherwise raise a `ValueError` that names
+    them."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     return precision
 
+# %% ../nbs/10_embed.ipynb #6d63d74a
 def check_dimensionality(dimensionality: int | None, dim: int) -> int:
     "The embedding size asked for: `dimensionality` (1 ≤ it ≤ `dim`) or, for None, `dim`."
     if dimensionality is None:
         return dim
-    if isinstance(dimensionality, bool) or not isinstance(dimensionality, (int, np.integer)) or not 1 <= dimensionality <= dim:
-        raise ValueError(f"dimensionality must be an integer from 1 to the model's embedding size {dim}; got {dimensionality!r} "
+    if (isinstance(dimensionality, bool) or not isinstance(dimensionality, (int, np.integer))
+        or not 1 <= dimensionality <= dim):
+        raise ValueError("dimensionality must be an integer from 1 to the model's embedding size "
+                         f"{dim}; got {dimensionality!r} "
                          "(nomic-embed-text-v1.5 was trained at 768, 512, 256, 128 and 64)")
     return int(dimensionality)
 
 # %% ../nbs/10_embed.ipynb #0402b47c
 class Embedder:
-    "Text → nomic-embed vectors: task prefixes, length-sorted batches, masked mean pooling, L2 normalisation; any Matryoshka size."
+    """Text → nomic-embed vectors: task prefixes, length-sorted batches, masked mean pooling, L2
+    normalisation; any Matryoshka size."""
 
-    def __init__(self, model: NomicBertModel, tokenizer, *, device: str | torch.device | None = None,
-                 dtype: str | torch.dtype | None = None, max_length: int = 8192, max_batch_tokens: int = 16384,
+    def __init__(self, model: NomicBertModel, tokenizer, *,
+                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 max_length: int = 8192, max_batch_tokens: int = 16384,
                  matryoshka_layer_norm: bool | None = None):
         _check_max_length(max_length)
-        check_vocabulary(model.config, tokenizer)  # ids past the embedding table would fail, or embed garbage, mid-run
+        # ids past the embedding table would fail, or embed garbage, mid-run
+        check_vocabulary(model.config, tokenizer)
         self.device = resolve_device(device)
         self.dtype = _resolve_dtype(dtype)
         self.model = model.to(self.device).eval()
-        self.tokenizer, self.max_length, self.max_batch_tokens = tokenizer, max_length, max_batch_tokens
-        recorded = getattr(model.config, MATRYOSHKA_LAYER_NORM_KEY, False)  # a model of this library's layout may record it
-        self.matryoshka_layer_norm = bool(recorded if matryoshka_layer_norm is None else matryoshka_layer_norm)
+        self.tokenizer, self.max_length, self.max_batch_tokens = (
+            tokenizer, max_length, max_batch_tokens)
+        # a model of this library's layout may record it
+        recorded = getattr(model.config, MATRYOSHKA_LAYER_NORM_KEY, False)
+        stated = recorded if matryoshka_layer_norm is None else matryoshka_layer_norm
+        self.matryoshka_layer_norm = bool(stated)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                        max_length: int = 8192, rotary_scaling_factor: float | None = 2.0, matryoshka_layer_norm: bool | None = None,
-                        revision: str | None = None, **kwargs) -> "Embedder":
-        """Load a model directory or hub id (`resolve_model`; any layout `model.from_pretrained` reads) and its tokenizer.
-        `matryoshka_layer_norm` None: as the checkpoint's config.json records it (absent: False); say True for released v1.5."""
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None, max_length: int = 8192,
+                        rotary_scaling_factor: float | None = 2.0,
+                        matryoshka_layer_norm: bool | None = None, revision: str | None = None,
+                        **kwargs) -> "Embedder":
+        """Load a model directory or hub id (`resolve_model`; any layout `load_model` reads) and its
+        tokenizer. `matryoshka_layer_norm` None: as the checkpoint's config.json records it
+        (absent: False); say True for released v1.5."""
         path = resolve_model(path, revision)
-        model = NomicBertModel.from_pretrained(path, rotary_scaling_factor=rotary_scaling_factor)
+        model = load_model(path, rotary_scaling_factor=rotary_scaling_factor)
         if _has_tokenizer(path):
             tokenizer = _load_model_tokenizer(path)
         else:
-            warnings.warn(f"{path} has no tokenizer files; using bert-base-uncased (the vocabulary every nomic-embed model uses)")
+            warnings.warn(f"{path} has no tokenizer files; using bert-base-uncased (the vocabulary "
+                          "every nomic-embed model uses)")
             tokenizer = load_tokenizer()
         check_vocabulary(model.config, tokenizer, str(path))
         if matryoshka_layer_norm is None:
-            matryoshka_layer_norm = bool(read_matryoshka_layer_norm(path))  # every layout's config.json may carry the key
-        return cls(model, tokenizer, device=device, dtype=dtype, max_length=max_length, matryoshka_layer_norm=matryoshka_layer_norm, **kwargs)
+            # every layout's config.json may carry the key
+            matryoshka_layer_norm = bool(read_matryoshka_layer_norm(path))
+        return cls(model, tokenizer, device=device, dtype=dtype, max_length=max_length,
+                   matryoshka_layer_norm=matryoshka_layer_norm, **kwargs)
 
     @property
     def dim(self) -> int:
         "Length of one full embedding (768 for the full model)."
         return self.model.config.hidden_size
 
-    def encode(self, texts: Sequence[str], task: str, *, batch_size: int = 32, normalize: bool | None = None,
-               show_progress: bool | None = None, max_length: int | None = None, dimensionality: int | None = None,
+    def encode(self, texts: Sequence[str], task: str, *, batch_size: int = 32,
+               normalize: bool | None = None, show_progress: bool | None = None,
+               max_length: int | None = None, dimensionality: int | None = None,
                precision: str = "float32", ranges: np.ndarray | None = None) -> np.ndarray:
-        """Embed `texts` for `task` (one of `TASKS`), in input order: `(len(texts), dimensionality or dim)` float32, or
-        quantised to `precision` (one of `PRECISIONS`; int8/uint8 between per-coordinate `ranges`, default: these texts')."""
+        """Embed `texts` for `task` (one of `TASKS`), in input order: `(len(texts), dimensionality
+        or dim)` float32, or quantised to `precision` (one of `PRECISIONS`; int8/uint8 between
+        per-coordinate `ranges`, default: these texts')."""
         check_task(task)
         texts = check_texts(texts)
         check_precision(precision)
         normalize = normalize_by_default(task) if normalize is None else normalize
-        vectors = self.embed_prefixed(add_prefix(texts, task), batch_size=batch_size, normalize=normalize,
-                                      show_progress=show_progress, max_length=max_length, dimensionality=dimensionality)
-        return vectors if precision == "float32" else quantize_embeddings(vectors, precision, ranges)  # (quantisation: below)
+        vectors = self.embed_prefixed(add_prefix(texts, task), batch_size=batch_size,
+                                      normalize=normalize, show_progress=show_progress,
+                                      max_length=max_length, dimensionality=dimensionality)
+        if precision == "float32":
+            return vectors
+        return quantize_embeddings(vectors, precision, ranges)  # (quantisation: below)
 
-    def embed_prefixed(self, texts: list[str], *, batch_size: int = 32, normalize: bool = True, show_progress: bool | None = None,
-                       max_length: int | None = None, dimensionality: int | None = None, warn_truncation: bool = True) -> np.ndarray:
-        """Embed texts that already carry their prefix (no checks) with the `model` chapter's `embed_texts`, then resize them
-        in v1.5's order: layer norm of the full vector (when the checkpoint records it), first `dimensionality` coordinates, normalise."""
+    def embed_prefixed(self, texts: list[str], *, batch_size: int = 32, normalize: bool = True,
+                       show_progress: bool | None = None, max_length: int | None = None,
+                       dimensionality: int | None = None,
+                       warn_truncation: bool = True) -> np.ndarray:
+        """Embed texts that already carry their prefix (no checks) with `embed_texts` (the inference
+        loop), then resize them in v1.5's order: layer norm of the full vector (when the
+        checkpoint records it), first `dimensionality` coordinates, normalise."""
         check_dimensionality(dimensionality, self.dim)
         resize = dimensionality is not None or self.matryoshka_layer_norm
         show = len(texts) > 16 * batch_size if show_progress is None else show_progress
         max_length = self.max_length if max_length is None else _check_max_length(max_length)
         vectors = embed_texts(self.model, self.tokenizer, texts, max_length, batch_size=batch_size,
-                              max_batch_tokens=self.max_batch_tokens, normalize=normalize and not resize,
-                              autocast_dtype=None if self.dtype == torch.float32 else self.dtype, show_progress=show,
-                              warn_truncation=warn_truncation)
+                              max_batch_tokens=self.max_batch_tokens,
+                              normalize=normalize and not resize,
+                              autocast_dtype=None if self.dtype == torch.float32 else self.dtype,
+                              show_progress=show, warn_truncation=warn_truncation)
         if resize:  # from the pooled fp32 vectors, never from normalised or truncated ones
-            vectors = resize_embeddings(torch.from_numpy(vectors), dimensionality, self.matryoshka_layer_norm, normalize).numpy()
-        check_finite(vectors, "the embeddings", fix="the model's weights or settings give NaN (in float16, try float32 or bfloat16)")
+            vectors = resize_embeddings(torch.from_numpy(vectors), dimensionality,
+                                        self.matryoshka_layer_norm, normalize).numpy()
+        check_finite(vectors, "the embeddings",
+                     fix="the model's weights or settings give NaN (in float16, try float32 or "
+                         "bfloat16)")
         return vectors
 
 # %% ../nbs/10_embed.ipynb #ae2339c8
@@ -253,27 +295,36 @@ def _record_layer_norm(directory: Path, layer_norm: bool) -> None:
 
 # %% ../nbs/10_embed.ipynb #125c7dbf
 def save_sentence_transformers(embedder: Embedder, path: str | os.PathLike) -> Path:
-    "Write `embedder` as a sentence-transformers directory that loads with `SentenceTransformer(path)` (no remote code)."
+    """Write `embedder` as a sentence-transformers directory that loads with
+    `SentenceTransformer(path)` (no remote code)."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import LayerNorm, Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import (
+        LayerNorm, Normalize, Pooling, Transformer)
     path = _new_directory(path)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         native = staging / "transformers"
-        embedder.model.save_pretrained(native, format="transformers")
+        save_model(embedder.model, native, format="transformers")
         embedder.tokenizer.save_pretrained(native)
-        modules = [Transformer(str(native), max_seq_length=embedder.max_length), Pooling(embedder.dim, pooling_mode="mean")]
-        if embedder.matryoshka_layer_norm:  # v1.5's layer norm: torch's LayerNorm at scale 1, shift 0 (its initial values), eps 1e-5
+        modules = [Transformer(str(native), max_seq_length=embedder.max_length),
+                   Pooling(embedder.dim, pooling_mode="mean")]
+        # v1.5's layer norm: torch's LayerNorm at scale 1, shift 0 (its initial values), eps 1e-5
+        if embedder.matryoshka_layer_norm:
             modules.append(LayerNorm(embedder.dim))
         modules.append(Normalize())
-        prompts = {task: f"{task}: " for task in TASKS} | {"query": "search_query: ", "document": "search_document: "}  # encode_query / encode_document
-        model = SentenceTransformer(modules=modules, prompts=prompts, similarity_fn_name="cosine", device="cpu")
+        prompts = {task: f"{task}: " for task in TASKS}
+        # the prompts encode_query / encode_document use
+        prompts |= {"query": "search_query: ", "document": "search_document: "}
+        model = SentenceTransformer(modules=modules, prompts=prompts, similarity_fn_name="cosine",
+                                    device="cpu")
         model.save(str(staging / "sentence_transformers"))
-        # sentence-transformers caps the length at the config's max_position_embeddings (2,048, the *trained* length)
-        # unless its module config names one; record the embedder's
+        # sentence-transformers caps the length at the config's max_position_embeddings (2,048, the
+        # *trained* length) unless its module config names one; record the embedder's
         module_config = staging / "sentence_transformers" / "sentence_bert_config.json"
-        module_config.write_text(json.dumps(json.loads(module_config.read_text()) | {"max_seq_length": embedder.max_length}, indent=4))
-        _record_layer_norm(staging / "sentence_transformers", embedder.matryoshka_layer_norm)  # for Embedder.from_pretrained(path)
+        settings = json.loads(module_config.read_text()) | {"max_seq_length": embedder.max_length}
+        module_config.write_text(json.dumps(settings, indent=4))
+        # for Embedder.from_pretrained(path)
+        _record_layer_norm(staging / "sentence_transformers", embedder.matryoshka_layer_norm)
         _move_into_place(staging / "sentence_transformers", path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -282,10 +333,13 @@ def save_sentence_transformers(embedder: Embedder, path: str | os.PathLike) -> P
 Embedder.save_sentence_transformers = save_sentence_transformers
 
 # %% ../nbs/10_embed.ipynb #30868d8a
-EXPORT_FORMATS = (*CHECKPOINT_FORMATS, "sentence_transformers")  # every layout `Embedder.from_pretrained` reads back
+# every layout `Embedder.from_pretrained` reads back
+EXPORT_FORMATS = (*CHECKPOINT_FORMATS, "sentence_transformers")
 
-def save_pretrained(embedder: Embedder, path: str | os.PathLike, format: str = "nomic_embed") -> Path:
-    "Write the encoder, its tokenizer and its Matryoshka layer-norm flag as a new directory in one of `EXPORT_FORMATS`."
+def save_pretrained(embedder: Embedder, path: str | os.PathLike,
+                    format: str = "nomic_embed") -> Path:
+    """Write the encoder, its tokenizer and its Matryoshka layer-norm flag as a new directory in one
+    of `EXPORT_FORMATS`."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}; got {format!r}")
     if format == "sentence_transformers":
@@ -293,9 +347,10 @@ def save_pretrained(embedder: Embedder, path: str | os.PathLike, format: str = "
     path = _new_directory(path)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
-        embedder.model.save_pretrained(staging, format=format)
+        save_model(embedder.model, staging, format=format)
         embedder.tokenizer.save_pretrained(staging)
-        _record_layer_norm(staging, embedder.matryoshka_layer_norm)  # the released and transformers layouts have no field for it
+        # the released and transformers layouts have no field for it
+        _record_layer_norm(staging, embedder.matryoshka_layer_norm)
         _move_into_place(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -305,30 +360,41 @@ Embedder.save_pretrained = save_pretrained
 
 # %% ../nbs/10_embed.ipynb #9fb3a2ed
 def quantization_ranges(embeddings: np.ndarray) -> np.ndarray:
-    "Per-coordinate (min, max) of float embeddings `(n, dim)`, shape `(2, dim)`: the span of each coordinate's 256 int8/uint8 buckets."
+    """Per-coordinate (min, max) of float embeddings `(n, dim)`, shape `(2, dim)`: the span of each
+    coordinate's 256 int8/uint8 buckets."""
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or len(embeddings) < 2:
-        raise ValueError(f"int8/uint8 ranges need at least 2 embeddings (n, dim) to calibrate; got shape {embeddings.shape}. "
-                         "Pass ranges=quantization_ranges(<float32 embeddings of a representative sample>)")
+        raise ValueError("int8/uint8 ranges need at least 2 embeddings (n, dim) to calibrate; got "
+                         f"shape {embeddings.shape}. "
+                         "Pass ranges=quantization_ranges(<float32 embeddings of a representative "
+                         "sample>)")
     return np.vstack((embeddings.min(axis=0), embeddings.max(axis=0)))
 
+# %% ../nbs/10_embed.ipynb #7752a479
 def check_ranges(ranges: np.ndarray) -> np.ndarray:
-    "`ranges` as an array after checking it is `(2, dim)`, finite, with each coordinate's min (row 0) at most its max (row 1)."
+    """`ranges` as an array after checking it is `(2, dim)`, finite, with each coordinate's min (row
+    0) at most its max (row 1)."""
     ranges = np.asarray(ranges)
     if ranges.ndim != 2 or ranges.shape[0] != 2 or not np.issubdtype(ranges.dtype, np.number):
-        raise ValueError(f"ranges must be a (2, dimensionality) array of numbers: the min and max of each coordinate; got {ranges.dtype} "
-                         f"of shape {ranges.shape}")
-    check_finite(ranges, "the int8/uint8 ranges", fix="compute them with quantization_ranges from finite embeddings")
+        raise ValueError("ranges must be a (2, dimensionality) array of numbers: the min and max "
+                         f"of each coordinate; got {ranges.dtype} " f"of shape {ranges.shape}")
+    check_finite(ranges, "the int8/uint8 ranges",
+                 fix="compute them with quantization_ranges from finite embeddings")
     swapped = np.flatnonzero(ranges[0] > ranges[1])
     if len(swapped):
         first = swapped[0]
-        raise ValueError(f"ranges[0] must hold each coordinate's minimum and ranges[1] its maximum, but {len(swapped)} coordinate(s) "
-                         f"have min > max (coordinate {first}: {ranges[0, first]:.4g} > {ranges[1, first]:.4g}); are the rows swapped?")
+        raise ValueError("ranges[0] must hold each coordinate's minimum and ranges[1] its "
+                         f"maximum, but {len(swapped)} coordinate(s) "
+                         f"have min > max (coordinate {first}: {ranges[0, first]:.4g} > "
+                         f"{ranges[1, first]:.4g}); are the rows swapped?")
     return ranges
 
-def quantize_embeddings(embeddings: np.ndarray, precision: str = "float32", ranges: np.ndarray | None = None) -> np.ndarray:
-    """Float embeddings `(n, dim)` at `precision`: float32; int8/uint8, each coordinate cut into 256 equal buckets between its
-    `ranges` (default: these embeddings' own); binary/ubinary, the sign bits packed 8 per byte. Byte for byte sentence-transformers'."""
+# %% ../nbs/10_embed.ipynb #c8deeea4
+def quantize_embeddings(embeddings: np.ndarray, precision: str = "float32",
+                        ranges: np.ndarray | None = None) -> np.ndarray:
+    """Float embeddings `(n, dim)` at `precision`: float32; int8/uint8, each coordinate cut into 256
+    equal buckets between its `ranges` (default: these embeddings' own); binary/ubinary, the sign
+    bits packed 8 per byte. Byte for byte sentence-transformers'."""
     check_precision(precision)
     embeddings = np.asarray(embeddings)
     if embeddings.dtype in (np.int8, np.uint8):
@@ -336,11 +402,13 @@ def quantize_embeddings(embeddings: np.ndarray, precision: str = "float32", rang
     if precision == "float32":
         return embeddings.astype(np.float32)
     if precision.endswith("binary"):
-        packed = np.packbits(embeddings > 0, axis=-1)  # (n, ceil(dim / 8)) uint8; coordinate 0 is the highest bit of byte 0
+        # (n, ceil(dim / 8)) uint8; coordinate 0 is the highest bit of byte 0
+        packed = np.packbits(embeddings > 0, axis=-1)
         return packed if precision == "ubinary" else (packed.astype(np.int16) - 128).astype(np.int8)
     ranges = quantization_ranges(embeddings) if ranges is None else check_ranges(ranges)
     if ranges.shape != (2, embeddings.shape[-1]):
-        raise ValueError(f"ranges must be (2, {embeddings.shape[-1]}): the min and max of each coordinate; got shape {ranges.shape}")
+        raise ValueError(f"ranges must be (2, {embeddings.shape[-1]}): the min and max of each "
+                         f"coordinate; got shape {ranges.shape}")
     ranges = ranges.astype(np.float32, copy=False)
     starts, steps = ranges[0], (ranges[1] - ranges[0]) / 255
     steps = np.where(steps == 0, 1, steps)  # a constant coordinate: everything in bucket 0
@@ -355,73 +423,98 @@ def _sign_bits(codes: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes)
     return (codes.astype(np.int16) + 128).astype(np.uint8) if codes.dtype == np.int8 else codes.astype(np.uint8)
 
-def hamming_distances(query_codes: np.ndarray, corpus_codes: np.ndarray, max_bytes: int = 1 << 26) -> np.ndarray:
-    "Hamming distances `(n, m)` between packed sign bits `(n, bytes)` and `(m, bytes)`, binary or ubinary codes."
+# %% ../nbs/10_embed.ipynb #fac0f6b9
+def hamming_distances(query_codes: np.ndarray, corpus_codes: np.ndarray,
+                      max_bytes: int = 1 << 26) -> np.ndarray:
+    """Hamming distances `(n, m)` between packed sign bits `(n, bytes)` and `(m, bytes)`, binary or
+    ubinary codes."""
     queries, corpus = _sign_bits(query_codes), _sign_bits(corpus_codes)
     if queries.ndim != 2 or corpus.ndim != 2 or queries.shape[1] != corpus.shape[1]:
-        raise ValueError(f"codes must be (n, bytes) and (m, bytes) with the same bytes; got {query_codes.shape} and {corpus_codes.shape}")
-    rows = max(1, max_bytes // max(1, corpus.size))  # queries per block: bounds the (rows, m, bytes) XOR
+        raise ValueError("codes must be (n, bytes) and (m, bytes) with the same bytes; got "
+                         f"{query_codes.shape} and {corpus_codes.shape}")
+    # queries per block: bounds the (rows, m, bytes) XOR
+    rows = max(1, max_bytes // max(1, corpus.size))
+    if not len(queries):
+        return np.zeros((0, len(corpus)), np.int32)
     return np.concatenate([_POPCOUNT[queries[start:start + rows, None, :] ^ corpus[None]].sum(-1)
-                           for start in range(0, len(queries), rows)]) if len(queries) else np.zeros((0, len(corpus)), np.int32)
+                           for start in range(0, len(queries), rows)])  # XOR, then count set bits
 
+# %% ../nbs/10_embed.ipynb #50f6b1ff
 def dequantize_embeddings(codes: np.ndarray, precision: str, ranges: np.ndarray | None = None,
                           dimensionality: int | None = None) -> np.ndarray:
-    """Float32 stand-ins for stored codes `(..., width)`: int8/uint8 → the centre of each coordinate's bucket (needs the
-    `ranges` they were made with); binary/ubinary → ±1 per sign bit, `dimensionality` of them (the last byte may be padding)."""
+    """Float32 stand-ins for stored codes `(..., width)`: int8/uint8 → the centre of each
+    coordinate's bucket (needs the `ranges` they were made with); binary/ubinary → ±1 per sign
+    bit, `dimensionality` of them (the last byte may be padding)."""
     check_precision(precision)
     codes = np.asarray(codes)
     if precision == "float32":
         return codes.astype(np.float32)
     if precision.endswith("binary"):
-        bits = np.unpackbits(_sign_bits(codes), axis=-1, count=dimensionality)  # (..., dimensionality)
+        # (..., dimensionality)
+        bits = np.unpackbits(_sign_bits(codes), axis=-1, count=dimensionality)
         return 2 * bits.astype(np.float32) - 1
     if ranges is None:
-        raise ValueError(f"{precision} codes need the ranges they were quantised with (quantization_ranges of the float embeddings)")
+        raise ValueError(f"{precision} codes need the ranges they were quantised with "
+                         "(quantization_ranges of the float embeddings)")
     ranges = np.asarray(ranges).astype(np.float32)
     steps = (ranges[1] - ranges[0]) / 255
     steps = np.where(steps == 0, 1, steps)
     buckets = codes.astype(np.float32) + (128 if precision == "int8" else 0)  # 0..255
     return ranges[0] + (buckets + 0.5) * steps
 
+# %% ../nbs/10_embed.ipynb #fe68fbbf
 def quantized_search(query_embeddings: np.ndarray, corpus: np.ndarray, precision: str, k: int = 10,
                      ranges: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The top `k` rows of a corpus stored at `precision` for each float query: (scores, indices) `(n, k)`, best first; a
-    score is the query's dot product with the row's `dequantize_embeddings` stand-in (ties: the lower row first)."""
+    """The top `k` rows of a corpus stored at `precision` for each float query: (scores, indices)
+    `(n, k)`, best first; a score is the query's dot product with the row's
+    `dequantize_embeddings` stand-in (ties: the lower row first)."""
     queries = np.asarray(query_embeddings, dtype=np.float32)
-    scores = queries @ dequantize_embeddings(corpus, precision, ranges, queries.shape[-1]).T  # (n, m)
+    # (n, m)
+    scores = queries @ dequantize_embeddings(corpus, precision, ranges, queries.shape[-1]).T
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, top, axis=1), top
 
 # %% ../nbs/10_embed.ipynb #9981dfab
 MTEB_PREFIXES = {
     "Classification": "classification", "MultilabelClassification": "classification",
-    "PairClassification": "classification", "STS": "classification", "Summarization": "classification",
+    "PairClassification": "classification", "STS": "classification",
+    "Summarization": "classification",
     "Clustering": "clustering",
-    "Retrieval": "search", "Reranking": "search",  # search: search_query for queries, search_document for documents
+    # search: search_query for queries, search_document for documents
+    "Retrieval": "search", "Reranking": "search",
 }
 MTEB_UNNORMALIZED = ("Classification", "MultilabelClassification")
 
-def mteb_task(task_type: str, prompt_type: Any = None, prefixes: dict[str, str] = MTEB_PREFIXES) -> str:
-    "The nomic task prefix for an MTEB task type and side (`prompt_type` 'query'/'document', used by search tasks)."
+def mteb_task(task_type: str, prompt_type: Any = None,
+              prefixes: dict[str, str] = MTEB_PREFIXES) -> str:
+    """The nomic task prefix for an MTEB task type and side (`prompt_type` 'query'/'document', used
+    by search tasks)."""
     route = prefixes.get(task_type)
     if route is None:
-        raise ValueError(f"no prefix rule for MTEB task type {task_type!r}; known types: {', '.join(prefixes)}. "
-                         "Pass prefixes={..., task_type: 'classification'} to MTEBEncoder to add one")
+        raise ValueError(f"no prefix rule for MTEB task type {task_type!r}; known types: "
+                         f"{', '.join(prefixes)}. "
+                         "Pass prefixes={..., task_type: 'classification'} to MTEBEncoder to add "
+                         "one")
     if route != "search":
         return check_task(route)
     side = getattr(prompt_type, "value", prompt_type)
     if side not in ("query", "document"):
-        raise ValueError(f"a {task_type} task must say which side it encodes (prompt_type 'query' or 'document'); got {prompt_type!r}")
+        raise ValueError(f"a {task_type} task must say which side it encodes (prompt_type 'query' "
+                         f"or 'document'); got {prompt_type!r}")
     return f"search_{side}"
 
 # %% ../nbs/10_embed.ipynb #fba5bde3
 class MTEBEncoder:
-    "mteb's encoder protocol over an `Embedder`: the report's prefix and normalisation per task type, 512-token truncation, any Matryoshka size."
+    """mteb's encoder protocol over an `Embedder`: the report's prefix and normalisation per task
+    type, 512-token truncation, any Matryoshka size."""
 
-    def __init__(self, embedder: Embedder, max_length: int = 512, prefixes: dict[str, str] | None = None,
-                 unnormalized: Sequence[str] = MTEB_UNNORMALIZED, name: str = "nomic_embed/model", dimensionality: int | None = None):
+    def __init__(self, embedder: Embedder, max_length: int = 512,
+                 prefixes: dict[str, str] | None = None,
+                 unnormalized: Sequence[str] = MTEB_UNNORMALIZED, name: str = "nomic_embed/model",
+                 dimensionality: int | None = None):
         self.embedder, self.max_length, self.name = embedder, max_length, name
-        self.dimensionality = check_dimensionality(dimensionality, embedder.dim)  # a Matryoshka size (v1.5's MTEB table: 768 to 64)
+        # a Matryoshka size (v1.5's MTEB table: 768 to 64)
+        self.dimensionality = check_dimensionality(dimensionality, embedder.dim)
         self.prefixes = dict(MTEB_PREFIXES if prefixes is None else prefixes)
         self.unnormalized = tuple(unnormalized)
         self._meta = None
@@ -431,27 +524,37 @@ class MTEBEncoder:
         "mteb's `ModelMeta` for this model (name, embedding size, token limit, cosine similarity)."
         if self._meta is None:
             from mteb.models.model_meta import ModelMeta
-            self._meta = ModelMeta.create_empty({"name": self.name, "revision": "local", "embed_dim": self.dimensionality,
-                                                 "max_tokens": self.max_length, "similarity_fn_name": "cosine"})
+            self._meta = ModelMeta.create_empty({"name": self.name, "revision": "local",
+                                                 "embed_dim": self.dimensionality,
+                                                 "max_tokens": self.max_length,
+                                                 "similarity_fn_name": "cosine"})
         return self._meta
 
-    def encode(self, inputs, *, task_metadata, hf_split: str = "", hf_subset: str = "", prompt_type=None, **kwargs) -> np.ndarray:
-        "Embed every text of mteb's DataLoader with the prefix and normalisation the report uses for this task type."
+    def encode(self, inputs, *, task_metadata, hf_split: str = "", hf_subset: str = "",
+               prompt_type=None, **kwargs) -> np.ndarray:
+        """Embed every text of mteb's DataLoader with the prefix and normalisation the report uses
+        for this task type."""
         task = mteb_task(task_metadata.type, prompt_type, self.prefixes)
-        texts = [text if isinstance(text, str) else "" for batch in inputs for text in batch["text"]]  # benchmark data may hold empty texts
-        return self.embedder.embed_prefixed(add_prefix(texts, task), batch_size=kwargs.get("batch_size", 32),
-                                            normalize=task_metadata.type not in self.unnormalized,
-                                            show_progress=kwargs.get("show_progress_bar", False), max_length=self.max_length,
-                                            dimensionality=self.dimensionality, warn_truncation=False)  # 512 tokens: the report's rule
+        # benchmark data may hold empty texts
+        texts = [text if isinstance(text, str) else ""
+                 for batch in inputs for text in batch["text"]]
+        return self.embedder.embed_prefixed(
+            add_prefix(texts, task), batch_size=kwargs.get("batch_size", 32),
+            normalize=task_metadata.type not in self.unnormalized,
+            show_progress=kwargs.get("show_progress_bar", False),
+            max_length=self.max_length,  # 512 tokens: the report's rule
+            dimensionality=self.dimensionality, warn_truncation=False)
 
     def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
         "Cosine similarity of every row of `embeddings1` with every row of `embeddings2`."
-        a, b = torch.as_tensor(np.asarray(embeddings1)).float(), torch.as_tensor(np.asarray(embeddings2)).float()
+        a, b = (torch.as_tensor(np.asarray(embeddings1)).float(),
+                torch.as_tensor(np.asarray(embeddings2)).float())
         return cosine_logits(a, b, logit_scale=1.0)
 
     def similarity_pairwise(self, embeddings1, embeddings2) -> torch.Tensor:
         "Cosine similarity of each row of `embeddings1` with the same row of `embeddings2`."
-        a, b = torch.as_tensor(np.asarray(embeddings1)).float(), torch.as_tensor(np.asarray(embeddings2)).float()
+        a, b = (torch.as_tensor(np.asarray(embeddings1)).float(),
+                torch.as_tensor(np.asarray(embeddings2)).float())
         return F.cosine_similarity(a, b, dim=-1)
 
 # %% ../nbs/10_embed.ipynb #e95db461
@@ -462,59 +565,75 @@ def _task_metadata(name: str, task_type: str, main_score: str, description: str)
                         eval_splits=["test"], eval_langs=["eng-Latn"], date=None, domains=None, task_subtypes=None, license=None,
                         annotations_creators=None, dialect=None, sample_creation="found", bibtex_citation=None)
 
+# %% ../nbs/10_embed.ipynb #b78c0e9f
 def in_memory_task(task_type: str, name: str, description: str = "", **data):
-    """An mteb task over in-memory data. `task_type` and its `data`:
-    `"Retrieval"`: queries {id: text}, corpus {id: text}, relevant {query id: {doc id: grade}};
-    `"STS"`: sentence1, sentence2, scores (+ min_score, max_score); `"Classification"`: train_texts, train_labels,
+    """An mteb task over in-memory data. `task_type` and its `data`: `"Retrieval"`: queries {id:
+    text}, corpus {id: text}, relevant {query id: {doc id: grade}}; `"STS"`: sentence1,
+    sentence2, scores (+ min_score, max_score); `"Classification"`: train_texts, train_labels,
     test_texts, test_labels; `"Clustering"`: texts, labels."""
     from collections import Counter
 
     from datasets import Dataset, DatasetDict
-    from mteb.abstasks import AbsTaskClassification, AbsTaskClusteringLegacy, AbsTaskRetrieval, AbsTaskSTS
+    from mteb.abstasks import (AbsTaskClassification, AbsTaskClusteringLegacy, AbsTaskRetrieval,
+                               AbsTaskSTS)
     from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
     description = description or f"in-memory {task_type} task {name}"
 
     if task_type == "Retrieval":
         def load(self, **kwargs):
             queries = Dataset.from_list([{"id": i, "text": t} for i, t in data["queries"].items()])
-            corpus = Dataset.from_list([{"id": i, "text": t, "title": ""} for i, t in data["corpus"].items()])
-            self.dataset = {"default": {"test": RetrievalSplitData(queries=queries, corpus=corpus, relevant_docs=data["relevant"], top_ranked=None)}}
+            corpus = Dataset.from_list([{"id": i, "text": t, "title": ""}
+                                        for i, t in data["corpus"].items()])
+            self.dataset = {"default": {"test": RetrievalSplitData(
+                queries=queries, corpus=corpus, relevant_docs=data["relevant"], top_ranked=None)}}
             self.data_loaded = True
         base, main_score, extra = AbsTaskRetrieval, "ndcg_at_10", {}
     elif task_type == "STS":
         def load(self, **kwargs):
-            columns = {"sentence1": list(data["sentence1"]), "sentence2": list(data["sentence2"]), "score": [float(s) for s in data["scores"]]}
+            columns = {"sentence1": list(data["sentence1"]), "sentence2": list(data["sentence2"]),
+                       "score": [float(s) for s in data["scores"]]}
             self.dataset = DatasetDict({"test": Dataset.from_dict(columns)})
             self.data_loaded = True
         base, main_score = AbsTaskSTS, "cosine_spearman"
         extra = {"min_score": data.get("min_score", 0.0), "max_score": data.get("max_score", 1.0)}
     elif task_type == "Classification":
         def load(self, **kwargs):
-            self.dataset = DatasetDict({"train": Dataset.from_dict({"text": list(data["train_texts"]), "label": list(data["train_labels"])}),
-                                        "test": Dataset.from_dict({"text": list(data["test_texts"]), "label": list(data["test_labels"])})})
+            train = {"text": list(data["train_texts"]), "label": list(data["train_labels"])}
+            test = {"text": list(data["test_texts"]), "label": list(data["test_labels"])}
+            self.dataset = DatasetDict({"train": Dataset.from_dict(train),
+                                        "test": Dataset.from_dict(test)})
             self.data_loaded = True
         base, main_score = AbsTaskClassification, "accuracy"
-        extra = {"n_experiments": 1, "samples_per_label": max(Counter(data["train_labels"]).values())}  # use every training text
+        # use every training text
+        extra = {"n_experiments": 1,
+                 "samples_per_label": max(Counter(data["train_labels"]).values())}
     elif task_type == "Clustering":
         def load(self, **kwargs):
-            self.dataset = DatasetDict({"test": Dataset.from_dict({"sentences": [list(data["texts"])], "labels": [list(data["labels"])]})})
+            columns = {"sentences": [list(data["texts"])], "labels": [list(data["labels"])]}
+            self.dataset = DatasetDict({"test": Dataset.from_dict(columns)})
             self.data_loaded = True
         base, main_score, extra = AbsTaskClusteringLegacy, "v_measure", {}
     else:
-        raise ValueError(f"task_type must be one of Retrieval, STS, Classification, Clustering; got {task_type!r}")
-    cls = type(name, (base,), {"metadata": _task_metadata(name, task_type, main_score, description), "load_data": load, **extra})
+        raise ValueError("task_type must be one of Retrieval, STS, Classification, Clustering; "
+                         f"got {task_type!r}")
+    cls = type(name, (base,),
+               {"metadata": _task_metadata(name, task_type, main_score, description),
+                "load_data": load, **extra})
     return cls()
 
 # %% ../nbs/10_embed.ipynb #6fdc654b
 INPUT_SUFFIXES = (".txt", ".jsonl")
+
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 
 def read_texts(path: str | os.PathLike, field: str = "text") -> Iterator[str]:
-    "Stream the texts of a `.txt` (one per line) or `.jsonl` (`field` of each line) file; a bad line raises a `ValueError` naming it."
+    """Stream the texts of a `.txt` (one per line) or `.jsonl` (`field` of each line) file; a bad
+    line raises a `ValueError` naming it."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
-        raise ValueError(f"input must be a .txt (one text per line) or .jsonl (one JSON object per line) file; got {str(path)!r}")
+        raise ValueError("input must be a .txt (one text per line) or .jsonl (one JSON object per "
+                         f"line) file; got {str(path)!r}")
     if path.is_dir():
         raise ValueError(f"input {str(path)!r} is a directory; give a .txt or .jsonl file")
     with open(path, "rb") as file:
@@ -523,33 +642,46 @@ def read_texts(path: str | os.PathLike, field: str = "text") -> Iterator[str]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise ValueError(f"{where} is not valid UTF-8 ({error.reason} at byte {error.start + 1} of the line); re-encode the file as UTF-8") from None
+                raise ValueError(f"{where} is not valid UTF-8 ({error.reason} at byte "
+                                 f"{error.start + 1} of the line); re-encode the file as "
+                                 "UTF-8") from None
             if number == 1:
                 line = line.removeprefix("\ufeff")  # a byte-order mark is not text
             if suffix == ".jsonl":
                 if not line.strip():
-                    raise ValueError(f"{where} is blank; a .jsonl file needs one JSON object on every line")
+                    raise ValueError(f"{where} is blank; a .jsonl file needs one JSON object on "
+                                     "every line")
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{where} is not valid JSON ({error.msg} at column {error.colno})") from None
+                    raise ValueError(f"{where} is not valid JSON ({error.msg} at column "
+                                     f"{error.colno})") from None
                 if not isinstance(record, dict) or field not in record:
-                    keys = f"keys: {', '.join(map(str, record))}" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
-                    raise ValueError(f"{where} has no field {field!r} ({keys}); pass --field with the name of the text field")
+                    keys = (f"keys: {', '.join(map(str, record))}" if isinstance(record, dict)
+                            else f"a JSON {type(record).__name__}")
+                    raise ValueError(f"{where} has no field {field!r} ({keys}); pass --field with "
+                                     "the name of the text field")
                 text = record[field]
                 if not isinstance(text, str):
-                    raise ValueError(f"{where}: field {field!r} is {'null' if text is None else type(text).__name__}, not a string")
+                    raise ValueError(f"{where}: field {field!r} is "
+                                     f"{'null' if text is None else type(text).__name__}, not a "
+                                     "string")
                 try:
                     text.encode("utf-8")
-                except UnicodeEncodeError as error:  # JSON's \ud800 escapes: a half of a UTF-16 pair, alone
-                    raise ValueError(f"{where}: field {field!r} holds a lone surrogate ({text[error.start]!r} at character "
-                                     f"{error.start + 1}), which is not text; fix or remove that line") from None
+                # JSON's \ud800 escapes: a half of a UTF-16 pair, alone
+                except UnicodeEncodeError as error:
+                    raise ValueError(f"{where}: field {field!r} holds a lone surrogate "
+                                     f"({text[error.start]!r} at character "
+                                     f"{error.start + 1}), which is not text; fix or remove that "
+                                     "line") from None
             else:
                 text = line
             if not text.strip():
-                raise ValueError(f"{where} is empty or whitespace only; remove it or put the text to embed there")
+                raise ValueError(f"{where} is empty or whitespace only; remove it or put the text "
+                                 "to embed there")
             yield text
 
+# %% ../nbs/10_embed.ipynb #b91bb723
 def _lines(file) -> Iterator[bytes]:
     "The lines of a binary file without their ends: `\\n`, `\\r\\n` and a lone `\\r` each end one (as Python's text mode reads them)."
     for raw in file:  # split at b"\n"; a lone b"\r" inside is a line break of its own
@@ -559,8 +691,10 @@ def _lines(file) -> Iterator[bytes]:
             raw = raw[:-1]
         yield from raw.split(b"\r")
 
+# %% ../nbs/10_embed.ipynb #44e16062
 def count_texts(path: str | os.PathLike, field: str = "text") -> int:
-    "Read the whole input once, checking every line; the number of texts (an empty file is an error)."
+    """Read the whole input once, checking every line; the number of texts (an empty file is an
+    error)."""
     if Path(path).is_dir():
         raise ValueError(f"input {str(path)!r} is a directory; give a .txt or .jsonl file")
     if not Path(path).is_file():
@@ -572,26 +706,32 @@ def count_texts(path: str | os.PathLike, field: str = "text") -> int:
 
 # %% ../nbs/10_embed.ipynb #0937ea12
 def check_output_path(path: str | os.PathLike) -> Path:
-    "The output path, after checking its suffix (.npy or .parquet) and that its directory exists and is writable."
+    """The output path, after checking its suffix (.npy or .parquet) and that its directory exists
+    and is writable."""
     path = Path(path).absolute()
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"output must end in .npy or .parquet; got {str(path)!r}")
     if path.is_dir():
-        raise ValueError(f"output {str(path)!r} is a directory; give a file name ending in .npy or .parquet")
+        raise ValueError(f"output {str(path)!r} is a directory; give a file name ending in .npy or "
+                         ".parquet")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"output directory {str(path.parent)!r} does not exist (or is not a directory); create it or choose another --output")
+        raise FileNotFoundError(f"output directory {str(path.parent)!r} does not exist (or is not "
+                                "a directory); create it or choose another --output")
     try:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as error:
-        raise PermissionError(f"cannot write to the output directory {str(path.parent)!r} ({error.strerror}); choose a writable --output") from None
+        raise PermissionError(f"cannot write to the output directory {str(path.parent)!r} "
+                              f"({error.strerror}); choose a writable --output") from None
     return path
 
+# %% ../nbs/10_embed.ipynb #6d86554c
 def partial_dir(output: str | os.PathLike) -> Path:
     "Where the chunks of an unfinished run writing `output` are kept: `OUTPUT.partial/`."
     output = Path(output).absolute()
     return output.with_name(output.name + ".partial")
 
+# %% ../nbs/10_embed.ipynb #938be664
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     "Write `array` to `path` as `.npy`, complete or absent (`atomic_file`)."
     with atomic_file(path) as temporary, open(temporary, "wb") as file:
@@ -623,8 +763,10 @@ def _assemble(partial: Path, n_chunks: int, n_texts: int, width: int, output: Pa
                     column = pa.FixedSizeListArray.from_arrays(pa.array(chunk.reshape(-1), value_type), width)
                     writer.write_table(pa.Table.from_arrays([column], schema=schema))
 
+# %% ../nbs/10_embed.ipynb #92150028
 def load_embeddings(path: str | os.PathLike) -> np.ndarray:
-    "Read a `.npy` or `.parquet` file written by `nomic_embed_embed` as a matrix `(texts, width)`: float32, or int8/uint8 codes."
+    """Read a `.npy` or `.parquet` file written by `nomic_embed_embed` as a matrix `(texts, width)`:
+    float32, or int8/uint8 codes."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
         return np.load(path)
@@ -718,9 +860,6 @@ def _output_layout(run: dict[str, Any], embedder: Embedder) -> tuple[int, int, t
     width = math.ceil(dim / 8) if settings["precision"].endswith("binary") else dim  # binary: 8 coordinates per byte
     return dim, width, _STORED_DTYPES[settings["precision"]]
 
-class InputChangedError(ValueError):
-    "The input file changed while it was embedded: its chunks no longer describe one file."
-
 def _input_changed(settings: dict[str, Any], detail: str) -> InputChangedError:
     return InputChangedError(f"input {settings['input']!r} changed while it was being embedded ({detail}); nothing is kept: "
                              "run again once the file is final")
@@ -765,44 +904,65 @@ def _execute_run(run: dict[str, Any], embedder: Embedder, batch_size: int, progr
     shutil.rmtree(partial)
     return output
 
-def embed_file(model: str | os.PathLike, task: str, input: str | os.PathLike, output: str | os.PathLike, *, field: str = "text",
-               batch_size: int = 32, chunk_size: int = 4096, max_length: int = 8192, normalize: bool | None = None,
-               rotary_scaling_factor: float | None = 2.0, device: str | None = None, dtype: str = "float32",
-               resume: bool = False, progress: bool = True, dimensionality: int | None = None, precision: str = "float32",
-               ranges: str | os.PathLike | np.ndarray | None = None, matryoshka_layer_norm: bool | None = None,
-               revision: str | None = None) -> Path:
-    "Embed every text of a .txt/.jsonl file into a .npy/.parquet file, chunk by chunk, resumable; returns the output path."
+# %% ../nbs/10_embed.ipynb #8cb4d680
+class InputChangedError(ValueError):
+    "The input file changed while it was embedded: its chunks no longer describe one file."
+
+# %% ../nbs/10_embed.ipynb #f4020981
+def embed_file(model: str | os.PathLike, task: str, input: str | os.PathLike,
+               output: str | os.PathLike, *, field: str = "text", batch_size: int = 32,
+               chunk_size: int = 4096, max_length: int = 8192, normalize: bool | None = None,
+               rotary_scaling_factor: float | None = 2.0, device: str | None = None,
+               dtype: str = "float32", resume: bool = False, progress: bool = True,
+               dimensionality: int | None = None, precision: str = "float32",
+               ranges: str | os.PathLike | np.ndarray | None = None,
+               matryoshka_layer_norm: bool | None = None, revision: str | None = None) -> Path:
+    """Embed every text of a .txt/.jsonl file into a .npy/.parquet file, chunk by chunk, resumable;
+    returns the output path."""
     model = resolve_model(model, revision)  # a hub id becomes its snapshot directory
-    run = _prepare_run(model, task, input, output, field, normalize, max_length, rotary_scaling_factor, chunk_size, batch_size, dtype, resume,
-                       dimensionality, precision, ranges, matryoshka_layer_norm)
-    embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, max_length=max_length, rotary_scaling_factor=rotary_scaling_factor,
+    run = _prepare_run(model, task, input, output, field, normalize, max_length,
+                       rotary_scaling_factor, chunk_size, batch_size, dtype, resume, dimensionality,
+                       precision, ranges, matryoshka_layer_norm)
+    embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, max_length=max_length,
+                                        rotary_scaling_factor=rotary_scaling_factor,
                                         matryoshka_layer_norm=matryoshka_layer_norm)
-    _output_layout(run, embedder)  # a size the model does not have fails here, before anything is written
+    # a size the model does not have fails here, before anything is written
+    _output_layout(run, embedder)
     return _execute_run(run, embedder, batch_size, progress)
 
 # %% ../nbs/10_embed.ipynb #7a57b72a
 def run_command(args) -> None:
-    """Run `nomic_embed_embed` with parsed arguments (inside the console boundary, `cli.embed`): bad input fails before
-    anything is written; a failure mid-run or Ctrl-C/SIGTERM keep the finished chunks for --resume."""
-    args.model = str(resolve_model(args.model, args.revision))  # a hub id becomes its snapshot directory
-    run = _prepare_run(args.model, args.task, args.input, args.output, args.field, args.normalize, args.max_length,
-                       args.rotary_scaling_factor, args.chunk_size, args.batch_size, args.dtype, args.resume,
-                       args.dimensionality, args.precision, args.ranges, args.matryoshka_layer_norm)
-    embedder = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_length=args.max_length,
-                                        rotary_scaling_factor=args.rotary_scaling_factor, matryoshka_layer_norm=args.matryoshka_layer_norm)
-    dim = _output_layout(run, embedder)[0]  # a size the model does not have fails here, before anything is written
+    """Run `nomic_embed_embed` with parsed arguments (inside the console boundary, `cli.embed`): bad
+    input fails before anything is written; a failure mid-run or Ctrl-C/SIGTERM keep the finished
+    chunks for --resume."""
+    # a hub id becomes its snapshot directory
+    args.model = str(resolve_model(args.model, args.revision))
+    run = _prepare_run(args.model, args.task, args.input, args.output, args.field, args.normalize,
+                       args.max_length, args.rotary_scaling_factor, args.chunk_size,
+                       args.batch_size, args.dtype, args.resume, args.dimensionality,
+                       args.precision, args.ranges, args.matryoshka_layer_norm)
+    embedder = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                        max_length=args.max_length,
+                                        rotary_scaling_factor=args.rotary_scaling_factor,
+                                        matryoshka_layer_norm=args.matryoshka_layer_norm)
+    # a size the model does not have fails here, before anything is written
+    dim = _output_layout(run, embedder)[0]
     partial = run["partial"]
-    with directory_lock(partial, "nomic_embed_embed"):  # a second run into this output is refused, naming this one
+    # a second run into this output is refused, naming this one
+    with directory_lock(partial, "nomic_embed_embed"):
         try:
             output = _execute_run(run, embedder, args.batch_size, progress=not args.quiet)
         except (KeyboardInterrupt, Interrupted) as stopped:
             name = getattr(stopped, "signal_name", "SIGINT")
             kept = len(list(partial.glob("chunk-*.npy")))
-            raise Interrupted(name, f"stopped by {name}; {kept} finished chunk(s) of {args.chunk_size} texts are kept in "
-                                    f"{partial}; continue with the same command and --resume") from None
+            raise Interrupted(name, f"stopped by {name}; {kept} finished chunk(s) of "
+                                    f"{args.chunk_size} texts are kept in {partial}; continue with "
+                                    "the same command and --resume") from None
         except Exception as error:
             if isinstance(error, InputChangedError) or not any(partial.glob("chunk-*.npy")):
-                shutil.rmtree(partial, ignore_errors=True)  # nothing finished that a resume could use
+                # nothing finished that a resume could use
+                shutil.rmtree(partial, ignore_errors=True)
             raise
     kind = "" if args.precision == "float32" else f"{args.precision} "
-    print(f"nomic_embed_embed: wrote {run['settings']['texts']} {kind}embeddings of dimension {dim} to {output}", file=sys.stderr)
+    print(f"nomic_embed_embed: wrote {run['settings']['texts']} {kind}embeddings of dimension "
+          f"{dim} to {output}", file=sys.stderr)

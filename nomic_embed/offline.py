@@ -315,14 +315,16 @@ def evaluation_side_files() -> list[str]:
     return ([str(p) for p in manpage_files()] + [gensim_test_file(name) for name in GENSIM_EVALUATION_FILES] + fortune_files()
             + rotten_tomatoes_files() + austen_files())
 
-EVALUATION_SOURCES = ("manpages", "lee", "lee_background", "pang_lee_polarity", "mini_newsgroup", "fortunes",
-                      "rotten_tomatoes", "austen")
+# %% ../nbs/01a_offline.ipynb #e09a1924
+EVALUATION_SOURCES = ("manpages", "lee", "lee_background", "pang_lee_polarity", "mini_newsgroup",
+                      "fortunes", "rotten_tomatoes", "austen")
 
 def evaluation_side_texts(sources: Sequence[str] = EVALUATION_SOURCES) -> Iterator[tuple[str, str]]:
     "(source, text) for every text of the evaluation side (or of `sources`) that is installed here."
     unknown = set(sources) - set(EVALUATION_SOURCES)
     if unknown:
-        raise ValueError(f"unknown evaluation-side sources {sorted(unknown)}; choose from {', '.join(EVALUATION_SOURCES)}")
+        raise ValueError(f"unknown evaluation-side sources {sorted(unknown)}; "
+                         f"choose from {', '.join(EVALUATION_SOURCES)}")
     for path in manpage_files() if "manpages" in sources else []:
         for text in read_manpage(path).values():
             yield "manpages", text
@@ -346,10 +348,12 @@ SHINGLE_WORDS = 8
 _NOT_ALPHANUMERIC = re.compile(r"[^0-9a-z]+")
 
 def text_shingles(text: str, words: int = SHINGLE_WORDS) -> set[str]:
-    "Every run of `words` consecutive words of `text`, normalised (lower case, other characters as single spaces)."
+    """Every run of `words` consecutive words of `text`, normalised (lower case, other characters as
+    single spaces)."""
     tokens = _NOT_ALPHANUMERIC.sub(" ", text.lower()).split()
     return {" ".join(tokens[i:i + words]) for i in range(len(tokens) - words + 1)}
 
+# %% ../nbs/01a_offline.ipynb #78c60549
 def shingle_hashes(text: str) -> set[int]:
     "63-bit hashes of the shingles of `text`."
     return {int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big") >> 1 for s in text_shingles(text)}
@@ -367,18 +371,30 @@ def evaluation_shingle_hashes() -> frozenset[int]:
     _BUILT.pop(str(default_cache_dir() / "offline" / f"evaluation_shingles-{evaluation_key()}.json"), None)  # keep one copy
     return hashes
 
+# %% ../nbs/01a_offline.ipynb #3609dd0c
 def overlaps_evaluation(text: str) -> bool:
     "Whether `text` shares a shingle (eight words in a row) with the evaluation side."
     return not evaluation_shingle_hashes().isdisjoint(shingle_hashes(text))
 
+# %% ../nbs/01a_offline.ipynb #8ea4099b
 def without_evaluation_lines(text: str) -> str:
-    "`text` without the lines (or pairs of adjacent lines) that overlap the evaluation side; '' if it still overlaps."
+    """`text` without the lines (or pairs of adjacent lines) that overlap the evaluation side; '' if
+    it still overlaps."""
     lines = [line for line in text.split("\n") if not overlaps_evaluation(line)]
-    while lines and overlaps_evaluation("\n".join(lines)):  # a shared run of words that spans a line break
-        first = next((i for i in range(len(lines) - 1) if overlaps_evaluation(lines[i] + "\n" + lines[i + 1])), None)
+    while lines and overlaps_evaluation(
+        "\n".join(lines)
+    ):  # a shared run of words that spans a line break
+        first = next(
+            (
+                i
+                for i in range(len(lines) - 1)
+                if overlaps_evaluation(lines[i] + "\n" + lines[i + 1])
+            ),
+            None,
+        )
         if first is None:
             return ""
-        del lines[first:first + 2]
+        del lines[first : first + 2]
     return "\n".join(lines)
 
 # %% ../nbs/01a_offline.ipynb #613abdc0
@@ -413,23 +429,44 @@ def _segment_articles(path: str, min_chars: int) -> list[dict[str, Any]]:
             articles.append({"title": title, "text": text, "sections": cleaned})
     return articles
 
-def wikipedia_articles(path: str | None = None, min_chars: int = 200, limit: int | None = None) -> list[dict[str, Any]]:
-    """Articles of a MediaWiki XML dump (default: gensim's offline sample), cleaned of wiki markup, in dump order.
+# %% ../nbs/01a_offline.ipynb #111a5077
+def wikipedia_articles(
+    path: str | None = None, min_chars: int = 200, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Articles of a MediaWiki XML dump (default: gensim's offline sample), cleaned of wiki markup,
+    in dump order.
 
-    Each is `{"title", "text", "sections"}`; `sections` is a list of `(heading, body)` with the lead section
-    under `"Introduction"`, and `text` is the sections joined (headings on their own lines, the lead's omitted)."""
+    Each is `{"title", "text", "sections"}`; `sections` is a list of `(heading, body)` with the
+    lead section under `"Introduction"`, and `text` is the sections joined (headings on their own
+    lines, the lead's omitted)."""
     import gensim
+
     path = str(path or offline_wikipedia_path())
     key = input_key([path], min_chars=min_chars, gensim=gensim.__version__)
     articles = cached_build("wikipedia_articles", key, lambda: _segment_articles(path, min_chars))
-    return [dict(a, sections=[tuple(s) for s in a["sections"]]) for a in (articles if limit is None else articles[:limit])]
+    return [
+        dict(a, sections=[tuple(s) for s in a["sections"]])
+        for a in (articles if limit is None else articles[:limit])
+    ]
 
 # %% ../nbs/01a_offline.ipynb #eed2c787
-SKIPPED_SECTIONS = {"See also", "External links", "Further reading", "References", "Notes", "Bibliography", "Sources", "Footnotes", "Citations"}
+SKIPPED_SECTIONS = {
+    "See also",
+    "External links",
+    "Further reading",
+    "References",
+    "Notes",
+    "Bibliography",
+    "Sources",
+    "Footnotes",
+    "Citations",
+}
+
 
 def wikipedia_pairs(min_chars: int = 200) -> dict[str, list[dict[str, str]]]:
-    """Three sources from the offline Wikipedia dump: `wikipedia_title_lead` (title → lead), `wikipedia_sections`
-    (title — heading → body) and the long-context `wikipedia_title_body` (title → the whole article)."""
+    """Three sources from the offline Wikipedia dump: `wikipedia_title_lead` (title → lead),
+    `wikipedia_sections` (title — heading → body) and the long-context `wikipedia_title_body`
+    (title → the whole article)."""
     title_lead, sections, title_body = [], [], []
     for article in wikipedia_articles():
         kept = []  # the article's text, reference sections left out
@@ -446,7 +483,11 @@ def wikipedia_pairs(min_chars: int = 200) -> dict[str, list[dict[str, str]]]:
                 sections.append({"query": f"{article['title']} — {heading}", "document": body})
         if len(whole := "\n".join(kept)) >= min_chars:
             title_body.append({"query": article["title"], "document": whole})
-    return {"wikipedia_title_lead": title_lead, "wikipedia_sections": sections, "wikipedia_title_body": title_body}
+    return {
+        "wikipedia_title_lead": title_lead,
+        "wikipedia_sections": sections,
+        "wikipedia_title_body": title_body,
+    }
 
 # %% ../nbs/01a_offline.ipynb #19fd7795
 STDLIB_MODULES = (
@@ -490,7 +531,8 @@ def _stdlib_objects() -> Iterator[tuple[str, Any]]:
 
 # %% ../nbs/01a_offline.ipynb #cb7ff670
 def python_docstring_pairs(min_chars: int = 80) -> list[dict[str, str]]:
-    "(qualified name → docstring) for the standard library modules in `STDLIB_MODULES`; each docstring used once."
+    """(qualified name → docstring) for the standard library modules in `STDLIB_MODULES`; each
+    docstring used once."""
     rows, seen = [], set()
     for name, obj in _stdlib_objects():
         doc = inspect.getdoc(obj)
@@ -499,14 +541,21 @@ def python_docstring_pairs(min_chars: int = 80) -> list[dict[str, str]]:
             rows.append({"query": name, "document": doc})
     return rows
 
+# %% ../nbs/01a_offline.ipynb #0e0eaf6a
 def python_docstring_documents(min_chars: int = 80) -> list[str]:
-    "One stage-1 document per module of `STDLIB_MODULES`: its docstring, then every documented object's name and docstring."
+    """One stage-1 document per module of `STDLIB_MODULES`: its docstring, then every documented
+    object's name and docstring."""
     by_module = {name: [inspect.getdoc(module) or ""] for name, module in _stdlib_modules()}
     for row in python_docstring_pairs(min_chars):
         module = max((m for m in by_module if row["query"].startswith(m + ".")), key=len)
         by_module[module].append(f"{row['query']}\n{row['document']}")
-    return ["\n\n".join(part for part in parts if part) for parts in by_module.values() if len(parts) > 1]
+    return [
+        "\n\n".join(part for part in parts if part)
+        for parts in by_module.values()
+        if len(parts) > 1
+    ]
 
+# %% ../nbs/01a_offline.ipynb #f20d0884
 def _code_without_docstring(function: Any) -> str | None:
     "Source of a pure-Python function with its docstring removed (None when the source is unavailable)."
     import ast
@@ -523,8 +572,10 @@ def _code_without_docstring(function: Any) -> str | None:
         definition.body = body[1:] or [ast.Pass()]
     return ast.unparse(definition)
 
+# %% ../nbs/01a_offline.ipynb #9d3e069c
 def python_code_pairs(min_code_chars: int = 120) -> list[dict[str, str]]:
-    "(docstring summary → source code without the docstring) for pure-Python standard-library functions and methods."
+    """(docstring summary → source code without the docstring) for pure-Python standard-library
+    functions and methods."""
     rows, seen = [], set()
     for name, obj in _stdlib_objects():
         if not inspect.isfunction(obj):
@@ -539,7 +590,8 @@ def python_code_pairs(min_code_chars: int = 120) -> list[dict[str, str]]:
 
 # %% ../nbs/01a_offline.ipynb #90d5fd06
 def pydoc_topic_pairs() -> list[dict[str, str]]:
-    "(heading → section text) for every section of Python's language reference (`pydoc_data.topics`)."
+    """(heading → section text) for every section of Python's language reference
+    (`pydoc_data.topics`)."""
     from pydoc_data.topics import topics
     rows = []
     for text in topics.values():
@@ -674,12 +726,20 @@ def python_doc_pages() -> list[tuple[str, list[dict[str, Any]]]]:
     return [(path, list(blocks)) for path, blocks in _python_doc_pages(str(root), tuple(python_doc_files()))] if root else []
 
 # %% ../nbs/01a_offline.ipynb #3f9c1387
-Pages = Sequence[tuple[str, Sequence[Mapping[str, Any]]]]  # (path, blocks) of some pages; None = the whole manual
+Pages = Sequence[
+    tuple[str, Sequence[Mapping[str, Any]]]
+]  # (path, blocks) of some pages; None = the whole manual
+
 
 def python_doc_documents(pages: Pages | None = None) -> list[str]:
     "One stage-1 document per page of the Python manual: its blocks, one per line."
-    return ["\n".join(block["text"] for block in blocks) for _, blocks in (python_doc_pages() if pages is None else pages) if blocks]
+    return [
+        "\n".join(block["text"] for block in blocks)
+        for _, blocks in (python_doc_pages() if pages is None else pages)
+        if blocks
+    ]
 
+# %% ../nbs/01a_offline.ipynb #6855489b
 def _sections(blocks: list[dict]) -> Iterator[tuple[str, str]]:
     "(page title — heading, the text under that heading) for each heading of a page."
     title, heading, body = None, None, []
@@ -691,30 +751,49 @@ def _sections(blocks: list[dict]) -> Iterator[tuple[str, str]]:
         else:
             body.append(block["text"])
 
-def python_doc_section_pairs(min_words: int = 30, pages: Pages | None = None) -> list[dict[str, str]]:
-    "(page title — heading → section text) for the manual's sections, the language reference, FAQ and glossary left out."
-    return [{"query": query, "document": body} for path, blocks in (python_doc_pages() if pages is None else pages)
-            if not path.startswith(("reference/", "faq/", "glossary")) for query, body in _sections(blocks)
-            if len(body.split()) >= min_words]
+# %% ../nbs/01a_offline.ipynb #b673ecb2
+def python_doc_section_pairs(
+    min_words: int = 30, pages: Pages | None = None
+) -> list[dict[str, str]]:
+    """(page title — heading → section text) for the manual's sections, the language reference, FAQ
+    and glossary left out."""
+    return [
+        {"query": query, "document": body}
+        for path, blocks in (python_doc_pages() if pages is None else pages)
+        if not path.startswith(("reference/", "faq/", "glossary"))
+        for query, body in _sections(blocks)
+        if len(body.split()) >= min_words
+    ]
 
 # %% ../nbs/01a_offline.ipynb #b69e2c11
 def python_doc_api_pairs(min_words: int = 10, pages: Pages | None = None) -> list[dict[str, str]]:
-    "(documented name, e.g. `json.dump` → its description in the manual) for every documented object."
+    """(documented name, e.g. `json.dump` → its description in the manual) for every documented
+    object."""
     rows = []
     for _, blocks in (python_doc_pages() if pages is None else pages):
         descriptions: dict[str, list[str]] = {}
         for block in blocks:
             if block["kind"] == "text" and block["api"] and not block["api"].startswith("term-"):
                 descriptions.setdefault(block["api"], []).append(block["text"])
-        rows += [{"query": name, "document": "\n".join(parts)} for name, parts in descriptions.items()
-                 if len(" ".join(parts).split()) >= min_words]
+        rows += [
+            {"query": name, "document": "\n".join(parts)}
+            for name, parts in descriptions.items()
+            if len(" ".join(parts).split()) >= min_words
+        ]
     return rows
 
+# %% ../nbs/01a_offline.ipynb #dd8c2b50
 def python_faq_pairs(min_words: int = 10, pages: Pages | None = None) -> list[dict[str, str]]:
     "(question → answer) for every question heading of the manual's FAQ pages."
-    return [{"query": heading, "document": body} for path, blocks in (python_doc_pages() if pages is None else pages) if path.startswith("faq/")
-            for query, body in _sections(blocks) if (heading := query.split(" — ")[-1]).endswith("?") and len(body.split()) >= min_words]
+    return [
+        {"query": heading, "document": body}
+        for path, blocks in (python_doc_pages() if pages is None else pages)
+        if path.startswith("faq/")
+        for query, body in _sections(blocks)
+        if (heading := query.split(" — ")[-1]).endswith("?") and len(body.split()) >= min_words
+    ]
 
+# %% ../nbs/01a_offline.ipynb #38f13d7d
 def python_glossary_pairs(pages: Pages | None = None) -> list[dict[str, str]]:
     "(term → definition) for the manual's glossary."
     terms = {}
@@ -727,7 +806,11 @@ def python_glossary_pairs(pages: Pages | None = None) -> list[dict[str, str]]:
                         terms[block["api"]]["query"] = terms[block["api"]]["query"] or block["text"]
                     else:
                         terms[block["api"]]["document"].append(block["text"])
-    return [{"query": t["query"], "document": "\n".join(t["document"])} for t in terms.values() if t["query"] and t["document"]]
+    return [
+        {"query": t["query"], "document": "\n".join(t["document"])}
+        for t in terms.values()
+        if t["query"] and t["document"]
+    ]
 
 # %% ../nbs/01a_offline.ipynb #18541d61
 WORDNET_ROOTS = ("/usr/share/wordnet",)
@@ -770,8 +853,10 @@ def wordnet_synsets() -> list[dict[str, Any]]:
 def _wordnet_line(synset: dict[str, Any]) -> str:
     return f"{', '.join(synset['lemmas'])}: {synset['gloss']}"
 
+# %% ../nbs/01a_offline.ipynb #9b4a3237
 def wordnet_documents(leftover_size: int = 50) -> list[str]:
-    "Stage-1 documents: each synset with hyponyms followed by them, one gloss per line; the rest 50 to a document."
+    """Stage-1 documents: each synset with hyponyms followed by them, one gloss per line; the rest
+    50 to a document."""
     synsets = wordnet_synsets()
     children: dict[str, list[dict]] = {}
     for synset in synsets:
@@ -787,10 +872,16 @@ def wordnet_documents(leftover_size: int = 50) -> list[str]:
         documents += [group[i:i + leftover_size] for i in range(0, len(group), leftover_size)]
     return ["\n".join(_wordnet_line(s) for s in document) for document in documents]
 
+# %% ../nbs/01a_offline.ipynb #77f64880
 def wordnet_definition_pairs() -> list[dict[str, str]]:
     "(lemmas, up to three → definition) for every synset."
-    return [{"query": ", ".join(s["lemmas"][:3]), "document": s["definition"]} for s in wordnet_synsets() if s["definition"]]
+    return [
+        {"query": ", ".join(s["lemmas"][:3]), "document": s["definition"]}
+        for s in wordnet_synsets()
+        if s["definition"]
+    ]
 
+# %% ../nbs/01a_offline.ipynb #77466052
 def wordnet_usage_pairs() -> list[dict[str, str]]:
     "(example sentence → 'lemmas: definition' of the sense it illustrates)."
     return [{"query": example, "document": f"{', '.join(s['lemmas'][:3])}: {s['definition']}"}
@@ -800,18 +891,24 @@ def wordnet_usage_pairs() -> list[dict[str, str]]:
 def _spelling(lemma: str) -> str:
     return re.sub(r"[^0-9a-z]", "", lemma.lower())
 
+# %% ../nbs/01a_offline.ipynb #56a9b2dc
 def wordnet_synonym_pairs() -> list[dict[str, str]]:
-    "(lemma, another lemma of the same synset): one pair per synset, none differing only in spelling (symmetric)."
+    """(lemma, another lemma of the same synset): one pair per synset, none differing only in
+    spelling (symmetric)."""
     rows, seen = [], set()
     for synset in wordnet_synsets():
-        distinct = list({_spelling(lemma): lemma for lemma in reversed(synset["lemmas"])}.values())[::-1]
+        distinct = list({_spelling(lemma): lemma for lemma in reversed(synset["lemmas"])}.values())[
+            ::-1
+        ]
         if len(distinct) >= 2 and frozenset(distinct[:2]) not in seen:
             seen.add(frozenset(distinct[:2]))
             rows.append({"query": distinct[0], "document": distinct[1]})
     return rows
 
+# %% ../nbs/01a_offline.ipynb #7714d000
 def wordnet_hypernym_pairs() -> list[dict[str, str]]:
-    "('lemmas: definition' of a sense → that of its broader sense), the first hyponym of each broader sense (symmetric)."
+    """('lemmas: definition' of a sense → that of its broader sense), the first hyponym of each
+    broader sense (symmetric)."""
     by_id = {s["id"]: s for s in wordnet_synsets()}
     rows, used = [], set()
     for synset in by_id.values():
@@ -891,27 +988,40 @@ def dictionary_entry(name: str, headword: str, raw: str) -> tuple[str, str, str]
         head = term
     return (term, definition, f"{head}\n{definition}") if len(definition.split()) >= 5 else None
 
+# %% ../nbs/01a_offline.ipynb #1a963fba
 def dictionary_documents(name: str) -> list[str]:
     "Stage-1 documents of dictionary `name`: one per entry, its head then its definition."
-    return [entry[2] for headword, raw in dictd_entries(name) if (entry := dictionary_entry(name, headword, raw))]
+    return [
+        entry[2]
+        for headword, raw in dictd_entries(name)
+        if (entry := dictionary_entry(name, headword, raw))
+    ]
 
+# %% ../nbs/01a_offline.ipynb #8d8e4073
 def dictionary_pairs(name: str) -> list[dict[str, str]]:
     "(term → definition) pairs of dictionary `name`."
-    return [{"query": entry[0], "document": entry[1]} for headword, raw in dictd_entries(name) if (entry := dictionary_entry(name, headword, raw))]
+    return [
+        {"query": entry[0], "document": entry[1]}
+        for headword, raw in dictd_entries(name)
+        if (entry := dictionary_entry(name, headword, raw))
+    ]
 
 # %% ../nbs/01a_offline.ipynb #d9f21165
 @dataclass(frozen=True)
 class TextSource:
-    "A stage-1 text source that installs offline: its builder, the files it reads, what it stands in for."
+    """A stage-1 text source that installs offline: its builder, the files it reads, what it stands
+    in for."""
     name: str
     build: Callable[[], list[str]]  # the documents, in a fixed order
     files: Callable[[], list[str]]  # what they are read from (the cache key)
     package: str                    # where the text comes from
     like: str = ""                  # the report's text of the same kind
 
+# %% ../nbs/01a_offline.ipynb #a455b4bd
 @dataclass(frozen=True)
 class OfflinePairSource:
-    "A stage-2/3 pair source that installs offline: builder, files, the report's prefixes and its role."
+    """A stage-2/3 pair source that installs offline: builder, files, the report's prefixes and its
+    role."""
     name: str
     build: Callable[[], list[dict[str, str]]]
     files: Callable[[], list[str]]
@@ -933,34 +1043,51 @@ _no_files = lambda: []
 _dictionary_files = lambda name: (lambda: dictd_files(name))
 
 TEXT_SOURCES: dict[str, TextSource] = {s.name: s for s in [
-    TextSource("offline_wikipedia", lambda: [a["text"] for a in wikipedia_articles()], _wiki_files, "gensim", "Wikipedia"),
-    TextSource("python_docs", python_doc_documents, python_doc_files, "python3.11-doc", "BooksCorpus: long edited prose"),
-    TextSource("python_docstrings", python_docstring_documents, _no_files, "Python", "BooksCorpus / code"),
-    TextSource("wordnet", wordnet_documents, wordnet_files, "wordnet-base", "Wikipedia: definitional text"),
-    *[TextSource(name, lambda name=name: dictionary_documents(name), _dictionary_files(name), f"dict-{name}", "Wikipedia: definitional text")
-      for name in DICTIONARIES],
+    TextSource("offline_wikipedia", lambda: [a["text"] for a in wikipedia_articles()], _wiki_files,
+               "gensim", "Wikipedia"),
+    TextSource("python_docs", python_doc_documents, python_doc_files, "python3.11-doc",
+               "BooksCorpus: long edited prose"),
+    TextSource("python_docstrings", python_docstring_documents, _no_files, "Python",
+               "BooksCorpus / code"),
+    TextSource("wordnet", wordnet_documents, wordnet_files, "wordnet-base",
+               "Wikipedia: definitional text"),
+    *[TextSource(name, lambda name=name: dictionary_documents(name), _dictionary_files(name),
+                 f"dict-{name}", "Wikipedia: definitional text") for name in DICTIONARIES],
 ]}
 
 _wiki = lambda name: (lambda: wikipedia_pairs()[name])
 PAIR_SOURCES: dict[str, OfflinePairSource] = {s.name: s for s in [
-    OfflinePairSource("wikipedia_title_lead", _wiki("wikipedia_title_lead"), _wiki_files, "gensim", "Wikipedia title→body, NQ", stage3=True),
-    OfflinePairSource("wikipedia_sections", _wiki("wikipedia_sections"), _wiki_files, "gensim", "S2ORC/Wikipedia title→body, NQ", stage3=True),
-    OfflinePairSource("wikipedia_title_body", _wiki("wikipedia_title_body"), _wiki_files, "gensim", "Wikipedia title→body (long)", long_context=True),
-    OfflinePairSource("python_docstrings", python_docstring_pairs, _no_files, "Python", "CodeSearchNet"),
+    OfflinePairSource("wikipedia_title_lead", _wiki("wikipedia_title_lead"), _wiki_files, "gensim",
+                      "Wikipedia title→body, NQ", stage3=True),
+    OfflinePairSource("wikipedia_sections", _wiki("wikipedia_sections"), _wiki_files, "gensim",
+                      "S2ORC/Wikipedia title→body, NQ", stage3=True),
+    OfflinePairSource("wikipedia_title_body", _wiki("wikipedia_title_body"), _wiki_files, "gensim",
+                      "Wikipedia title→body (long)", long_context=True),
+    OfflinePairSource("python_docstrings", python_docstring_pairs, _no_files, "Python",
+                      "CodeSearchNet"),
     OfflinePairSource("python_code", python_code_pairs, _no_files, "Python", "CodeSearchNet"),
     OfflinePairSource("pydoc_topics", pydoc_topic_pairs, _no_files, "Python", "SQuAD", stage3=True),
-    OfflinePairSource("python_doc_sections", python_doc_section_pairs, python_doc_files, "python3.11-doc", "StackExchange/S2ORC title→body", stage3=True),
-    OfflinePairSource("python_doc_api", python_doc_api_pairs, python_doc_files, "python3.11-doc", "CodeSearchNet", stage3=True),
-    OfflinePairSource("python_faq", python_faq_pairs, python_doc_files, "python3.11-doc", "Yahoo/ELI5 question→answer, MSMarco", stage3=True),
-    OfflinePairSource("python_glossary", python_glossary_pairs, python_doc_files, "python3.11-doc", "definitions (Wikihow, SimpleWiki)"),
-    OfflinePairSource("wordnet_definitions", wordnet_definition_pairs, wordnet_files, "wordnet-base", "definitions, FEVER-like lookup", stage3=True),
-    OfflinePairSource("wordnet_usage", wordnet_usage_pairs, wordnet_files, "wordnet-base", "sentence → the entry that explains it"),
-    OfflinePairSource("wordnet_synonyms", wordnet_synonym_pairs, wordnet_files, "wordnet-base", "Quora/StackExchange duplicates, NLI",
+    OfflinePairSource("python_doc_sections", python_doc_section_pairs, python_doc_files,
+                      "python3.11-doc", "StackExchange/S2ORC title→body", stage3=True),
+    OfflinePairSource("python_doc_api", python_doc_api_pairs, python_doc_files, "python3.11-doc",
+                      "CodeSearchNet", stage3=True),
+    OfflinePairSource("python_faq", python_faq_pairs, python_doc_files, "python3.11-doc",
+                      "Yahoo/ELI5 question→answer, MSMarco", stage3=True),
+    OfflinePairSource("python_glossary", python_glossary_pairs, python_doc_files, "python3.11-doc",
+                      "definitions (Wikihow, SimpleWiki)"),
+    OfflinePairSource("wordnet_definitions", wordnet_definition_pairs, wordnet_files,
+                      "wordnet-base", "definitions, FEVER-like lookup", stage3=True),
+    OfflinePairSource("wordnet_usage", wordnet_usage_pairs, wordnet_files, "wordnet-base",
+                      "sentence → the entry that explains it"),
+    OfflinePairSource("wordnet_synonyms", wordnet_synonym_pairs, wordnet_files, "wordnet-base",
+                      "Quora/StackExchange duplicates, NLI",
                       query_prefix="classification", document_prefix="classification"),
-    OfflinePairSource("wordnet_hypernyms", wordnet_hypernym_pairs, wordnet_files, "wordnet-base", "same-topic pairs (arXiv title-abstract clustering)",
+    OfflinePairSource("wordnet_hypernyms", wordnet_hypernym_pairs, wordnet_files, "wordnet-base",
+                      "same-topic pairs (arXiv title-abstract clustering)",
                       query_prefix="clustering", document_prefix="clustering"),
-    *[OfflinePairSource(f"{name}_definitions", lambda name=name: dictionary_pairs(name), _dictionary_files(name), f"dict-{name}",
-                        "definitions, FEVER-like lookup", stage3=name == "foldoc") for name in DICTIONARIES],
+    *[OfflinePairSource(f"{name}_definitions", lambda name=name: dictionary_pairs(name),
+                        _dictionary_files(name), f"dict-{name}", "definitions, FEVER-like lookup",
+                        stage3=name == "foldoc") for name in DICTIONARIES],
 ]}
 
 # %% ../nbs/01a_offline.ipynb #4c03f276
@@ -998,27 +1125,35 @@ def _built(kind: str, source: TextSource | OfflinePairSource) -> dict[str, Any]:
     build = lambda: _without_overlap_and_duplicates(source.build(), getattr(source, "symmetric", False))
     return cached_build(f"{kind}-{source.name}", _source_key(kind, source), build)
 
+# %% ../nbs/01a_offline.ipynb #aa59925f
 def offline_documents(name: str) -> list[str]:
     "The documents of stage-1 text source `name` (see `TEXT_SOURCES`), built once and cached."
     if name not in TEXT_SOURCES:
-        raise ValueError(f"unknown offline text source {name!r}; choose from {', '.join(TEXT_SOURCES)}")
+        raise ValueError(
+            f"unknown offline text source {name!r}; choose from {', '.join(TEXT_SOURCES)}"
+        )
     return list(_built("documents", TEXT_SOURCES[name])["rows"])
 
+# %% ../nbs/01a_offline.ipynb #cdad1b81
 def text_source_key(name: str) -> str:
     "The cache key of text source `name`: it changes when anything its documents are built from changes."
     if name not in TEXT_SOURCES:
         raise ValueError(f"unknown offline text source {name!r}; choose from {', '.join(TEXT_SOURCES)}")
     return _source_key("documents", TEXT_SOURCES[name])
 
+# %% ../nbs/01a_offline.ipynb #8aa098b8
 def offline_pair_rows(name: str) -> list[dict[str, str]]:
     "The (query, document) rows of pair source `name` (see `PAIR_SOURCES`), built once and cached."
     if name not in PAIR_SOURCES:
-        raise ValueError(f"unknown offline pair source {name!r}; choose from {', '.join(PAIR_SOURCES)}")
+        raise ValueError(
+            f"unknown offline pair source {name!r}; choose from {', '.join(PAIR_SOURCES)}"
+        )
     return [dict(row) for row in _built("pairs", PAIR_SOURCES[name])["rows"]]
 
 # %% ../nbs/01a_offline.ipynb #a753103d
 def training_texts() -> Iterator[tuple[str, str]]:
-    "(source, text) for every text a training stage can read: every stage-1 document, both sides of every pair."
+    """(source, text) for every text a training stage can read: every stage-1 document, both sides
+    of every pair."""
     for name in TEXT_SOURCES:
         try:
             yield from ((name, text) for text in offline_documents(name))

@@ -20,12 +20,12 @@ import torch
 from torch import Tensor
 
 from .corpus import data_file_format, is_dataset_repository, load_hub_split
-from .utils import atomic_file
+from .utils import TASK_PREFIXES, atomic_file
 from .offline import PAIR_SOURCES, offline_pair_rows
 
 # %% auto #0
-__all__ = ['TASK_PREFIXES', 'OFFLINE_SOURCES', 'NEGATIVE_SAMPLING', 'WEIGHTINGS', 'write_pairs', 'read_pairs', 'with_prefix',
-           'offline_pairs', 'split_pairs', 'build_offline_pairs', 'PairSource', 'load_pair_config', 'PairDataset',
+__all__ = ['OFFLINE_SOURCES', 'NEGATIVE_SAMPLING', 'WEIGHTINGS', 'write_pairs', 'read_pairs', 'with_prefix', 'offline_pairs',
+           'split_pairs', 'build_offline_pairs', 'PairSource', 'load_pair_config', 'PairDataset',
            'OneSourceBatchSampler', 'MixedBatchSampler', 'PairCollator']
 
 # %% ../nbs/06_pairs.ipynb #fd843c54
@@ -73,8 +73,6 @@ def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 # %% ../nbs/06_pairs.ipynb #29befa39
-TASK_PREFIXES = ("search_query", "search_document", "classification", "clustering")
-
 def with_prefix(text: str, prefix: str | None) -> str:
     "`'{prefix}: {text}'` as the report and the released model write it; `text` unchanged when `prefix` is None."
     if prefix is None:

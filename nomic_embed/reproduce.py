@@ -553,7 +553,7 @@ def probe_record(model_dir: str, seed: int, budget: Budget) -> dict:
     "Fine-tune `model_dir` with a linear head on the probe at `seed`: a record of test correctness."
     import torch
     from nomic_embed.corpus import load_tokenizer
-    from nomic_embed.evaluate import finetune_classifier, sequence_classifier
+    from nomic_embed.benchmarks import finetune_classifier, sequence_classifier
 
     train, test = probe_data(budget)
     _, weights = finetune_classifier(
@@ -682,6 +682,7 @@ def mlm_loss_records(mlm_dir: Path, budget: Budget) -> dict[str, dict]:
     import torch
     from nomic_embed.corpus import load_tokenizer, packed_corpus
     from nomic_embed.mlm import SpecialTokens, validation_batches
+    from nomic_embed.checkpoints import load_model
     from nomic_embed.model import NomicBertForPreTraining
     from nomic_embed.train import load_config
 
@@ -691,7 +692,7 @@ def mlm_loss_records(mlm_dir: Path, budget: Budget) -> dict[str, dict]:
     train = packed_corpus(config.data, "train", tokenizer, progress=False)
     held_out = packed_corpus(config.data, "validation", tokenizer, progress=False)
     counts = count_models(train, special.vocab_size)
-    model = NomicBertForPreTraining.from_pretrained(mlm_dir / "final").eval()
+    model = load_model(mlm_dir / "final", NomicBertForPreTraining)
     losses, groups = {"stage 1 (MLM)": [], "unigram": [], "bigram": []}, []
     with torch.inference_mode():
         for batch in validation_batches(
@@ -1784,11 +1785,11 @@ def token_spread(model_dir: str | os.PathLike, texts: Sequence[str]) -> dict[str
     import collections
     import torch
     from nomic_embed.corpus import load_tokenizer
-    from nomic_embed.model import NomicBertModel
+    from nomic_embed.checkpoints import load_model
 
     tokenizer, model = (
         load_tokenizer(str(model_dir)),
-        NomicBertModel.from_pretrained(model_dir).eval(),
+        load_model(model_dir),
     )
     counts = collections.Counter(
         i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 # %% auto #0
 __all__ = ['ROPE_SCHEMES', 'inv_frequencies', 'rotate_half', 'rope_cos_sin', 'apply_rope', 'interpolation_scale', 'ntk_base',
-           'dynamic_ntk_base', 'RotaryEmbedding', 'base_table', 'demo']
+           'dynamic_ntk_base', 'RotaryEmbedding', 'base_table', 'run_command']
 
 # %% ../nbs/00_rope.ipynb #e0bda960
 def inv_frequencies(head_dim: int, base: float = 1000.0) -> Tensor:
@@ -147,18 +147,8 @@ def base_table(lengths: tuple[int, ...] = (2048, 4096, 8192), base: float = 1000
     return "\n".join(rows)
 
 # %% ../nbs/00_rope.ipynb #84be46e0
-def demo(argv: list[str] | None = None) -> None:
-    "Console entry point `nomic_embed_demo`: print the RoPE context-extension table (eqs. 3–5)."
-    import argparse
-    parser = argparse.ArgumentParser(
-        prog="nomic_embed_demo",
-        description="Print how NomicBERT's RoPE base scales with input length (eqs. 3-5).")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192],
-                        help="input lengths in tokens")
-    parser.add_argument("--alpha", type=float, default=2.0,
-                        help="dynamic-NTK alpha (the paper uses 2)")
-    args = parser.parse_args(argv)
-    if any(n < 1 for n in args.lengths):
-        parser.error("every length must be a positive number of tokens")
+def run_command(args) -> None:
+    """The work of `nomic_embed_demo` (its parser is in the cli chapter): print the table for
+    `args.lengths`, `args.alpha`."""
     print("NomicBERT RoPE: base b = 1000, head dim |D| = 64, trained length L = 2048\n")
     print(base_table(tuple(args.lengths), alpha=args.alpha))

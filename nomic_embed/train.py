@@ -27,8 +27,9 @@ from .contrastive import (MATRYOSHKA_LAYER_NORM_KEY, LogitScale, check_matryoshk
 from .corpus import CorpusConfig, default_cache_dir, load_tokenizer, packed_corpus
 from .gradcache import SIDES, MeanPooledEncoder, gradcache_step
 from .mlm import MaskingConfig, MLMBatches, SpecialTokens, evaluate_mlm, unigram_baseline
-from .model import (NomicBertConfig, NomicBertForPreTraining, NomicBertModel, config_from_nomic, config_from_transformers,
-                               detect_format, embed_texts, forward_flops_per_token)
+from .checkpoints import config_from_nomic, config_from_transformers, detect_format, load_model, save_model
+from .inference import embed_texts
+from .model import NomicBertConfig, NomicBertForPreTraining, NomicBertModel, forward_flops_per_token
 from .pairs import (NEGATIVE_SAMPLING, WEIGHTINGS, MixedBatchSampler, OneSourceBatchSampler, PairCollator, PairDataset,
                                PairSource, load_pair_config, read_pairs, split_pairs, with_prefix, write_pairs)
 from .trainer import (STAGES, Backprop, CheckpointError, DistInfo, Stage, Trainer, TrainConfig, _coerce,
@@ -69,7 +70,7 @@ class MLMStage(Stage):
 
     def build_model(self) -> nn.Module:
         if self.config.init_from:
-            return NomicBertForPreTraining.from_pretrained(self.config.init_from, tokenizer=self.tokenizer)
+            return load_model(self.config.init_from, NomicBertForPreTraining, tokenizer=self.tokenizer)
         model_config = NomicBertConfig(**self.config.model)
         if model_config.vocab_size < self.special.vocab_size:
             raise ValueError(f"model.vocab_size ({model_config.vocab_size}) is smaller than the tokenizer's ({self.special.vocab_size})")
@@ -116,7 +117,7 @@ class MLMStage(Stage):
                                 self.config.data_seed, self.config.logging.eval_max_chunks)
 
     def save_final(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
+        save_model(model, directory)
         self.tokenizer.save_pretrained(directory)
 
     def plot_metrics(self, run_dir: str | Path):
@@ -487,7 +488,7 @@ class ContrastiveBatches:
 def pooled_encoder(config: TrainConfig, tokenizer=None) -> MeanPooledEncoder:
     "The contrastive stages' model: the encoder inside a `MeanPooledEncoder`, with a `LogitScale` when the scale is learnable."
     if config.init_from:
-        encoder = NomicBertModel.from_pretrained(config.init_from, tokenizer=tokenizer, **config.model)
+        encoder = load_model(config.init_from, tokenizer=tokenizer, **config.model)
     else:
         encoder = NomicBertModel(NomicBertConfig(**config.model))
     model = MeanPooledEncoder(encoder)
@@ -515,7 +516,7 @@ def starting_encoder_config(config: TrainConfig) -> NomicBertConfig | None:
         return None  # a hub id such as nomic-ai/nomic-bert-2048, downloaded when the model is built
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"init_from {config.init_from!r} is not a checkpoint directory (no config.json); give a directory "
-                                "NomicBertModel.from_pretrained reads: a run's final/, a released nomic-embed or nomic-bert-2048 "
+                                "nomic_embed.checkpoints.load_model reads: a run's final/, a released nomic-embed or nomic-bert-2048 "
                                 "download, or a transformers nomic_bert export")
     raw = json.loads((directory / "config.json").read_text())
     layout = detect_format(raw)  # a checkpoint of another architecture fails here, naming its model_type
@@ -616,7 +617,7 @@ class ContrastiveStage(Stage):
 
     def save_final(self, model: nn.Module, directory: Path) -> None:
         "The bare encoder in the model chapter's format plus the tokenizer: what `Embedder.from_pretrained` loads."
-        model.model.save_pretrained(directory)
+        save_model(model.model, directory)
         self.tokenizer.save_pretrained(directory)
 
     def plot_metrics(self, run_dir: str | Path):
@@ -889,6 +890,6 @@ def run_command(args: argparse.Namespace) -> None:
             torch.distributed.destroy_process_group()
 
 # %% ../nbs/09a_train.ipynb #9429e7ad
-if __name__ == "__main__" and "__file__" in globals():  # python -m / torchrun -m nomic_embed.train (not in a notebook)
-    from nomic_embed.cli import train  # the command line's parser (cli chapter)
-    train()
+if __name__ == "__main__" and "__file__" in globals():  # python -m nomic_embed.train (not in a notebook)
+    raise SystemExit("the command is nomic_embed_train (under torchrun: torchrun --nproc_per_node=N --no-python "
+                     "nomic_embed_train --config FILE)")

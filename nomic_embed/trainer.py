@@ -32,26 +32,29 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from .model import NomicBertConfig, progress_bar
-from .utils import (CorruptFileError, DiskFullError, NonFiniteError, atomic_file, check_finite,
-                               check_unlocked, directory_lock, is_disk_full, load_json, verify_manifest, write_manifest)
+from .checkpoints import save_model
+from .model import NomicBertConfig
+from .utils import (CorruptFileError, DiskFullError, NonFiniteError, apply_overrides, atomic_file,
+                               check_finite, check_unlocked, directory_lock, is_disk_full, load_json,
+                               progress_bar, verify_manifest, write_manifest, yaml_problem)
+
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'TRACKERS', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES',
            'TRACKER_CLASSES', 'OptimizerConfig', 'ScheduleConfig', 'TrainingConfig', 'CheckpointConfig',
            'LoggingConfig', 'DistributedConfig', 'build_section', 'register_stage', 'Backprop', 'Stage', 'TrainConfig',
-           'check_model_keys', 'check_model_sizes', 'apply_overrides', 'read_config_file', 'load_config',
-           'parameter_groups', 'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed',
-           'restoring_threads', 'all_reduce_sum', 'main_process_first', 'resolve_precision', 'seed_everything',
-           'to_device', 'data_parallel', 'import_deepspeed', 'deepspeed_engine', 'build_backprop',
-           'enable_gradient_checkpointing', 'CheckpointError', 'list_checkpoints', 'find_checkpoint',
-           'verify_checkpoint', 'tied_parameter_names', 'model_state', 'with_tied', 'load_model_state',
-           'holding_weights', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir', 'check_resume_config',
-           'accumulate_gradients', 'gradient_norm', 'apply_update', 'TrainingInterrupted', 'StopRequest', 'stop_agreed',
-           'NonFiniteGuard', 'Prefetcher', 'lock_run_dir', 'naming_a_full_disk', 'removed_on_failure',
-           'checkpoint_bytes', 'import_tracker', 'tracker_scalars', 'TensorBoardTracker', 'WandbTracker',
-           'TrackioTracker', 'RunFiles', 'TrainingSetup', 'Trainer', 'metric_rows', 'read_metrics', 'plot_loss',
-           'prepare_data', 'read_prepared', 'run_training', 'resolve_resume_config']
+           'check_model_keys', 'check_model_sizes', 'read_config_file', 'load_config', 'parameter_groups',
+           'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed', 'restoring_threads', 'all_reduce_sum',
+           'main_process_first', 'resolve_precision', 'seed_everything', 'to_device', 'data_parallel',
+           'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'enable_gradient_checkpointing', 'CheckpointError',
+           'list_checkpoints', 'find_checkpoint', 'verify_checkpoint', 'tied_parameter_names', 'model_state',
+           'with_tied', 'load_model_state', 'holding_weights', 'save_checkpoint', 'load_checkpoint',
+           'refuse_used_run_dir', 'check_resume_config', 'accumulate_gradients', 'gradient_norm', 'apply_update',
+           'TrainingInterrupted', 'StopRequest', 'stop_agreed', 'NonFiniteGuard', 'Prefetcher', 'lock_run_dir',
+           'naming_a_full_disk', 'removed_on_failure', 'checkpoint_bytes', 'import_tracker', 'tracker_scalars',
+           'TensorBoardTracker', 'WandbTracker', 'TrackioTracker', 'RunFiles', 'TrainingSetup', 'Trainer',
+           'metric_rows', 'read_metrics', 'plot_loss', 'prepare_data', 'read_prepared', 'run_training',
+           'resolve_resume_config']
 
 # %% ../nbs/09_trainer.ipynb #85b42d43
 @dataclass
@@ -318,7 +321,7 @@ class Stage:
 
     def save_final(self, model: nn.Module, directory: Path) -> None:
         "Write the trained model (and what is needed to use it) to `directory`."
-        model.save_pretrained(directory)
+        save_model(model, directory)
 
     def plot_metrics(self, run_dir: str | Path):
         "The run's figure (saved as `loss.png`)."
@@ -380,34 +383,6 @@ def check_model_sizes(model: dict) -> None:
         raise ValueError(f"model: {error}") from None
 
 # %% ../nbs/09_trainer.ipynb #7db3a0bc
-def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
-    "Apply `key.path=value` overrides (values parsed as YAML) to a raw config dict, returning a new dict."
-    import copy
-    raw = copy.deepcopy(raw)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects key.path=value; got {item!r}")
-        path, value = item.split("=", 1)
-        keys, node = path.strip().split("."), raw
-        for key in keys[:-1]:
-            if node.get(key) is None:  # a missing or empty (`training:`) section
-                node[key] = {}
-            node = node[key]
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {path}: '{key}' is not a section")
-        try:
-            node[keys[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError as error:
-            raise ValueError(f"--set {item}: the value is not valid YAML ({_yaml_problem(error)}); quote a text "
-                             f"that holds YAML syntax: --set '{path}=\"...\"'") from None
-    return raw
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    "A YAML parser's error in one line: what is wrong and where."
-    mark = getattr(error, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{getattr(error, 'problem', None) or error}{where}"
-
 def read_config_file(path: str | Path) -> dict:
     "The raw content of a YAML config file; a missing, unreadable or malformed file is an error naming it."
     path = Path(path)
@@ -422,7 +397,7 @@ def read_config_file(path: str | Path) -> dict:
     except UnicodeDecodeError as error:
         raise ValueError(f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     except yaml.YAMLError as error:
-        raise ValueError(f"config file {path} is not valid YAML: {_yaml_problem(error)}") from None
+        raise ValueError(f"config file {path} is not valid YAML: {yaml_problem(error)}") from None
     return {} if raw is None else raw
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> TrainConfig:

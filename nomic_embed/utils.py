@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'human_bytes', 'free_bytes', 'DiskFullError', 'ensure_free_space', 'is_disk_full', 'atomic_file',
-           'CorruptFileError', 'sha256_file', 'load_json', 'write_manifest', 'verify_manifest', 'DirectoryInUseError',
-           'directory_lock', 'check_unlocked', 'NonFiniteError', 'check_finite', 'resolve_device', 'Interrupted',
-           'is_user_error', 'error_line', 'run_console']
+__all__ = ['TASK_PREFIXES', 'PRECISIONS', 'USER_ERRORS', 'human_bytes', 'free_bytes', 'DiskFullError', 'ensure_free_space',
+           'is_disk_full', 'atomic_file', 'CorruptFileError', 'sha256_file', 'load_json', 'write_manifest',
+           'verify_manifest', 'DirectoryInUseError', 'directory_lock', 'check_unlocked', 'NonFiniteError',
+           'check_finite', 'resolve_device', 'Interrupted', 'is_user_error', 'error_line', 'run_console', 'LogProgress',
+           'progress_bar', 'apply_overrides', 'yaml_problem']
 
 # %% ../nbs/00a_utils.ipynb #cafdfe18
 def human_bytes(count: int) -> str:
@@ -180,7 +181,8 @@ class DirectoryInUseError(RuntimeError):
 def directory_lock(directory: str | os.PathLike, what: str) -> Iterator[Path]:
     """Hold an exclusive lock on `directory` (created if missing) for the block; a second process
     gets `DirectoryInUseError` naming the first. The lock dies with its process; a directory it
-    created is removed again if the block leaves it empty (a run refused for bad input writes nothing)."""
+    created is removed again if the block leaves it empty (a run refused for bad input writes
+    nothing)."""
     directory = Path(directory)
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
@@ -303,6 +305,11 @@ def resolve_device(device: str | None = None):
                          "use --device cpu")
     return chosen
 
+# %% ../nbs/00a_utils.ipynb #40c6f7f5
+TASK_PREFIXES = ("search_query", "search_document", "classification", "clustering")  # report §4.2.2
+# stored vectors, as sentence-transformers names them
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+
 # %% ../nbs/00a_utils.ipynb #26f81d5f
 class Interrupted(BaseException):
     """Stopped by a signal, with the line to tell the user; the boundary exits 128 + its number.
@@ -360,3 +367,98 @@ def _raise_interrupted(signum, frame):
 def _in_main_thread() -> bool:
     "Whether this is the main thread (the only one that may install signal handlers)."
     return threading.current_thread() is threading.main_thread()
+
+# %% ../nbs/00a_utils.ipynb #884f47c6
+class LogProgress:
+    """Progress for logs: one plain line (`desc: n/total unit, elapsed, rate, time left, postfix`)
+    every `every_seconds` and at the end."""
+
+    def __init__(self, iterable: Any = None, total: int | None = None, desc: str = "",
+                 unit: str = "it", initial: int = 0, every_seconds: float = 30.0,
+                 disable: bool = False, file: Any = None):
+        self.iterable, self.desc, self.unit, self.every_seconds, self.disable = (
+            iterable, desc, unit, every_seconds, disable)
+        self.total = (total if total is not None or iterable is None
+                      or not hasattr(iterable, "__len__") else len(iterable))
+        self.n, self.start_n, self.postfix, self.file = initial, initial, "", file
+        self.started = self.last_print = time.monotonic()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, n: int = 1) -> None:
+        "Count `n` more; print a line if `every_seconds` passed since the last one."
+        self.n += n
+        if not self.disable and time.monotonic() - self.last_print >= self.every_seconds:
+            self.print_line()
+
+    def set_postfix(self, **values: Any) -> None:
+        "Values shown at the end of each line (e.g. loss, lr)."
+        self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())
+
+    def line(self) -> str:
+        "The current progress as one line of text."
+        elapsed = time.monotonic() - self.started
+        rate = (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
+        count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+        left = f", ~{(self.total - self.n) / rate:.0f} s left" if self.total and rate > 0 else ""
+        return (f"{self.desc}: {count} {self.unit}, {elapsed:.0f} s, {rate:.3g} {self.unit}/s{left}"
+                + (f"; {self.postfix}" if self.postfix else ""))
+
+    def print_line(self) -> None:
+        print(self.line(), file=self.file or sys.stderr, flush=True)
+        self.last_print = time.monotonic()
+
+    def close(self) -> None:
+        "Print the final line (unless disabled)."
+        if not self.disable:
+            self.print_line()
+            self.disable = True
+
+# %% ../nbs/00a_utils.ipynb #2216f255
+def progress_bar(iterable: Any = None, *, total: int | None = None, desc: str = "",
+                 unit: str = "it", initial: int = 0, disable: bool = False,
+                 every_seconds: float = 30.0):
+    """tqdm on a terminal or in a notebook; a `LogProgress` (a plain line every `every_seconds`)
+    when stderr is a log."""
+    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+    if interactive or disable:
+        from tqdm.auto import tqdm
+        return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable)
+    return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial,
+                       every_seconds=every_seconds)
+
+# %% ../nbs/00a_utils.ipynb #5f3bb980
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """Apply `key.path=value` overrides (values parsed as YAML) to a raw config dict, returning a
+    new dict."""
+    import copy
+
+    import yaml  # here, so that importing the utilities loads no YAML parser
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key.path=value; got {item!r}")
+        path, value = item.split("=", 1)
+        keys, node = path.strip().split("."), raw
+        for key in keys[:-1]:
+            if node.get(key) is None:  # a missing or empty (`training:`) section
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {path}: '{key}' is not a section")
+        try:
+            node[keys[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {item}: the value is not valid YAML ({yaml_problem(error)}); "
+                             f"quote a text that holds YAML syntax: --set '{path}=\"...\"'") from None
+    return raw
+
+def yaml_problem(error: Exception) -> str:
+    "A YAML parser's error in one line: what is wrong and where."
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(error, 'problem', None) or error}{where}"
+

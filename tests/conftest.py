@@ -22,8 +22,8 @@ def bin_path(name: str) -> str:
 
 
 def train_cli(*args: str) -> list[str]:
-    "The trainer's command line, run by this Python."
-    return [sys.executable, "-m", "nomic_embed.train", *args]
+    "The trainer's command line: the console script installed beside this Python."
+    return [bin_path("nomic_embed_train"), *args]
 
 
 def sets(*items: str) -> list[str]:

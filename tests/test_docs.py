@@ -38,26 +38,20 @@ PENDING_NOTEBOOKS: dict[str, str] = {}
 # that do not show their key definitions yet skip that check. Both lists go when the redesign is complete.
 PENDING_PAGES = {
     "index": "the README becomes a landing page; its command lines are over 100 columns (round two)",
-    "00a_utils": "shown lines over 100 columns (round two)",
-    "01_model": "architecture only in Part I, checkpoint formats and CPU kernels to an appendix (round two)",
-    "01a_offline": "the offline data builders' code to be shown (round two)",
     "02_corpus": "shows none of its code yet (round two)",
     "06_pairs": "being rewritten for the public dataset layouts; long lines (round two)",
     "08a_curate": "shows none of its code yet (round two)",
     "09_trainer": "being rewritten (DeepSpeed, NaN guard, run lock); long lines (round two)",
     "09a_train": "being rewritten (stage data, seeds); long lines (round two)",
-    "10_embed": "being rewritten (error boundary); long lines (round two)",
-    "11_evaluate": "hub benchmarks and GLUE to an appendix; long lines (round two)",
-    "13_cli": "every parser in one place (round two)",
 }
 PENDING_CODE = {
     "02_corpus": "hides all of its code (`#| export`); round two shows it",
-    "11_evaluate": "hides all of its code (`#| export`); round two shows the offline suite",
 }
 KEY_DEFINITIONS = {  # the cells that implement the paper: exported and shown on their page (`#| exports`)
     "00_rope": ["inv_frequencies", "rope_cos_sin", "apply_rope", "interpolation_scale", "ntk_base", "dynamic_ntk_base",
                 "RotaryEmbedding"],
-    "01_model": ["NomicBertAttention", "NomicBertMLP", "NomicBertBlock", "varlen_attention", "mean_pool"],
+    "01_model": ["NomicBertConfig", "NomicBertEmbeddings", "NomicBertAttention", "NomicBertMLP", "NomicBertBlock",
+                 "varlen_attention", "NomicBertModel", "mean_pool", "NomicBertForPreTraining"],
     "02_corpus": ["tokenize_documents", "pack_token_stream"],
     "03_mlm": ["MaskingConfig", "mask_tokens", "MLMBatches"],
     "04_contrastive": ["cosine_logits", "gather_with_grad", "info_nce_loss", "matryoshka_info_nce_loss"],
@@ -67,7 +61,7 @@ KEY_DEFINITIONS = {  # the cells that implement the paper: exported and shown on
     "08_negatives": ["mine_hard_negatives", "random_negatives"],
     "09_trainer": ["Stage", "Trainer", "accumulate_gradients"],
     "09a_train": ["MLMStage", "ContrastiveStage"],
-    "10_embed": ["Embedder", "quantize_embeddings"],
+    "10_embed": ["Embedder", "add_prefix", "save_sentence_transformers", "quantize_embeddings", "MTEBEncoder"],
     "11_evaluate": ["score_task", "evaluate_offline"],
     "12_reproduce": ["Budget", "run_chain"],
 }
@@ -184,12 +178,14 @@ def test_every_page_has_the_sidebar_by_part_and_previous_next(site):
 
 def test_links_stay_inside_the_preview_and_resolve(site):
     broken, outside = [], []
+    announced = {html_name(name) for name in PENDING_NOTEBOOKS}
     for page in sorted(site.glob("*.html")):
         for link in re.findall(r'href="([^"]+)"', page.read_text(encoding="utf-8")):
             if re.match(r"https?://[^/]*github\.(com|io)", link):
                 outside.append(f"{page.name}: {link}")
             elif not re.match(r"(https?:|mailto:|#|data:)", link) and not (site / link.split("#")[0]).exists():
-                broken.append(f"{page.name}: {link}")
+                if link.split("#")[0] not in announced:  # a page announced in PENDING_NOTEBOOKS, not yet written
+                    broken.append(f"{page.name}: {link}")
     assert not outside, f"links out of the preview: {outside[:5]}"
     assert not broken, f"links to pages that do not exist: {broken[:5]}"
 

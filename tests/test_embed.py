@@ -19,6 +19,7 @@ import torch
 from nomic_embed.corpus import load_tokenizer
 from nomic_embed.cli import embed as main
 from nomic_embed.embed import Embedder, embed_file, load_embeddings
+from nomic_embed.checkpoints import load_model, save_model
 from nomic_embed.model import NomicBertConfig, NomicBertModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-nomic")
     torch.manual_seed(0)
     config = NomicBertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512, rotary_scaling_factor=2.0)
-    NomicBertModel(config).save_pretrained(path)
+    save_model(NomicBertModel(config), path)
     load_tokenizer().save_pretrained(path)
     return path
 
@@ -332,7 +333,7 @@ def test_embed_file_bad_input_raises_plain_exceptions(model_dir, workdir):
 @pytest.fixture(scope="session")
 def v15_dir(model_dir, tmp_path_factory) -> Path:
     "The tiny model with a trained-looking last LayerNorm, exported in the released layout with the Matryoshka layer-norm flag."
-    model = NomicBertModel.from_pretrained(model_dir)
+    model = load_model(model_dir)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         model.encoder.layers[-1].norm2.bias.copy_(0.2 + 0.5 * torch.randn(128, generator=generator))
@@ -343,7 +344,7 @@ def v15_dir(model_dir, tmp_path_factory) -> Path:
 def by_hand(embedder: Embedder, texts: list[str], task: str, d: int, layer_norm: bool) -> np.ndarray:
     "The pooled vectors (nothing applied), then v1.5's layer norm (if asked), the first `d` coordinates, L2 normalisation, in float64."
     from nomic_embed.embed import add_prefix
-    from nomic_embed.model import embed_texts
+    from nomic_embed.inference import embed_texts
     pooled = embed_texts(embedder.model, embedder.tokenizer, add_prefix(texts, task), 8192, normalize=False).astype(np.float64)
     if layer_norm:
         pooled = (pooled - pooled.mean(1, keepdims=True)) / np.sqrt(pooled.var(1, keepdims=True) + 1e-5)

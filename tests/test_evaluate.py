@@ -1,4 +1,5 @@
-"""nomic_embed_evaluate as a process, the held-out-by-source guarantee, parity with direct computations, GLUE harness."""
+"""nomic_embed_evaluate as a process, the held-out-by-source guarantee, parity with direct computations, GLUE harness
+(the offline suite: nomic_embed.evaluate; the hub suites, GLUE and the command's work: nomic_embed.benchmarks)."""
 import json
 import re
 import signal
@@ -10,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ENV, ROOT, train_cli, sets
+from conftest import ENV, ROOT, bin_path, train_cli, sets
 
-EVALUATE = [sys.executable, "-m", "nomic_embed.evaluate"]
+EVALUATE = [bin_path("nomic_embed_evaluate")]  # the console script (settings.ini: nomic_embed.cli:evaluate)
 OFFLINE_ENV = {**ENV, "HF_HUB_OFFLINE": "1"}
 TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}
 
@@ -46,7 +47,7 @@ def test_no_evaluation_text_in_any_training_source():
 
 def test_help_imports_no_torch():
     started = time.monotonic()
-    code = "import sys\nfrom nomic_embed.evaluate import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'transformers', 'mteb') if m in sys.modules))"
+    code = "import sys\nfrom nomic_embed.cli import evaluate\ntry:\n    evaluate(['--help'])\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'transformers', 'mteb') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=OFFLINE_ENV, cwd=ROOT, check=True)
     assert result.stdout.strip().endswith("[]"), result.stdout
     assert "--suite" in result.stdout and time.monotonic() - started < 10
@@ -61,6 +62,7 @@ def test_help_imports_no_torch():
     (["--model", "bm25", "--output", "/nonexistent/dir/results.json"], "does not exist"),
     (["--model", "bm25", "--suite", "loco"], "use --suite offline"),
     (["--model", "bm25", "--suite", "mteb"], "bm25 scores retrieval only"),
+    (["--model", "tfidf", "--suite", "mteb"], "rows of the offline suite's lexical ladder"),
     (["--model", "bm25", "--lengths", "2"], "--lengths must all be at least 3"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, argv, message):
@@ -183,7 +185,8 @@ def tiny_mlm(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_glue_harness_beats_the_majority_class_on_pang_lee(tiny_mlm):
     "Fine-tuned from the tiny MLM checkpoint (3 seeds × 2 learning rates, 10 epochs), the best median beats 50% by 4 points."
-    from nomic_embed.evaluate import finetune_classifier, median_of_seeds, pang_lee_polarity
+    from nomic_embed.benchmarks import finetune_classifier, median_of_seeds
+    from nomic_embed.evaluate import pang_lee_polarity
     data = pang_lee_polarity().data
     train, test = (data["train_texts"], None, data["train_labels"]), (data["test_texts"], None, data["test_labels"])
     majority = max(np.mean(data["test_labels"]), 1 - np.mean(data["test_labels"]))

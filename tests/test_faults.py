@@ -45,13 +45,14 @@ def lee_texts(n: int = 40) -> list[str]:
 
 
 def write_tiny_model(path: Path, **config) -> Path:
-    "A tiny random-init NomicBERT with the offline bert-base-uncased tokenizer, written by `Embedder.save_pretrained`."
+    "A tiny random-init NomicBERT with the offline bert-base-uncased tokenizer, written by `save_model`."
     import torch
+    from nomic_embed.checkpoints import save_model
     from nomic_embed.corpus import load_tokenizer
     from nomic_embed.model import NomicBertConfig, NomicBertModel
     torch.manual_seed(0)
     model = NomicBertModel(NomicBertConfig(**(TINY | config)))
-    model.save_pretrained(path)
+    save_model(model, path)
     load_tokenizer().save_pretrained(str(path))
     return path
 
@@ -453,12 +454,12 @@ def embedder(tiny):
 def test_encode_checks_max_length_and_finiteness(tiny, embedder):
     import torch
     from nomic_embed.embed import Embedder
-    from nomic_embed.model import NomicBertModel
+    from nomic_embed.checkpoints import load_model
     from nomic_embed.utils import NonFiniteError
     text = lee_texts(1)
     with pytest.raises(ValueError, match=r"max_length must be an integer of at least 3 tokens \(\[CLS\], a token, \[SEP\]\); got 0"):
         embedder.encode(text, "search_query", max_length=0)  # not "no limit"
-    model = NomicBertModel.from_pretrained(tiny)
+    model = load_model(tiny)
     with torch.no_grad():
         model.encoder.layers[0].norm1.weight[5] = float("nan")  # weights that go bad after loading
     with pytest.raises(NonFiniteError, match=r"non-finite values in the embeddings: 64 NaN and 0 infinite of 64 values"):

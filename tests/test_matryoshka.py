@@ -143,10 +143,12 @@ V15_RELEASED_FIELDS = {  # nomic-embed-text-v1.5's released config.json beyond w
 def v15_start(tmp_path_factory) -> Path:
     "A tiny starting checkpoint (hidden 128, one layer) in the released layout with nomic-embed-text-v1.5's config fields."
     from nomic_embed.corpus import load_tokenizer
+    from nomic_embed.checkpoints import save_model
     from nomic_embed.model import NomicBertConfig, NomicBertModel
     path = tmp_path_factory.mktemp("start") / "nomic-embed-text-v1.5-tiny"
     torch.manual_seed(0)
-    NomicBertModel(NomicBertConfig(hidden_size=128, num_hidden_layers=1, num_attention_heads=2, intermediate_size=512)).save_pretrained(path, format="nomic")
+    save_model(NomicBertModel(NomicBertConfig(hidden_size=128, num_hidden_layers=1, num_attention_heads=2, intermediate_size=512)), path,
+               format="nomic")
     config = json.loads((path / "config.json").read_text())
     (path / "manifest.json").unlink(missing_ok=True)  # the released download has no manifest
     (path / "config.json").write_text(json.dumps(V15_RELEASED_FIELDS | config, indent=2))

@@ -11,6 +11,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from nomic_embed.checkpoints import load_model, save_model
 from nomic_embed.model import NomicBertConfig, NomicBertForPreTraining, NomicBertModel, mean_pool
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, intermediate_size=256)
@@ -44,7 +45,7 @@ def test_transformers_format_loads_in_a_plain_transformers_process(tmp_path, rea
     "AutoModel loads format='transformers' in a process that never imports nomic_embed (no remote code, no registration)."
     _, _, batch = real_batch
     ours = randomize_(NomicBertModel(NomicBertConfig(**TINY))).eval()
-    ours.save_pretrained(tmp_path / "hf", format="transformers")
+    save_model(ours, tmp_path / "hf", format="transformers")
     save_file({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, tmp_path / "inputs.safetensors")
     script = (
         "import sys, torch; from safetensors.torch import load_file, save_file; from transformers import AutoModel\n"
@@ -63,10 +64,10 @@ def test_transformers_format_loads_in_a_plain_transformers_process(tmp_path, rea
 
 
 def test_mlm_head_parity_with_transformers_masked_lm(tmp_path, real_batch):
-    "Our MLM head written in transformers' layout gives NomicBertForMaskedLM's logits; its save_pretrained reads back."
+    "Our MLM head written in transformers' layout gives NomicBertForMaskedLM's logits; its save_pretrained reads back in load_model."
     _, _, batch = real_batch
     ours = randomize_(NomicBertForPreTraining(NomicBertConfig(**TINY))).eval()
-    ours.save_pretrained(tmp_path / "hf", format="transformers")
+    save_model(ours, tmp_path / "hf", format="transformers")
     peer = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
     assert type(peer) is transformers.NomicBertForMaskedLM
     with torch.no_grad():
@@ -74,7 +75,7 @@ def test_mlm_head_parity_with_transformers_masked_lm(tmp_path, real_batch):
     mask = batch["attention_mask"].bool()
     assert (ours_logits - peer_logits)[mask].abs().max() <= 1e-4  # logits are ~100x larger than hidden states
     peer.save_pretrained(tmp_path / "peer_saved")
-    again = NomicBertForPreTraining.from_pretrained(tmp_path / "peer_saved")
+    again = load_model(tmp_path / "peer_saved", NomicBertForPreTraining)
     for name, tensor in ours.state_dict().items():
         assert torch.equal(again.state_dict()[name], tensor), name
 
@@ -85,14 +86,14 @@ def test_nonzero_transformers_head_bias_is_refused(tmp_path):
         peer.cls.predictions.bias.fill_(0.5)
     peer.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="cls.predictions.bias is non-zero"):
-        NomicBertForPreTraining.from_pretrained(tmp_path)
-    NomicBertModel.from_pretrained(tmp_path)  # the encoder alone still loads
+        load_model(tmp_path, NomicBertForPreTraining)
+    load_model(tmp_path)  # the encoder alone still loads
 
 
 def test_bin_and_sharded_checkpoints(tmp_path):
     "Released checkpoints also come as pytorch_model.bin and as shards with an index."
     model = randomize_(NomicBertModel(NomicBertConfig(**TINY)))
-    model.save_pretrained(tmp_path / "st", format="nomic")
+    save_model(model, tmp_path / "st", format="nomic")
     tensors = load_file(tmp_path / "st" / "model.safetensors")
     config = (tmp_path / "st" / "config.json").read_text()
     (tmp_path / "bin").mkdir()
@@ -107,19 +108,19 @@ def test_bin_and_sharded_checkpoints(tmp_path):
     (tmp_path / "sharded" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     (tmp_path / "sharded" / "config.json").write_text(config)
     for directory in ("bin", "sharded"):
-        loaded = NomicBertModel.from_pretrained(tmp_path / directory)
+        loaded = load_model(tmp_path / directory)
         for name, tensor in model.state_dict().items():
             assert torch.equal(loaded.state_dict()[name], tensor), (directory, name)
 
 
 def test_released_config_conflicts_are_named(tmp_path):
     model = NomicBertModel(NomicBertConfig(**TINY))
-    model.save_pretrained(tmp_path, format="nomic")
+    save_model(model, tmp_path, format="nomic")
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "manifest.json").unlink()  # a download of the released layout has no manifest: edits are not caught as damage
     (tmp_path / "config.json").write_text(json.dumps(config | {"prenorm": True}))
     with pytest.raises(ValueError, match="prenorm=True"):
-        NomicBertModel.from_pretrained(tmp_path)
+        load_model(tmp_path)
 
 
 def test_dynamic_ntk_uses_each_sequences_own_length(real_batch):
@@ -171,20 +172,20 @@ def test_left_padding_gives_the_same_embeddings(real_batch):
             assert (right - left).abs().max() <= 1e-5, backend
 
 
-def test_from_pretrained_overrides_and_errors(tmp_path):
-    NomicBertModel(NomicBertConfig(**TINY)).save_pretrained(tmp_path)
-    model = NomicBertModel.from_pretrained(tmp_path, rotary_scaling_factor=2.0, attention_backend="sdpa", dtype=torch.float64)
+def test_load_model_overrides_and_errors(tmp_path):
+    save_model(NomicBertModel(NomicBertConfig(**TINY)), tmp_path)
+    model = load_model(tmp_path, rotary_scaling_factor=2.0, attention_backend="sdpa", dtype=torch.float64)
     assert model.config.rotary_scaling_factor == 2.0 and model.rotary_emb.scheme == "dynamic_ntk"
     assert model.dtype == torch.float64 and not model.training
     with pytest.raises(TypeError, match="unknown argument"):
-        NomicBertModel.from_pretrained(tmp_path, hiden_size=3)
+        load_model(tmp_path, hiden_size=3)
     with pytest.raises(ValueError, match="attention_backend must be one of"):
-        NomicBertModel.from_pretrained(tmp_path, attention_backend="flash")
+        load_model(tmp_path, attention_backend="flash")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        NomicBertModel.from_pretrained(tmp_path / "empty")
+        load_model(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
-        NomicBertModel.from_pretrained(tmp_path / "missing" / "model")
+        load_model(tmp_path / "missing" / "model")
 
 
 def test_all_padding_row_is_zero_and_harmless(real_batch):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ENV, ROOT, TORCHRUN, expect_error, sets, train_cli, weights
+from conftest import ENV, ROOT, TORCHRUN, bin_path, expect_error, sets, train_cli, weights
 from nomic_embed.train import read_metrics, run_training
 
 TINY = ROOT / "configs" / "mlm_tiny.yaml"
@@ -82,7 +82,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
                       "checkpoint.every_steps=100", "logging.eval_every_steps=3"]
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run(train_cli("--config", str(TINY), *sets(*common, f"output_dir={single}")), env=ENV, check=True, capture_output=True)
-    torchrun = [*TORCHRUN, "-m", "nomic_embed.train"]
+    torchrun = [*TORCHRUN, "--no-python", bin_path("nomic_embed_train")]
     double_config = ["--config", str(TINY), *sets(*common, f"output_dir={double}", "distributed.backend=gloo")]
     prepared = subprocess.run(train_cli(*double_config, "--prepare"), env=ENV, capture_output=True, text=True)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
