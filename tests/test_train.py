@@ -296,10 +296,11 @@ def test_trackers_hold_the_logged_scalars(tmp_path):
 def test_process_group_waits_distributed_timeout_minutes(tmp_path):
     "The process group's timeout is distributed.timeout_minutes (PyTorch's own default is 10 minutes for NCCL, 30 for gloo)."
     script = tmp_path / "timeout.py"
-    script.write_text("import torch\nfrom nomic_embed.trainer import DistributedConfig, setup_distributed\n"
+    script.write_text("import sys\nimport torch\nfrom nomic_embed.trainer import DistributedConfig, setup_distributed\n"
                       "setup_distributed(DistributedConfig(backend='gloo', timeout_minutes=7))\n"
                       "group = torch.distributed.distributed_c10d._get_default_group()\n"
-                      "print(group._get_backend(torch.device('cpu')).options._timeout.total_seconds())\n")
+                      "seconds = group._get_backend(torch.device('cpu')).options._timeout.total_seconds()\n"
+                      "sys.stdout.write(f'{seconds}\\n')\n")  # one write per rank: lines never interleave
     done = subprocess.run([*TORCHRUN, str(script)], env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [float(line) for line in done.stdout.split()] == [420.0, 420.0]
