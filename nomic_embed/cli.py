@@ -182,14 +182,16 @@ def reproduce_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="reproduction",
                         help="output directory (default: ./reproduction)")
     parser.add_argument("--budget", default="small", choices=list(BUDGETS),
-                        help="micro: about a minute (tests); small: the default, about 20 minutes "
-                             "on 2 CPU cores; medium: 4 layers x 256, about 90 minutes on 2 CPU "
-                             "cores")
+                        help="micro: about a minute (tests); small: the default, stages 2 and 3 "
+                             "at 3 seeds, about 20 minutes on 2 CPU cores once its caches exist; "
+                             "medium: 4 layers x 256, about 150 minutes on 2 CPU cores; scaling: the "
+                             "scaling curve (stage-2 pairs per source from 500 to 16,000, 2 seeds "
+                             "each), about 65 minutes")
     parser.add_argument("--ablations", nargs="?", const="all", default="", metavar="NAMES",
                         help="also run one training per design choice of the report and score it "
                              "— all of them, or the comma-separated NAMES "
-                             f"({', '.join(ABLATIONS)}) — and stages 2 and 3 at two more seeds, "
-                             "to judge each against")
+                             f"({', '.join(ABLATIONS)}) — each arm and its default at 8 paired "
+                             "seeds")
     return parser
 
 # %% ../nbs/13_cli.ipynb #5acf64cc

@@ -32,10 +32,7 @@ needs_browser = pytest.mark.skipif(browser is None, reason="no headless Chromium
 WIDTH = 100  # the most columns a shown code line may have: wider lines are clipped or scroll on the page
 
 # Notebooks announced by the chapters' authors and listed in the sidebar before they exist.
-PENDING_NOTEBOOKS = {
-    "11a_stats.ipynb": "statistics appendix (paired intervals, verdicts), being written",
-    "15_lab_log.ipynb": "the dated lab log (history out of 12_reproduce and the README), being written",
-}
+PENDING_NOTEBOOKS: dict[str, str] = {}
 # Chapters being rewritten in the second round of the book's redesign: their pages are rendered and linked, but the
 # page checks (clipped code, tracebacks, warning boxes, machine paths) skip them until they are done, and the chapters
 # that do not show their key definitions yet skip that check. Both lists go when the redesign is complete.
@@ -46,11 +43,9 @@ PENDING_PAGES = {
     "08a_curate": "shows none of its code yet (round two)",
     "09_trainer": "being rewritten (DeepSpeed, NaN guard, run lock); long lines (round two)",
     "09a_train": "being rewritten (stage data, seeds); long lines (round two)",
-    "12_reproduce": "history to the lab log, statistics to 11a_stats (round two)",
 }
 PENDING_CODE = {
     "02_corpus": "hides all of its code (`#| export`); round two shows it",
-    "12_reproduce": "hides Budget and the chain; round two shows them",
 }
 KEY_DEFINITIONS = {  # the cells that implement the paper: exported and shown on their page (`#| exports`)
     "00_rope": ["inv_frequencies", "rope_cos_sin", "apply_rope", "interpolation_scale", "ntk_base", "dynamic_ntk_base",

@@ -1,8 +1,8 @@
-"""`nomic_embed_reproduce` as a user runs it: the whole chain at the micro budget (the file set, the table, the chain's
-improvements), a changed setting refused, and (slow) a SIGKILL mid-stage followed by a rerun that ends with the results
-of an uninterrupted run.
+"""`nomic_embed_reproduce` as a user runs it: the whole chain at the micro budget (the file set, the tables, the
+chain's improvements with their intervals), a changed setting refused, a finished run kept, and (slow) a SIGKILL
+mid-stage followed by a rerun that ends with the results of an uninterrupted run, and a small scaling sweep.
 
-Run: python -m pytest tests/test_reproduce.py  (add -m slow for the kill-and-rerun test)."""
+Run: python -m pytest tests/test_reproduce.py  (add -m slow for the slow tests)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,21 +19,23 @@ from conftest import ENV, bin_path
 
 REPRODUCE = [bin_path("nomic_embed_reproduce")] if Path(bin_path("nomic_embed_reproduce")).exists() else [
     sys.executable, "-c", "from nomic_embed.cli import reproduce; reproduce()"]
-FILES = {"settings.json", "results.json", "results.md", "stages.png", "phases", "runs", "pools", "curated", "evaluation"}
-PHASES = {"mlm", "pairs", "filter", "pretrain", "mine", "finetune", "evaluate", "floor"}
+FILES = {"settings.json", "results.json", "results.md", "stages.png", "claims.png", "phases", "runs", "pools",
+         "curated", "evaluation", "probe", "mlm_loss.json"}
+PHASES = {"mlm", "pairs", "teacher", "filter", "mine", "train", "evaluate", "probe", "mlm_loss"}
 
 
 def scores(out: Path) -> dict:
-    "The results without anything that depends on time: every model's scores and the checks."
+    "The results without anything that depends on time: the tables (every model's scores) and the filter."
     payload = json.loads((out / "results.json").read_text())
-    return {"rows": payload["rows"], "checks": payload["checks"], "filter": payload["filter"]}
+    return {"tables": payload["tables"], "filter": payload["filter"]}
 
 
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory) -> Path:
     "One uninterrupted micro reproduction (a few CPU minutes)."
     out = tmp_path_factory.mktemp("reproduce") / "micro"
-    done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=3600)
+    done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(out)], capture_output=True, text=True,
+                          env=ENV, timeout=3600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return out
 
@@ -40,57 +43,51 @@ def micro_run(tmp_path_factory) -> Path:
 def test_micro_chain_writes_every_file_and_improves(micro_run):
     assert FILES <= {p.name for p in micro_run.iterdir()}
     assert {p.stem for p in (micro_run / "phases").glob("*.json")} == PHASES
-    rows = {row["model"]: row for row in json.loads((micro_run / "results.json").read_text())["rows"]}
-    print({label: round(row["Retrieval mean"], 2) for label, row in rows.items()})
-    assert set(rows) == {"random init", "stage 1 (MLM)", "stage 2", "stage 3"}
-    # contrastive training is what makes retrieval work: stage 2 clears the MLM model and the random-init floor
-    assert rows["stage 2"]["Retrieval mean"] > rows["stage 1 (MLM)"]["Retrieval mean"] + 3
-    assert rows["stage 2"]["Retrieval mean"] > rows["random init"]["Retrieval mean"]
-    assert rows["stage 3"]["Retrieval mean"] >= rows["stage 2"]["Retrieval mean"] - 1
-    assert "| model |" in (micro_run / "results.md").read_text()
-    # the floor is scored at every initialisation seed, and stage 3 is judged against its range on each task
-    payload = json.loads((micro_run / "results.json").read_text())
-    assert len(payload["floor_results"]["models"]) == 4
-    verdicts = payload["checks"]["stage 3 against random init at 5 seeds"]
-    assert set(verdicts) == {"NewsLeadRetrieval", "ManPageRetrieval"} and set(verdicts.values()) <= {"above", "within", "below"}
+    values = json.loads((micro_run / "results.json").read_text())["tables"]["values"]
+    primary = {arm: v["primary"] for arm, v in values.items()}
+    print({arm: round(p["estimate"], 2) for arm, p in primary.items()})
+    assert set(primary) == {"random init", "stage 1 (MLM)", "stage 2", "stage 3"}
+    assert primary["random init"]["seeds"] == [2]  # the floor at its two micro seeds
+    # contrastive training is what makes retrieval work: stage 2 clears the MLM model and the floor
+    assert primary["stage 2"]["estimate"] > primary["stage 1 (MLM)"]["estimate"] + 3
+    assert primary["stage 2"]["estimate"] > primary["random init"]["estimate"]
+    for p in primary.values():  # every score carries its interval
+        assert p["low"] <= p["estimate"] <= p["high"] and p["se"] > 0
+    markdown = (micro_run / "results.md").read_text()
+    assert "**Table A.**" in markdown and "**Table B.**" in markdown and "**Table C.**" in markdown
+    tables = json.loads((micro_run / "results.json").read_text())["tables"]
+    assert {row["model"] for row in tables["probe"]} == {"stage 1 (MLM)", "random init"}
+    assert {row["model"] for row in tables["mlm loss"]} == {"stage 1 (MLM)", "unigram", "bigram"}
 
 
-def test_mined_negatives_scored_and_filtered_against_the_positive(micro_run, tmp_path):
-    "The teacher's scores of the micro run's mined negatives, and a positive-aware copy that stage 3 can read."
-    import pyarrow.parquet as pq
-    import yaml
+def test_positive_aware_mining_of_the_stage3_pool(micro_run, tmp_path):
+    "The micro run's stage-3 pool mined again at NV-Retriever's 0.95: same rows, some candidates skipped, loadable."
     from nomic_embed.pairs import PairSource
-    from nomic_embed.reproduce import scored_negatives, negative_scores, positive_aware_pairs
-    curated = micro_run / "curated" / "stage3"
-    report = json.loads((curated / "report.json").read_text())["sources"]
-    by_source = negative_scores(curated)
-    assert set(by_source) == {name for name, info in report.items() if info["negatives"] == "mined"}
-    for name, s in by_source.items():
-        assert s["rows"] == report[name]["pairs"] and 0 <= s["near_positive"] <= 1 and 0 <= s["rows_negative_above"] <= 1
-    print(by_source)
-    assert any(s["near_positive"] > 0 for s in by_source.values())  # the teacher does score some mined negatives near the positive
-    pairs = positive_aware_pairs(curated, tmp_path / "positive_aware")
-    for name, path, original, rows in scored_negatives(curated):
-        rewritten = pq.read_table(tmp_path / "positive_aware" / name / path.name).column("negatives").to_pylist()
-        for before, after, (positive, negatives) in zip(original.column("negatives").to_pylist(), rewritten, rows):
-            near = {t for t, score in zip(before, negatives) if score >= 0.95 * positive}
-            assert set(after) <= set(before) and len(after) >= min(7, len(before))
-            assert not near & set(after) or len(before) - len(near) < 7  # dropped, unless fewer than 7 would be left
-    for source in yaml.safe_load(pairs.read_text())["sources"]:  # mined sources point to the copy, the others to the run
-        copied = str(tmp_path) in source["data_files"][0]
-        assert copied == (source["name"] in by_source)
-        assert PairSource(name=source["name"], data_files=source["data_files"]).load().num_rows == report[source["name"]]["pairs"]
+    from nomic_embed.reproduce import BUDGETS, curate_config, run_curation
+    plain = json.loads((micro_run / "curated" / "stage3" / "report.json").read_text())["sources"]
+    config = {**curate_config(micro_run / "pools", BUDGETS["micro"]), "positive_aware_ratio": 0.95}
+    aware = run_curation("mine", config, tmp_path / "positive_aware")["sources"]
+    assert {name: s["pairs"] for name, s in aware.items()} == {name: s["pairs"] for name, s in plain.items()}
+    skipped = {name: s["positive_aware_skipped"] for name, s in aware.items()}
+    print(skipped)
+    assert all(n == 0 for name, n in skipped.items() if aware[name]["negatives"] != "mined")
+    assert sum(skipped.values()) > 0  # the teacher scores some top-20 candidates within 5% of the positive
+    for name in aware:
+        assert PairSource(name=name, data_files=[str(f) for f in (tmp_path / "positive_aware" / name).glob("*.parquet")]
+                          ).load().num_rows == aware[name]["pairs"]
 
 
 def test_a_changed_setting_is_refused(micro_run):
-    done = subprocess.run(REPRODUCE + ["--budget", "small", "--out", str(micro_run)], capture_output=True, text=True, env=ENV, timeout=600)
+    done = subprocess.run(REPRODUCE + ["--budget", "small", "--out", str(micro_run)], capture_output=True, text=True,
+                          env=ENV, timeout=600)
     assert done.returncode == 2 and "holds a reproduction with other settings" in done.stderr, done.stderr[-2000:]
 
 
 def test_a_finished_run_is_kept(micro_run):
     "Run again with the same settings: every phase is kept, nothing is retrained, the results are the same."
     before = scores(micro_run)
-    done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(micro_run)], capture_output=True, text=True, env=ENV, timeout=600)
+    done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(micro_run)], capture_output=True, text=True,
+                          env=ENV, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert all("kept" in line for line in done.stdout.splitlines() if line.startswith("["))
     assert scores(micro_run) == before
@@ -98,16 +95,31 @@ def test_a_finished_run_is_kept(micro_run):
 
 @pytest.mark.slow
 def test_kill_mid_stage_and_rerun_gives_the_uninterrupted_results(micro_run, tmp_path):
+    "SIGKILL the reproduction while stage 2 trains in its child process: the child dies with it, the rerun resumes."
     out = tmp_path / "killed"
-    process = subprocess.Popen(REPRODUCE + ["--budget", "micro", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    checkpoints = out / "runs" / "pretrain" / "checkpoints"
+    process = subprocess.Popen(REPRODUCE + ["--budget", "micro", "--out", str(out)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=ENV)
+    checkpoints = out / "runs" / "stage2" / "seed0" / "checkpoints"
     deadline = time.time() + 1800
     while time.time() < deadline and process.poll() is None and not any(checkpoints.glob("step-*/manifest.json")):
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (out / "phases" / "pretrain.json").exists()
-    done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=3600)
+    assert not (out / "phases" / "train.json").exists()
+    done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(out)], capture_output=True, text=True,
+                          env=ENV, timeout=3600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert scores(out) == scores(micro_run)
+
+
+@pytest.mark.slow
+def test_a_scaling_sweep_fits_a_line(tmp_path):
+    "Stage 2 of the micro chain at three pool sizes: each point has its FLOPs and interval, and a line is fitted."
+    from nomic_embed.reproduce import BUDGETS, run_scaling
+    budget = replace(BUDGETS["micro"], sweep=(50, 100, 190), sweep_seeds=(0,), floor_seeds=(0,))
+    payload = run_scaling(tmp_path / "scaling", budget, report=lambda line: None)
+    flops = [p["FLOPs"] for p in payload["points"]]
+    assert flops == sorted(flops) and len(set(flops)) == 3  # more pairs, more steps at the same passes
+    assert payload["fit"]["df"] == 1 and (tmp_path / "scaling" / "scaling.png").exists()
+    assert {"BM25", "TF-IDF", "random init"} <= set(payload["ladder"])
