@@ -184,9 +184,9 @@ def reproduce_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", default="small", choices=list(BUDGETS),
                         help="micro: about a minute (tests); small: the default, stages 2 and 3 "
                              "at 3 seeds, about 20 minutes on 2 CPU cores once its caches exist; "
-                             "medium: 4 layers x 256, about 150 minutes on 2 CPU cores; scaling: the "
-                             "scaling curve (stage-2 pairs per source from 500 to 16,000, 2 seeds "
-                             "each), about 65 minutes")
+                             "medium: 4 layers x 256, about 150 minutes on 2 CPU cores; "
+                             "scaling: the scaling curve (stage-2 pairs per source from 500 to "
+                             "16,000, 2 seeds each), about 65 minutes")
     parser.add_argument("--ablations", nargs="?", const="all", default="", metavar="NAMES",
                         help="also run one training per design choice of the report and score it "
                              "— all of them, or the comma-separated NAMES "
