@@ -25,9 +25,9 @@ from .offline import (TEXT_SOURCES, WIKI_DUMP_NAME, clean_wiki_text, default_cac
 # %% auto #0
 __all__ = ['HUB_MIRROR_ENV', 'FULL_SCALE_SOURCES', 'PRETOKENIZED_SOURCE', 'CORPUS_FORMAT_VERSION', 'offline_tokenizer_path',
            'load_tokenizer', 'is_dataset_repository', 'hub_repo_root', 'dataset_card_configs', 'card_splits',
-           'hub_data_files', 'data_file_format', 'load_hub_split', 'check_source', 'source_rows', 'text_dataset',
-           'token_dataset', 'tokenize_documents', 'pack_token_stream', 'CorpusConfig', 'PackingStats', 'PackedCorpus',
-           'corpus_cache_key', 'write_packed', 'packed_corpus', 'datasets_progress']
+           'hub_data_files', 'data_file_format', 'load_hub_split', 'data_file_problem', 'check_source', 'source_rows',
+           'text_dataset', 'token_dataset', 'tokenize_documents', 'pack_token_stream', 'CorpusConfig', 'PackingStats',
+           'PackedCorpus', 'corpus_cache_key', 'write_packed', 'packed_corpus', 'datasets_progress']
 
 # %% ../nbs/02_corpus.ipynb #c00c0c4f
 def offline_tokenizer_path() -> str:
@@ -173,6 +173,54 @@ def load_hub_split(repo: str, config: str | None = None, split: str = "train", r
         raise ValueError(f"{repo} split {split!r} mixes file formats ({', '.join(kinds)}); give data_files of one format")
     return datasets.load_dataset(kinds[0], data_files=files, split="train", streaming=streaming)
 
+# %% ../nbs/02_corpus.ipynb #80f04b5a
+def _line_problem(file: str, number: int, line: bytes, is_json: bool) -> str | None:
+    "What is wrong with one raw line of a text or JSON Lines file, or None."
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return (f"{file} line {number}: byte 0x{line[error.start]:02x} at column {error.start + 1} is not "
+                "UTF-8 (iconv -f latin1 -t utf-8 converts a Latin-1 file)")
+    if not is_json or not text.strip():
+        return None
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        cut = "" if line.endswith(b"\n") else "; the file ends mid-row: it was cut short"
+        return f"{file} line {number}: not a JSON row ({error.msg}){cut}"
+    return None
+
+def _file_problem(file: str) -> str | None:
+    "The first thing that stops local `file` being read, or None (hub files are not checked)."
+    if "://" in file or not os.path.isfile(file):
+        return None
+    if file.lower().endswith(".parquet"):
+        import pyarrow.parquet as pq
+        try:
+            pq.read_metadata(file)
+        except Exception as error:  # pyarrow's ArrowInvalid or OSError
+            return f"{file}: not a readable parquet file ({str(error).splitlines()[0]})"
+        return None
+    import gzip
+    is_json = ".json" in file.lower()
+    try:
+        with (gzip.open if file.endswith(".gz") else open)(file, "rb") as lines:
+            for number, line in enumerate(lines, 1):
+                if problem := _line_problem(file, number, line, is_json):
+                    return problem
+    except (OSError, EOFError) as error:  # a gzip stream cut short
+        return f"{file}: {error}"
+    return None
+
+def data_file_problem(files: str | Sequence[str]) -> str | None:
+    """The first local data file of `files` (patterns allowed) that cannot be read, with its line and cause and
+    what to do, or None when every file reads; asked after `datasets` or pyarrow failed on them."""
+    import glob
+    patterns = [files] if isinstance(files, str) else list(files)
+    found = [f for p in patterns for f in (sorted(glob.glob(p)) if "://" not in p else [p])]
+    problem = next(filter(None, map(_file_problem, found)), None)
+    return f"{problem}; fix or copy the file again, or remove it from data_files" if problem else None
+
 # %% ../nbs/02_corpus.ipynb #1accba8a
 FULL_SCALE_SOURCES = [
     {"path": "wikimedia/wikipedia", "name": "20231101.en", "split": "train", "text_column": "text"},
@@ -241,8 +289,13 @@ def source_rows(source: dict, streaming: bool = False):
                                   data_files, streaming)
         return datasets.load_dataset(source["path"], source.get("name"), split=source.get("split", "train"),
                                      data_files=data_files, revision=source.get("revision"), streaming=streaming)
-    except Exception as error:  # datasets raises many types; name the source and the cause
-        raise ValueError(f"could not load corpus source {source['path']!r} ({type(error).__name__}: {error}); "
+    except Exception as error:  # datasets raises many types; name the source, the file at fault, the cause
+        if data_files and not is_dataset_repository(source["path"]) and (problem := data_file_problem(data_files)):
+            raise ValueError(f"corpus source {source['path']!r}: {problem}") from error
+        cause = error
+        while cause.__cause__ is not None:  # datasets wraps the reader's error in a generic one
+            cause = cause.__cause__
+        raise ValueError(f"could not load corpus source {source['path']!r} ({type(cause).__name__}: {cause}); "
                          "check the name, split and data_files, and whether it needs the network") from error
 
 def _select_column(dataset, source: dict, column: str, key: str):

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .corpus import data_file_format, hub_data_files
+from .corpus import data_file_format, data_file_problem, hub_data_files
 
 # %% auto #0
 __all__ = ['COMMANDS', 'NEGATIVE_MODES', 'PHASES', 'CURATE_SOURCE_KEYS', 'CORPUS_KEYS', 'CurateConfig', 'load_curate_config',
@@ -185,7 +185,12 @@ def _stream_batches(shard: Shard, batch_size: int = 10_000) -> Iterator[dict[str
         return
     import datasets
     stream = datasets.load_dataset(data_file_format(shard.location), data_files=[shard.location], split="train", streaming=True)
-    yield from stream.iter(batch_size=batch_size)
+    try:
+        yield from stream.iter(batch_size=batch_size)
+    except Exception as error:  # a row cut short or bytes that are not UTF-8: name the file and line
+        if problem := data_file_problem(shard.location):
+            raise ValueError(problem) from error
+        raise
 
 def _renamed(columns: Mapping[str, list], renames: Mapping[str, str]) -> dict[str, list]:
     "`columns` with the source's names mapped to ours (`renames`: ours → theirs, as PairSource.columns)."
@@ -241,19 +246,27 @@ def read_corpus_shard(shard: Shard, text_columns: Sequence[str] = ("text",)):
     return pa.table({"text": pa.array(texts, pa.string())})
 
 # %% ../nbs/08a_curate.ipynb #1ec1c816
+def _header(location: str) -> tuple[list[str], bool]:
+    "A local shard's column names and whether it is empty, read from its parquet footer or first JSON row."
+    if data_file_format(location) == "parquet":
+        import pyarrow.parquet as pq
+        return pq.read_schema(location).names, pq.read_metadata(location).num_rows == 0
+    import gzip
+    with (gzip.open if location.endswith(".gz") else open)(location, "rt", encoding="utf-8") as lines:
+        first = next((line for line in lines if line.strip()), None)
+    return (list(json.loads(first)) if first else []), first is None
+
 def check_shard(shard: Shard, renames: Mapping[str, str] | None = None, required: Sequence[str] = ("query", "document")) -> None:
     "Raise on a local shard that is empty or lacks a required column, reading only its header (hub files are checked as they are read)."
     location, renames = shard.location, dict(renames or {})
     if location.startswith("offline:") or "://" in location:
         return
-    if data_file_format(location) == "parquet":
-        import pyarrow.parquet as pq
-        names, empty = pq.read_schema(location).names, pq.read_metadata(location).num_rows == 0
-    else:
-        import gzip
-        with (gzip.open if location.endswith(".gz") else open)(location, "rt", encoding="utf-8") as lines:
-            first = next((line for line in lines if line.strip()), None)
-        names, empty = (list(json.loads(first)) if first else []), first is None
+    try:
+        names, empty = _header(location)
+    except Exception as error:  # a parquet footer cut short, a first row that is not JSON or not UTF-8
+        if problem := data_file_problem(location):
+            raise ValueError(problem) from error
+        raise
     if empty:
         raise ValueError(f"{location}: the shard is empty; remove it from the source's data_files")
     _check_columns(location, names, required, renames)

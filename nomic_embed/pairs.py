@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .corpus import data_file_format, is_dataset_repository, load_hub_split
+from .corpus import data_file_format, data_file_problem, is_dataset_repository, load_hub_split
 from .utils import TASK_PREFIXES, atomic_file
 from .offline import PAIR_SOURCES, offline_pair_rows
 
@@ -150,7 +150,12 @@ class PairSource:
         if self.data_files is not None:
             files = self.local_files()
             kind = data_file_format(files[0])
-            table = datasets.load_dataset(kind, data_files=files, split="train")
+            try:
+                table = datasets.load_dataset(kind, data_files=files, split="train")
+            except Exception as error:  # name the file and line at fault, not the reader's generic error
+                if problem := data_file_problem(files):
+                    raise ValueError(f"source {self.name!r}: {problem}") from error
+                raise
         elif is_dataset_repository(self.path):  # a hub id or a local copy of a repository: its split's files only
             table = load_hub_split(self.path, self.config, self.split, self.revision)
         else:  # a `datasets` builder name

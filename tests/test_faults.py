@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -585,6 +586,48 @@ def test_curate_faults_are_one_line(tmp_path, case):
     nothing_left(tmp_path, {"curate.yaml", "afile", "locked"})
     assert list((tmp_path / "locked").iterdir()) == []
 
+
+
+def damaged_data(kind: str, directory: Path) -> str:
+    """Write a real data file damaged as copies are in practice; returns its name. `latin1_corpus`: Wikipedia text
+    saved as Latin-1; `cut_jsonl`: pairs cut mid-row; `cut_parquet`: the first half of a parquet file."""
+    from nomic_embed.offline import offline_documents
+    from nomic_embed.pairs import offline_pairs, write_pairs
+    if kind == "latin1_corpus":
+        texts = [t for t in offline_documents("offline_wikipedia") if "é" in t][:3]
+        (directory / "corpus.txt").write_bytes("\n".join(texts).encode("latin-1", errors="replace"))
+        return "corpus.txt"
+    pairs = offline_pairs(["pydoc_topics"])["pydoc_topics"][:40]
+    name = "pairs.jsonl" if kind == "cut_jsonl" else "pairs.parquet"
+    data = write_pairs(pairs, directory / name).read_bytes()
+    (directory / name).write_bytes(data[:len(data) - 40] if kind == "cut_jsonl" else data[:len(data) // 2])
+    return name
+
+
+DATA_FAULTS = {  # case -> (command line in the case's directory, a pattern the last line of stderr starts with)
+    "latin1_corpus": (["nomic_embed_train", "--config", ROOT / "configs/mlm_tiny.yaml", "--set", "output_dir=out", "--set",
+                       "data.sources=[{path: text, data_files: corpus.txt}]"],
+                      r"nomic_embed_train: error: corpus source 'text': corpus.txt line \d+: byte 0xe9 at column \d+ is not UTF-8"),
+    "cut_jsonl": (["nomic_embed_train", "--config", ROOT / "configs/finetune_own_pairs_tiny.yaml", "--set", "init_from=null",
+                   "--set", "output_dir=out", "--set", "data.sources=[{name: own, data_files: pairs.jsonl}]"],
+                  r"nomic_embed_train: error: source 'own': pairs.jsonl line 40: not a JSON row \(.*\); the file ends mid-row"),
+    "cut_parquet": (["nomic_embed_curate", "filter", "--config", "curate.yaml", "--output", "out"],
+                    r"nomic_embed_curate: error: pairs.parquet: not a readable parquet file \("),
+}
+
+
+@pytest.mark.parametrize("case", DATA_FAULTS)
+def test_a_damaged_data_file_is_named_with_its_line(tmp_path, case):
+    "A corpus in another encoding or a copy cut short: the message names the file, the line and the fix; nothing is written."
+    damaged_data(case, tmp_path)
+    (tmp_path / "curate.yaml").write_text("sources:\n  - {name: topics, data_files: [pairs.parquet]}\n")
+    argv, message = DATA_FAULTS[case]
+    done = run(command(*argv), tmp_path)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.status == 2 and re.match(message, last), done.stderr[-2000:]
+    assert last.endswith("fix or copy the file again, or remove it from data_files"), last
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.parquet"))
 
 @pytest.mark.slow
 def test_curate_sigterm_exits_143_and_resumes(tmp_path):
