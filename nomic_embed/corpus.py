@@ -173,7 +173,7 @@ def load_hub_split(repo: str, config: str | None = None, split: str = "train", r
         raise ValueError(f"{repo} split {split!r} mixes file formats ({', '.join(kinds)}); give data_files of one format")
     return datasets.load_dataset(kinds[0], data_files=files, split="train", streaming=streaming)
 
-# %% ../nbs/02_corpus.ipynb #80f04b5a
+# %% ../nbs/02_corpus.ipynb #1e08dd61
 def _line_problem(file: str, number: int, line: bytes, is_json: bool) -> str | None:
     "What is wrong with one raw line of a text or JSON Lines file, or None."
     try:

@@ -325,7 +325,8 @@ class Workers:
     @classmethod
     def from_environment(cls) -> Workers:
         "Read RANK / WORLD_SIZE / LOCAL_RANK and join the process group when there is more than one process."
-        workers = cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+        from nomic_embed.utils import launch_rank
+        workers = cls(*launch_rank())
         if workers.world_size > 1:
             import datetime
             import torch.distributed as dist
@@ -1119,7 +1120,7 @@ def _curate(args: argparse.Namespace) -> None:
     if args.command == "check":
         return _check_command(args)
     import contextlib
-    from nomic_embed.utils import Interrupted, directory_lock, resolve_device
+    from nomic_embed.utils import Interrupted, directory_lock, is_rank_zero, resolve_device
     overrides = {key: getattr(args, key) for key in _COMMAND_OVERRIDES[args.command] if getattr(args, key) is not None}
     names = [n.strip() for n in args.sources.split(",") if n.strip()] if args.sources else None
     try:
@@ -1134,8 +1135,7 @@ def _curate(args: argparse.Namespace) -> None:
     check_output(args.output, run_fingerprint(args.command, config, names))
     if args.device != "auto":
         resolve_device(args.device)  # cuda without CUDA, or a typo: one line before any data is read
-    rank = int(os.environ.get("RANK", 0))
-    lock = directory_lock(args.output, "nomic_embed_curate") if rank == 0 else contextlib.nullcontext()
+    lock = directory_lock(args.output, "nomic_embed_curate") if is_rank_zero() else contextlib.nullcontext()
     try:
         with lock:  # a second run into this output is refused, naming this one
             report = run_curate(args.command, config, args.output, names, args.device, args.stop_after, args.progress,

@@ -34,9 +34,10 @@ from torch import Tensor, nn
 
 from .checkpoints import save_model
 from .model import NomicBertConfig
-from .utils import (CorruptFileError, DiskFullError, NonFiniteError, apply_overrides, atomic_file,
-                               check_finite, check_unlocked, directory_lock, is_disk_full, load_json,
-                               progress_bar, verify_manifest, write_manifest, yaml_problem)
+from .utils import (CorruptFileError, DiskFullError, NonFiniteError, apply_overrides,
+                             atomic_file, check_finite, check_unlocked, directory_lock,
+                             is_disk_full, is_rank_zero, launch_rank, load_json, progress_bar,
+                             verify_manifest, write_manifest, yaml_problem)
 
 
 # %% auto #0
@@ -448,7 +449,7 @@ class DistInfo:
 
 def setup_distributed(config: DistributedConfig) -> DistInfo:
     "Join the torchrun process group if `WORLD_SIZE` > 1 and pick this rank's device."
-    world_size, rank, local_rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    rank, world_size, local_rank = launch_rank()
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if config.cpu_threads:  # small models on shared cores: every extra thread is a barrier that can stall
         torch.set_num_threads(config.cpu_threads)
@@ -1041,7 +1042,7 @@ class TrainingSetup:
     def __init__(self, config: TrainConfig, resume: str | Path | None = None):
         self.run_dir, self.created = Path(config.output_dir), not Path(config.output_dir).exists()
         # rank 0 holds the run directory for the whole run: a second run there is refused at once
-        self.lock = lock_run_dir(self.run_dir) if int(os.environ.get("RANK", 0)) == 0 else None
+        self.lock = lock_run_dir(self.run_dir) if is_rank_zero() else None
         try:
             self.setup(config, resume)
         except BaseException:
@@ -1058,7 +1059,7 @@ class TrainingSetup:
             refuse_used_run_dir(Path(config.output_dir))
         if config.distributed.deepspeed:
             import_deepspeed()  # a missing DeepSpeed is reported before any data is built
-        for tracker in config.logging.report_to if int(os.environ.get("RANK", 0)) == 0 else []:
+        for tracker in config.logging.report_to if is_rank_zero() else []:
             import_tracker(tracker)  # and a missing tracker
         if config.distributed.deepspeed and config.training.skip_nonfinite_steps:
             raise ValueError("training.skip_nonfinite_steps needs the trainer's optimiser step; "
@@ -1271,7 +1272,7 @@ def plot_loss(run_dir: str | Path):
 # %% ../nbs/09_trainer.ipynb #01a4c996
 def prepare_data(config: TrainConfig) -> dict[str, Any]:
     "Build and cache the stage's data in this one process; record a summary in `prepared.json`."
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if launch_rank()[1] > 1:
         raise ValueError("--prepare runs in one process, before torchrun: "
                          "nomic_embed_train --config FILE --prepare")
     # the data does not depend on the starting weights: prepare it while the previous stage still trains
@@ -1303,7 +1304,7 @@ def resolve_resume_config(config_path: str | None, overrides: list[str] | None, 
     "The config of a (resumed) run: `--config` + `--set`, or, when resuming without `--config`, the checkpoint's own."
     # a run still writing there is named at once, before its checkpoints are read; under torchrun only rank 0 asks
     # (it takes the lock next, so the other ranks would find their own run holding it)
-    if resume is not None and int(os.environ.get("RANK", 0)) == 0:
+    if resume is not None and is_rank_zero():
         path = Path(resume)
         check_unlocked(path.parent.parent if (path / "trainer_state.json").exists() else path)
     if config_path is not None:

@@ -25,9 +25,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 # %% auto #0
 __all__ = ['TASK_PREFIXES', 'PRECISIONS', 'USER_ERRORS', 'human_bytes', 'free_bytes', 'DiskFullError', 'ensure_free_space',
            'is_disk_full', 'atomic_file', 'CorruptFileError', 'sha256_file', 'load_json', 'write_manifest',
-           'verify_manifest', 'DirectoryInUseError', 'directory_lock', 'check_unlocked', 'NonFiniteError',
-           'check_finite', 'resolve_device', 'Interrupted', 'is_user_error', 'error_line', 'run_console', 'LogProgress',
-           'progress_bar', 'apply_overrides', 'yaml_problem']
+           'verify_manifest', 'DirectoryInUseError', 'directory_lock', 'check_unlocked', 'launch_rank', 'is_rank_zero',
+           'NonFiniteError', 'check_finite', 'resolve_device', 'Interrupted', 'is_user_error', 'error_line',
+           'run_console', 'LogProgress', 'progress_bar', 'apply_overrides', 'yaml_problem']
 
 # %% ../nbs/00a_utils.ipynb #cafdfe18
 def human_bytes(count: int) -> str:
@@ -253,6 +253,16 @@ def check_unlocked(directory: str | os.PathLike) -> None:
         raise _in_use(directory) from None
     finally:
         os.close(handle)  # closing drops the probe's own lock at once
+
+# %% ../nbs/00a_utils.ipynb #854d4932
+def launch_rank() -> tuple[int, int, int]:
+    "This process's (rank, world size, local rank) as `torchrun` sets them; (0, 1, 0) when launched alone."
+    environ = os.environ
+    return int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1)), int(environ.get("LOCAL_RANK", 0))
+
+def is_rank_zero() -> bool:
+    "Whether this process is rank 0 of its launch (or launched alone): the one that locks and writes shared files."
+    return launch_rank()[0] == 0
 
 # %% ../nbs/00a_utils.ipynb #f1e3a741
 class NonFiniteError(ValueError):
