@@ -26,10 +26,10 @@ from .offline import PAIR_SOURCES, offline_pair_rows
 
 # %% auto #0
 __all__ = ['OFFLINE_SOURCES', 'NEGATIVE_SAMPLING', 'WEIGHTINGS', 'write_pairs', 'read_pairs', 'with_prefix', 'offline_pairs',
-           'split_pairs', 'build_offline_pairs', 'PairSource', 'load_pair_config', 'PairDataset',
+           'split_pairs', 'build_offline_pairs', 'PairSource', 'load_pair_config', 'PairDataset', 'one_source_plan',
            'OneSourceBatchSampler', 'MixedBatchSampler', 'PairCollator']
 
-# %% ../nbs/06_pairs.ipynb #cf2b31e9
+# %% ../nbs/06_pairs.ipynb #ce5fdae7
 def _check_row(row: Mapping[str, Any], where: str) -> None:
     "Raise if `row` is not a pair row: query and document strings, optional negative strings."
     if not isinstance(row.get("query"), str) or not isinstance(row.get("document"), str):
@@ -62,7 +62,7 @@ def write_pairs(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> P
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
 
-# %% ../nbs/06_pairs.ipynb #7a33103f
+# %% ../nbs/06_pairs.ipynb #c59125b8
 def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
     "Read pair rows written by `write_pairs` (JSONL, JSONL.gz or parquet) as a list of dicts."
     path = Path(path)
@@ -91,7 +91,7 @@ def with_prefix(text: str, prefix: str | None) -> str:
                          f"got {prefix!r}")
     return f"{prefix}: {text}"
 
-# %% ../nbs/06_pairs.ipynb #b4721d41
+# %% ../nbs/06_pairs.ipynb #03b67c7f
 # source → (query prefix, document prefix), as the offline chapter's PAIR_SOURCES give them
 OFFLINE_SOURCES: dict[str, tuple[str, str]] = {
     name: (s.query_prefix, s.document_prefix) for name, s in PAIR_SOURCES.items()}
@@ -112,7 +112,7 @@ def offline_pairs(names: Sequence[str] | None = None) -> dict[str, list[dict[str
                 raise
     return {name: rows for name, rows in built.items() if rows}
 
-# %% ../nbs/06_pairs.ipynb #9c1537e2
+# %% ../nbs/06_pairs.ipynb #f7503066
 def split_pairs(rows: Sequence[Mapping[str, Any]], test_fraction: float = 0.1,
                 seed: int = 0) -> tuple[list, list]:
     """(train, test) split of `rows` by a hash of (seed, query, document): stable under reordering
@@ -126,7 +126,7 @@ def split_pairs(rows: Sequence[Mapping[str, Any]], test_fraction: float = 0.1,
         (test if position < test_fraction else train).append(row)
     return train, test
 
-# %% ../nbs/06_pairs.ipynb #6272760f
+# %% ../nbs/06_pairs.ipynb #3a9d626a
 def build_offline_pairs(out_dir: str | os.PathLike, test_fraction: float = 0.1,
                         seed: int = 0) -> dict[str, dict[str, Path]]:
     """Write every offline source to `out_dir/{train,test}/{source}.jsonl`; returns
@@ -213,7 +213,7 @@ class PairSource:
             files += matches
         return files
 
-# %% ../nbs/06_pairs.ipynb #54c9cb31
+# %% ../nbs/06_pairs.ipynb #1f829d5e
 def load_pair_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     """Read a pairs config (YAML path or dict): `sources` become `PairSource`s, other keys are
     returned unchanged."""
@@ -312,9 +312,34 @@ class PairDataset(torch.utils.data.Dataset):
             item["negatives"] = [with_prefix(text, document_prefix) for text in drawn]
         return item
 
-# %% ../nbs/06_pairs.ipynb #c5e359c7
+# %% ../nbs/06_pairs.ipynb #f2dc6b9b
 WEIGHTINGS = ("proportional", "uniform")
 
+def one_source_plan(source_sizes: Mapping[str, int], global_batch_size: int, seed: int, epoch: int,
+                    weighting: str = "proportional") -> list[tuple[str, np.ndarray]]:
+    """(source, global row indices) of every global batch of `epoch`, in order; sources are stacked
+    in the order of `source_sizes`."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
+    offsets = np.cumsum([0] + list(source_sizes.values()))[:-1].tolist()  # first row of each
+    per_source = {}
+    for number, (name, size) in enumerate(source_sizes.items()):
+        order = np.random.default_rng([seed, epoch, number]).permutation(size)
+        full = size // global_batch_size * global_batch_size  # incomplete batches are dropped
+        per_source[name] = list(order[:full].reshape(-1, global_batch_size) + offsets[number])
+    rng = np.random.default_rng([seed, epoch, len(source_sizes)])
+    if weighting == "proportional":
+        plan = [(name, rows) for name, batches in per_source.items() for rows in batches]
+        return [plan[i] for i in rng.permutation(len(plan))]
+    plan, left = [], {name: batches for name, batches in per_source.items() if batches}
+    while left:
+        name = list(left)[rng.integers(len(left))]
+        plan.append((name, left[name].pop(0)))
+        if not left[name]:
+            del left[name]
+    return plan
+
+# %% ../nbs/06_pairs.ipynb #c5e359c7
 class OneSourceBatchSampler(torch.utils.data.Sampler):
     """Yields this rank's share of global batches that each hold rows of exactly one source, as
     lists of (epoch, index)."""
@@ -352,23 +377,8 @@ class OneSourceBatchSampler(torch.utils.data.Sampler):
         """The epoch's plan: (source, global row indices) of every global batch, in order; the same
         on every rank."""
         epoch = self.epoch if epoch is None else epoch
-        batch = self.global_batch_size
-        per_source = {}
-        for number, (name, size) in enumerate(self.source_sizes.items()):
-            order = np.random.default_rng([self.seed, epoch, number]).permutation(size)
-            full = size // batch * batch  # incomplete batches are dropped
-            per_source[name] = list(order[:full].reshape(-1, batch) + self.offsets[name])
-        rng = np.random.default_rng([self.seed, epoch, len(self.source_sizes)])
-        if self.weighting == "proportional":
-            plan = [(name, rows) for name, batches in per_source.items() for rows in batches]
-            return [plan[i] for i in rng.permutation(len(plan))]
-        plan, left = [], {name: batches for name, batches in per_source.items() if batches}
-        while left:
-            name = list(left)[rng.integers(len(left))]
-            plan.append((name, left[name].pop(0)))
-            if not left[name]:
-                del left[name]
-        return plan
+        return one_source_plan(self.source_sizes, self.global_batch_size, self.seed, epoch,
+                               self.weighting)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         start, stop = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
