@@ -55,7 +55,7 @@ KEY_DEFINITIONS = {  # the cells that implement the paper: exported and shown on
     "04_contrastive": ["cosine_logits", "gather_with_grad", "info_nce_loss", "matryoshka_info_nce_loss"],
     "05_gradcache": ["embed_chunks", "gradcache_step"],
     "06_pairs": ["with_prefix", "split_pairs", "PairSource", "load_pair_config", "PairDataset",
-                 "OneSourceBatchSampler", "MixedBatchSampler", "PairCollator"],
+                 "one_source_plan", "OneSourceBatchSampler", "MixedBatchSampler", "PairCollator"],
     "07_filter": ["top_k_neighbours", "consistency_filter"],
     "08_negatives": ["mine_hard_negatives", "random_negatives"],
     "09_trainer": ["Stage", "Trainer", "accumulate_gradients"],
