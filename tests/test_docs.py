@@ -39,7 +39,6 @@ PENDING_NOTEBOOKS: dict[str, str] = {}
 PENDING_PAGES = {
     "02_corpus": "shows none of its code yet (round two)",
     "06_pairs": "being rewritten for the public dataset layouts; long lines (round two)",
-    "08a_curate": "shows none of its code yet (round two)",
     "09_trainer": "being rewritten (DeepSpeed, NaN guard, run lock); long lines (round two)",
     "09a_train": "being rewritten (stage data, seeds); long lines (round two)",
 }
