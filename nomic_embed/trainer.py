@@ -77,10 +77,10 @@ class OptimizerConfig:
                              f"{self.eps}, {self.weight_decay}")
 
 # %% ../nbs/09_trainer.ipynb #0cf70567
+# transformers' get_scheduler names
 SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-             "constant_with_warmup", "inverse_sqrt",
-             # transformers' get_scheduler names
-             "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+             "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr",
+             "cosine_warmup_with_min_lr", "warmup_stable_decay")
 
 @dataclass
 class ScheduleConfig:
@@ -97,8 +97,8 @@ class ScheduleConfig:
             raise ValueError(f"schedule.name must be one of {', '.join(SCHEDULES)}; got "
                              f"{self.name!r}")
         if self.warmup_fraction is not None and self.warmup_steps is not None:
-            raise ValueError("set schedule.warmup_fraction or schedule.warmup_steps, not both (set "
-                             "the other to null)")
+            raise ValueError("set schedule.warmup_fraction or schedule.warmup_steps, not both "
+                             "(set the other to null)")
         if self.warmup_fraction is not None and not 0 <= self.warmup_fraction < 1:
             raise ValueError("schedule.warmup_fraction must be in [0, 1); got "
                              f"{self.warmup_fraction}")
@@ -133,16 +133,15 @@ class TrainingConfig:
     def __post_init__(self):
         if (self.max_steps is None) == (self.num_epochs is None):
             raise ValueError("set exactly one of training.max_steps and training.num_epochs")
-        if (self.max_steps is not None and self.max_steps < 1) or (self.num_epochs is not None
-                                                                   and not self.num_epochs > 0):
+        if ((self.max_steps is not None and self.max_steps < 1)
+                or (self.num_epochs is not None and not self.num_epochs > 0)):
             raise ValueError("training.max_steps / num_epochs must be positive; got "
                              f"{self.max_steps} / {self.num_epochs}")
         micro = self.micro_batch_size
-        if self.global_batch_size < 1 or (micro is not None and (micro < 1
-                                                                 or self.global_batch_size % micro)):
+        if self.global_batch_size < 1 or (
+                micro is not None and (micro < 1 or self.global_batch_size % micro)):
             raise ValueError(f"training.global_batch_size ({self.global_batch_size}) must be a "
-                             "positive multiple of "
-                             f"training.micro_batch_size ({micro})")
+                             f"positive multiple of training.micro_batch_size ({micro})")
         if self.max_grad_norm is not None and self.max_grad_norm < 0:
             raise ValueError("training.max_grad_norm must be >= 0 or null; got "
                              f"{self.max_grad_norm}")
@@ -160,8 +159,7 @@ class TrainingConfig:
         micro = self.micro_batch_size or share
         if remainder or share % micro:
             raise ValueError(f"training.global_batch_size ({self.global_batch_size}) must be a "
-                             "multiple of micro_batch_size × world size "
-                             f"({micro} × {world_size})")
+                             f"multiple of micro_batch_size × world size ({micro} × {world_size})")
         return micro
 
 # %% ../nbs/09_trainer.ipynb #fe8f542b
@@ -176,7 +174,7 @@ class CheckpointConfig:
             raise ValueError("checkpoint.every_steps and checkpoint.keep_last must be >= 1; got "
                              f"{self.every_steps}, {self.keep_last}")
 
-# %% ../nbs/09_trainer.ipynb #076f03a3
+# %% ../nbs/09_trainer.ipynb #243eb813
 # name: module
 TRACKERS = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "trackio": "trackio"}
 
@@ -203,7 +201,7 @@ class LoggingConfig:
             raise ValueError(f"logging.report_to: unknown tracker(s) {unknown}; choose from "
                              f"{', '.join(TRACKERS)}")
 
-# %% ../nbs/09_trainer.ipynb #80e76767
+# %% ../nbs/09_trainer.ipynb #62e88e90
 @dataclass
 class DistributedConfig:
     """Process-group backend (auto = NCCL on GPU, gloo on CPU), an optional DeepSpeed JSON config
@@ -218,27 +216,25 @@ class DistributedConfig:
 
     def __post_init__(self):
         if self.backend not in ("auto", "nccl", "gloo"):
-            raise ValueError(f"distributed.backend must be auto, nccl or gloo; got {self.backend!r}"
-                             )
+            raise ValueError("distributed.backend must be auto, nccl or gloo; got "
+                             f"{self.backend!r}")
         if not self.timeout_minutes > 0:
             raise ValueError(f"distributed.timeout_minutes must be > 0; got {self.timeout_minutes}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise ValueError("distributed.cpu_threads must be >= 1 or null (torch's default); got "
-                             f"{self.cpu_threads}")
+            raise ValueError("distributed.cpu_threads must be >= 1 or null (torch's default); "
+                             f"got {self.cpu_threads}")
 
-# %% ../nbs/09_trainer.ipynb #723c2de4
-CORE_SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "training"
-                 : TrainingConfig,
-                 "checkpoint": CheckpointConfig, "logging": LoggingConfig, "distributed"
-                 : DistributedConfig}
-SEED_STREAMS = {"init_seed"
-                : "the model's initialisation (the global RNGs, seeded just before it is built)",
-                "data_seed": "the data order and batch sampling, MLM masks included",
-                "negative_seed"
-                : "the hard negatives a step draws from each row's pool, and random negative pools"}
+# %% ../nbs/09_trainer.ipynb #343ca278
+CORE_SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig,
+                 "training": TrainingConfig, "checkpoint": CheckpointConfig,
+                 "logging": LoggingConfig, "distributed": DistributedConfig}
+SEED_STREAMS = {
+    "init_seed": "the model's initialisation (the global RNGs, seeded just before it is built)",
+    "data_seed": "the data order and batch sampling, MLM masks included",
+    "negative_seed": "the hard negatives a step draws from each row's pool, "
+                     "and random negative pools"}
 TOP_LEVEL = {"stage": "str", "seed": "int", **dict.fromkeys(SEED_STREAMS, "int | None"),
-             "output_dir": "str",
-             "init_from": "str | None", "model": "dict"}
+             "output_dir": "str", "init_from": "str | None", "model": "dict"}
 # may change between a run and its resume
 RESUME_FREE_SECTIONS = ("checkpoint", "logging", "output_dir")
 
@@ -269,21 +265,21 @@ def _coerce(value: Any, annotation: str, where: str) -> Any:
             return value
     raise ValueError(f"{where} must be {annotation}; got {value!r} ({type(value).__name__})")
 
-# %% ../nbs/09_trainer.ipynb #f2118638
+# %% ../nbs/09_trainer.ipynb #1c2f212e
 def build_section(cls: type, raw: dict | None, name: str) -> Any:
     """Instantiate the dataclass `cls` for config section `name` from `raw`, rejecting unknown keys
     and wrong types."""
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ValueError(f"config section '{name}' must be a mapping of keys to values; got {raw!r}"
-                         )
+        raise ValueError(f"config section '{name}' must be a mapping of keys to values; got "
+                         f"{raw!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; '{name}' "
                          f"accepts: {', '.join(known)}")
-    return cls(**{key: _coerce(value, known[key].type, f"{name}.{key}") for key,
-                  value in raw.items()})
+    return cls(**{key: _coerce(value, known[key].type, f"{name}.{key}")
+                  for key, value in raw.items()})
 
 # %% ../nbs/09_trainer.ipynb #18b68fdf
 STAGES: dict[str, type] = {}
@@ -296,7 +292,7 @@ def register_stage(cls: type) -> type:
     STAGES[cls.name] = cls
     return cls
 
-# %% ../nbs/09_trainer.ipynb #7cd588be
+# %% ../nbs/09_trainer.ipynb #2b6da929
 @dataclass
 class Backprop:
     """How a run back-propagates, settled once by the trainer: the forward's autocast, the backward
@@ -310,8 +306,9 @@ class Backprop:
 
 # %% ../nbs/09_trainer.ipynb #b498483e
 class Stage:
-    """One training stage: which model, which batches, which loss. Subclasses set `name` and `sections` (their config
-    sections → dataclasses) and implement the first five methods; the `Trainer` does the rest."""
+    """One training stage: which model, which batches, which loss. Subclasses set `name` and
+    `sections` (their config sections → dataclasses) and implement the first five methods; the
+    `Trainer` does the rest."""
     name: str = ""
     sections: dict[str, type] = {}
     # evaluate the starting model before step 1 and log it as step 0
@@ -412,8 +409,7 @@ class TrainConfig:
             raise ValueError(f"unknown top-level key(s) {', '.join(unknown)} for stage {stage!r}; "
                              f"allowed: {', '.join(allowed)}")
         defaults = {"stage": "mlm", "seed": 42, "output_dir": f"runs/{stage}", "init_from": None,
-                    "model": {},
-                    **dict.fromkeys(SEED_STREAMS)}
+                    "model": {}, **dict.fromkeys(SEED_STREAMS)}
         for key, annotation in TOP_LEVEL.items():
             setattr(self, key, _coerce(raw.get(key, defaults[key]), annotation, key))
         for key in SEED_STREAMS:  # each random stream defaults to `seed`
@@ -436,7 +432,7 @@ class TrainConfig:
     def __repr__(self) -> str:
         return "TrainConfig(\n" + yaml.safe_dump(self.to_dict(), sort_keys=False) + ")"
 
-# %% ../nbs/09_trainer.ipynb #bc8eec7c
+# %% ../nbs/09_trainer.ipynb #6150ca33
 def check_model_keys(model: dict) -> dict:
     "Reject `model:` keys that `NomicBertConfig` does not define (transformers configs silently accept anything)."
     allowed = [p for p in inspect.signature(NomicBertConfig.__init__).parameters if p not in ("self", "kwargs")]
@@ -445,7 +441,7 @@ def check_model_keys(model: dict) -> dict:
         raise ValueError(f"unknown key(s) {', '.join('model.' + k for k in unknown)}; NomicBertConfig accepts: {', '.join(allowed)}")
     return model
 
-# %% ../nbs/09_trainer.ipynb #ec47956f
+# %% ../nbs/09_trainer.ipynb #b4e57025
 def check_model_sizes(model: dict) -> None:
     "Build `NomicBertConfig(**model)` once, so that a bad size (`hidden_size: -32`) is a config error naming `model:`."
     try:
@@ -471,15 +467,14 @@ def read_config_file(path: str | Path) -> dict:
         raise ValueError(f"config file {path} is not valid YAML: {yaml_problem(error)}") from None
     return {} if raw is None else raw
 
-# %% ../nbs/09_trainer.ipynb #47d88866
+# %% ../nbs/09_trainer.ipynb #ade7d233
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 raw: dict | None = None) -> TrainConfig:
     "Read a YAML training config (or take `raw`), apply `--set` overrides and validate everything."
     raw = read_config_file(path) if raw is None else raw
     if not isinstance(raw, dict):
         raise ValueError("a training config must be a YAML mapping of keys (stage:, training:, "
-                         "...); "
-                         f"{path or 'the config'} holds a {type(raw).__name__}")
+                         f"...); {path or 'the config'} holds a {type(raw).__name__}")
     return TrainConfig(apply_overrides(raw, overrides))
 
 # %% ../nbs/09_trainer.ipynb #aad98430
@@ -495,16 +490,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for _, param in model.named_parameters():  # each shared (tied) parameter once
         if param.requires_grad:
             (no_decay if param.ndim < 2 or id(param) in no_decay_ids else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay"
-                                                              : 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay,
+                                                              "weight_decay": 0.0}]
 
-# %% ../nbs/09_trainer.ipynb #f34987b2
+# %% ../nbs/09_trainer.ipynb #af380666
 def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
     "AdamW over `parameter_groups` with the config's lr, betas, eps and weight decay."
     return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
                              betas=tuple(config.betas), eps=config.eps)
 
-# %% ../nbs/09_trainer.ipynb #5476f0a2
+# %% ../nbs/09_trainer.ipynb #a31d3e84
 def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, total_steps: int):
     """transformers' `get_scheduler` with the config's name, warmup and extra kwargs, stepped once
     per optimiser step."""
@@ -530,7 +525,7 @@ class DistInfo:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-# %% ../nbs/09_trainer.ipynb #7ce46baf
+# %% ../nbs/09_trainer.ipynb #f4d634d8
 def setup_distributed(config: DistributedConfig) -> DistInfo:
     "Join the torchrun process group if `WORLD_SIZE` > 1 and pick this rank's device."
     rank, world_size, local_rank = launch_rank()
@@ -541,14 +536,15 @@ def setup_distributed(config: DistributedConfig) -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not torch.distributed.is_initialized():
-        backend = config.backend if config.backend != "auto" else ("nccl" if device.type == "cuda"
-                                                                   else "gloo")
+        backend = config.backend
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
         # NCCL's default, 10 minutes, is too short here
         timeout = datetime.timedelta(minutes=config.timeout_minutes)
         torch.distributed.init_process_group(backend=backend, timeout=timeout)
     return DistInfo(rank, world_size, local_rank, device)
 
-# %% ../nbs/09_trainer.ipynb #779f86e3
+# %% ../nbs/09_trainer.ipynb #ce417b5b
 @contextlib.contextmanager
 def restoring_threads(count: int) -> Iterator[None]:
     "Set torch's CPU thread count back to `count` when the block ends: `cpu_threads` is the training loop's, not its caller's."
@@ -557,7 +553,7 @@ def restoring_threads(count: int) -> Iterator[None]:
     finally:
         torch.set_num_threads(count)
 
-# %% ../nbs/09_trainer.ipynb #9cd9fee4
+# %% ../nbs/09_trainer.ipynb #2fb26adc
 def all_reduce_sum(values: list[float], dist: DistInfo) -> list[float]:
     "Sum a few numbers over all ranks (float64); returns them unchanged in a single process."
     if not dist.distributed:
@@ -566,7 +562,7 @@ def all_reduce_sum(values: list[float], dist: DistInfo) -> list[float]:
     torch.distributed.all_reduce(tensor)
     return tensor.tolist()
 
-# %% ../nbs/09_trainer.ipynb #1ea69a8d
+# %% ../nbs/09_trainer.ipynb #e1a88fb7
 @contextlib.contextmanager
 def main_process_first(dist: DistInfo) -> Iterator[None]:
     "Let rank 0 run the block (e.g. build a cache) before the other ranks run it."
@@ -586,12 +582,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ValueError("training.precision bf16 needs a CUDA device; use fp32 (or auto) on CPU")
     return precision
 
-# %% ../nbs/09_trainer.ipynb #6bb5e9e9
+# %% ../nbs/09_trainer.ipynb #8b72240c
 def seed_everything(seed: int) -> None:
     "Seed Python, numpy and torch (all devices) identically on every rank."
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
 
-# %% ../nbs/09_trainer.ipynb #ad46208e
+# %% ../nbs/09_trainer.ipynb #1870f447
 def to_device(batch: Any, device: torch.device | str) -> Any:
     """`batch` with every tensor, however deeply nested in dicts, lists and tuples, moved to
     `device`."""
@@ -619,7 +615,7 @@ def data_parallel(model: nn.Module, dist: DistInfo,
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                find_unused_parameters=find_unused_parameters)
 
-# %% ../nbs/09_trainer.ipynb #27193343
+# %% ../nbs/09_trainer.ipynb #7300a2b8
 def import_deepspeed():
     "The `deepspeed` module, or an ImportError that says how to install it or run without it."
     try:
@@ -629,7 +625,7 @@ def import_deepspeed():
                           "(CUDA machines), or set distributed.deepspeed: null to use DDP") from error
     return deepspeed
 
-# %% ../nbs/09_trainer.ipynb #fb664bc7
+# %% ../nbs/09_trainer.ipynb #0d226e73
 def deepspeed_engine(model: nn.Module, optimizer, scheduler, config: TrainConfig, world_size: int,
                      precision: str):
     """(engine, optimizer, scheduler) of DeepSpeed for `model`, from the JSON config
@@ -637,15 +633,13 @@ def deepspeed_engine(model: nn.Module, optimizer, scheduler, config: TrainConfig
     t = config.training
     ds_config = json.loads(Path(config.distributed.deepspeed).read_text())
     micro = t.micro_batch_for(world_size)
-    ds_config.update({"train_batch_size": t.global_batch_size, "train_micro_batch_size_per_gpu"
-                      : micro,
+    ds_config.update({"train_batch_size": t.global_batch_size,
+                      "train_micro_batch_size_per_gpu": micro,
                       "gradient_accumulation_steps": t.global_batch_size // (micro * world_size),
                       "gradient_clipping": t.max_grad_norm or 0.0})
     ds_config.setdefault("bf16", {})["enabled"] = precision == "bf16"
-    engine, optimizer, _, scheduler = import_deepspeed().initialize(model=model,
-                                                                    optimizer=optimizer,
-                                                                    lr_scheduler=scheduler,
-                                                                    config=ds_config)
+    engine, optimizer, _, scheduler = import_deepspeed().initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine, optimizer, scheduler
 
 # %% ../nbs/09_trainer.ipynb #db99e581
@@ -659,7 +653,7 @@ def _accumulating(engine) -> Iterator[None]:
     finally:
         engine.set_gradient_accumulation_boundary(True)
 
-# %% ../nbs/09_trainer.ipynb #668a3185
+# %% ../nbs/09_trainer.ipynb #8b5b35f5
 def build_backprop(train_model: nn.Module, engine, precision: str,
                    device: torch.device) -> Backprop:
     """The run's `Backprop`: bf16 autocast or none; autograd or DeepSpeed's backward; DDP's
@@ -680,8 +674,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
     encoders = [m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)]
     if not encoders:
         raise ValueError(f"training.gradient_checkpointing: {type(model).__name__} has no module "
-                         "that "
-                         "supports it; set it to false")
+                         "that supports it; set it to false")
     encoders[0].activation_checkpointing_enable({"use_reentrant": False})
     return model
 
@@ -689,14 +682,14 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
 class CheckpointError(CorruptFileError):
     "A checkpoint is missing, incomplete or corrupted."
 
-# %% ../nbs/09_trainer.ipynb #2f74911a
+# %% ../nbs/09_trainer.ipynb #1678fca5
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     "Complete checkpoints of a run (`checkpoints/step-*` with a manifest), oldest first."
     root = Path(run_dir) / "checkpoints"
     found = [p for p in root.glob("step-*") if p.is_dir() and p.name[5:].isdigit() and (p / "manifest.json").exists()] if root.is_dir() else []
     return sorted(found, key=lambda p: int(p.name[5:]))
 
-# %% ../nbs/09_trainer.ipynb #b9856ce8
+# %% ../nbs/09_trainer.ipynb #c7323576
 def find_checkpoint(path: str | Path) -> Path:
     """The checkpoint to resume from: `path` itself if it is one, else the latest complete
     checkpoint of the run directory `path`."""
@@ -707,8 +700,7 @@ def find_checkpoint(path: str | Path) -> Path:
     if (path / "manifest.json").exists():
         if not (path / "trainer_state.json").exists():
             raise CheckpointError(f"{path} is a model directory, not a checkpoint; resume from the "
-                                  "run directory "
-                                  f"{path.parent} (or one of its checkpoints/step-*)")
+                                  f"run directory {path.parent} (or one of its checkpoints/step-*)")
         return path
     found = list_checkpoints(path)
     if not found:
@@ -716,7 +708,7 @@ def find_checkpoint(path: str | Path) -> Path:
                               f"{path}/checkpoints/step-*/manifest.json)")
     return found[-1]
 
-# %% ../nbs/09_trainer.ipynb #7523fc02
+# %% ../nbs/09_trainer.ipynb #cee05f5b
 def verify_checkpoint(checkpoint: str | Path) -> dict:
     """Check every file of a checkpoint against its manifest (size and SHA-256); return its trainer
     state or raise `CheckpointError`."""
@@ -727,8 +719,8 @@ def verify_checkpoint(checkpoint: str | Path) -> dict:
         return load_json(checkpoint / "trainer_state.json")
     except (CorruptFileError, ValueError, OSError) as error:
         raise CheckpointError(f"checkpoint {checkpoint} is corrupted: {error}; nothing was changed "
-                              "— or resume "
-                              f"from an earlier checkpoint of {checkpoint.parent}") from None
+                              "— or resume from an earlier checkpoint of "
+                              f"{checkpoint.parent}") from None
 
 # %% ../nbs/09_trainer.ipynb #250bcc45
 def _rng_state() -> dict:
@@ -788,7 +780,7 @@ def with_tied(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor
             state.update({name: state[names[0]] for name in names[1:]})
     return state
 
-# %% ../nbs/09_trainer.ipynb #c15fe2b1
+# %% ../nbs/09_trainer.ipynb #5539967e
 def load_model_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Copy a `model_state` into `model` (cast to its dtype); a missing or unknown tensor is an
     error."""
@@ -811,11 +803,11 @@ def holding_weights(model: nn.Module, state: Mapping[str, Tensor]) -> Iterator[n
 
 # %% ../nbs/09_trainer.ipynb #1a1dc458
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, scheduler,
-                    trainer_state: dict,
-                    dist: DistInfo, keep_last: int = 2, write_extra=None, engine=None) -> Path:
-    """Write checkpoint `step` atomically (temp dir → rename) with a SHA-256 manifest; keep the newest `keep_last`.
-    `optimizer`/`scheduler` may be None (DeepSpeed saves them itself through `write_extra(tmp_dir)`, called on every rank).
-    """
+                    trainer_state: dict, dist: DistInfo, keep_last: int = 2, write_extra=None,
+                    engine=None) -> Path:
+    """Write checkpoint `step` atomically (temp dir → rename) with a SHA-256 manifest; keep the
+    newest `keep_last`. `optimizer`/`scheduler` may be None (DeepSpeed saves them itself through
+    `write_extra(tmp_dir)`, called on every rank)."""
     from safetensors.torch import save_file
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step-{step:06d}", root / f"step-{step:06d}.tmp"
@@ -868,13 +860,12 @@ def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer, scheduler,
         _set_rng_state(torch.load(rng_file, weights_only=True))
     else:
         warnings.warn(f"resuming on {dist.world_size} processes from a "
-                      f"{state.get('world_size')}-process checkpoint: "
-                      "RNG states re-seeded (the data order, masks and negatives do not depend on "
-                      "them)")
+                      f"{state.get('world_size')}-process checkpoint: RNG states re-seeded (the "
+                      "data order, masks and negatives do not depend on them)")
         seed_everything(state["config"]["seed"] + state["step"] * 1000 + dist.rank)
     return state
 
-# %% ../nbs/09_trainer.ipynb #d9bc0adf
+# %% ../nbs/09_trainer.ipynb #aa136dc0
 def refuse_used_run_dir(run_dir: Path) -> None:
     "Raise if `run_dir` already holds a run: a fresh start there would mix two runs' metrics and checkpoints."
     used = [name for name in ("metrics.jsonl", "checkpoints", "final") if (run_dir / name).exists()]
@@ -882,7 +873,7 @@ def refuse_used_run_dir(run_dir: Path) -> None:
         raise FileExistsError(f"output_dir {str(run_dir)!r} already holds a run ({', '.join(used)}); continue it with "
                               f"--resume {run_dir}, or choose a new output_dir (delete the old one to start over)")
 
-# %% ../nbs/09_trainer.ipynb #5e0d9d8b
+# %% ../nbs/09_trainer.ipynb #1139a51d
 def check_resume_config(saved: dict, config: TrainConfig) -> None:
     """Refuse to resume with a config that would change the result (only
     checkpoint/logging/output_dir may differ)."""
@@ -895,8 +886,8 @@ def check_resume_config(saved: dict, config: TrainConfig) -> None:
                if key not in RESUME_FREE_SECTIONS and saved.get(key) != current.get(key)]
     if changed:
         raise ValueError(f"the config differs from the checkpoint's in {', '.join(changed)}; an "
-                         "exact resume needs the same "
-                         "settings (omit --config to reuse the checkpoint's, or start a new run)")
+                         "exact resume needs the same settings (omit --config to reuse the "
+                         "checkpoint's, or start a new run)")
 
 # %% ../nbs/09_trainer.ipynb #d38863a2
 def accumulate_gradients(stage: Stage, model: nn.Module, batches: list[dict], backprop: Backprop,
@@ -919,7 +910,7 @@ def accumulate_gradients(stage: Stage, model: nn.Module, batches: list[dict], ba
         step_loss += loss.double() * (weight / global_weight)
     return step_loss, tokens
 
-# %% ../nbs/09_trainer.ipynb #65d6316d
+# %% ../nbs/09_trainer.ipynb #ee51d6c2
 def gradient_norm(model: nn.Module, max_grad_norm: float | None) -> Tensor:
     "The global L2 norm of the gradients; then they are clipped to `max_grad_norm` if it is set."
     params = [p for p in model.parameters() if p.grad is not None]
@@ -928,7 +919,7 @@ def gradient_norm(model: nn.Module, max_grad_norm: float | None) -> Tensor:
         torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
     return norm
 
-# %% ../nbs/09_trainer.ipynb #a13fb5cf
+# %% ../nbs/09_trainer.ipynb #ce9723be
 def apply_update(optimizer, scheduler, engine=None) -> None:
     "Step the optimiser and the schedule, zero the gradients; DeepSpeed's engine does it all."
     if engine is not None:
@@ -952,7 +943,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         "128 + the signal's number, the shell's convention (130 for Ctrl-C, 143 for SIGTERM)."
         return 128 + int(getattr(signal, self.signal_name or "SIGINT", signal.SIGINT))
 
-# %% ../nbs/09_trainer.ipynb #363fb4ea
+# %% ../nbs/09_trainer.ipynb #4c2eac55
 class StopRequest:
     """Within `with StopRequest() as stop:`, SIGINT and SIGTERM set `stop.signal` (the signal's
     name) instead of killing the process."""
@@ -975,7 +966,7 @@ class StopRequest:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-# %% ../nbs/09_trainer.ipynb #08de61de
+# %% ../nbs/09_trainer.ipynb #28ed15f7
 def stop_agreed(stop: StopRequest, dist: DistInfo) -> bool:
     "Whether any rank was asked to stop (every rank gets the same answer)."
     (requests,) = all_reduce_sum([1.0 if stop.signal else 0.0], dist)
@@ -1017,8 +1008,8 @@ class Prefetcher:
     def __init__(self, make: Callable[[int], Any], total_steps: int):
         from concurrent.futures import ThreadPoolExecutor
         self.make, self.total_steps = make, total_steps
-        self.pool, self.pending = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches"
-                                                     ), {}
+        self.pool, self.pending = ThreadPoolExecutor(max_workers=1,
+                                                     thread_name_prefix="batches"), {}
 
     def __call__(self, step: int) -> Any:
         "`make(step)`, computed ahead when possible; starts `make(step + 1)` before returning."
@@ -1040,7 +1031,7 @@ def lock_run_dir(run_dir: Path) -> contextlib.ExitStack:
                          "make it writable") from None
     return stack
 
-# %% ../nbs/09_trainer.ipynb #bfb98539
+# %% ../nbs/09_trainer.ipynb #48aab59c
 @contextlib.contextmanager
 def naming_a_full_disk(what: str, directory: Path, needed: int | None = None) -> Iterator[None]:
     "A full disk while the block writes into `directory` becomes a `DiskFullError` naming `what` (and `needed`)."
@@ -1051,7 +1042,7 @@ def naming_a_full_disk(what: str, directory: Path, needed: int | None = None) ->
             raise DiskFullError(what, directory, needed) from error  # the free space measured now
         raise
 
-# %% ../nbs/09_trainer.ipynb #8900adaa
+# %% ../nbs/09_trainer.ipynb #fbc044d5
 @contextlib.contextmanager
 def removed_on_failure(tmp: Path, what: str, needed: int | None = None) -> Iterator[Path]:
     "Remove the temporary directory `tmp` if the block fails; a full disk becomes a `DiskFullError` naming `what`."
@@ -1062,7 +1053,7 @@ def removed_on_failure(tmp: Path, what: str, needed: int | None = None) -> Itera
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-# %% ../nbs/09_trainer.ipynb #abade40e
+# %% ../nbs/09_trainer.ipynb #2e895def
 def checkpoint_bytes(run_dir: Path, model: nn.Module) -> int:
     "About the bytes a checkpoint needs: the last one's size, or the weights and AdamW's two moments in fp32."
     kept = list_checkpoints(run_dir)
@@ -1078,11 +1069,10 @@ def import_tracker(name: str):
         return importlib.import_module(TRACKERS[name])
     except ImportError as error:
         raise ImportError(f"logging.report_to names {name}, which is not installed: pip install "
-                          f"{name} (or "
-                          "'nomic_embed[tracking]' for all three), or remove it from "
+                          f"{name} (or 'nomic_embed[tracking]' for all three), or remove it from "
                           "logging.report_to") from error
 
-# %% ../nbs/09_trainer.ipynb #e707b5bd
+# %% ../nbs/09_trainer.ipynb #f49d5c8b
 def tracker_scalars(row: dict) -> tuple[int, dict[str, float]]:
     "A metrics row as (step, {`train/<key>` or `eval/<key>`: number}); other values are left out."
     evaluation = any(key.startswith("eval_") for key in row)
@@ -1107,7 +1097,7 @@ class TensorBoardTracker:
     def close(self) -> None:
         self.writer.close()
 
-# %% ../nbs/09_trainer.ipynb #0328e73e
+# %% ../nbs/09_trainer.ipynb #0b0737c1
 class WandbTracker:
     """A Weights & Biases run (`WANDB_MODE=offline` logs without a network); a resume continues its
     id."""
@@ -1127,7 +1117,7 @@ class WandbTracker:
     def close(self) -> None:
         self.run.finish()
 
-# %% ../nbs/09_trainer.ipynb #138824c0
+# %% ../nbs/09_trainer.ipynb #b8869363
 class TrackioTracker:
     """A trackio run in its local database (`TRACKIO_DIR`); a resume continues the run of the same
     name."""
@@ -1144,9 +1134,9 @@ class TrackioTracker:
     def close(self) -> None:
         self.trackio.finish()
 
-# %% ../nbs/09_trainer.ipynb #4e164bc9
-TRACKER_CLASSES = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "trackio"
-                   : TrackioTracker}
+# %% ../nbs/09_trainer.ipynb #71c26d0d
+TRACKER_CLASSES = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker,
+                   "trackio": TrackioTracker}
 
 # %% ../nbs/09_trainer.ipynb #ef38f062
 class RunFiles:
@@ -1242,10 +1232,10 @@ class TrainingSetup:
         self.precision = resolve_precision(config.training.precision, self.dist.device)
         self.run_dir, self.files = Path(config.output_dir), RunFiles(config.output_dir,
                                                                      self.dist.is_main)
-        if self.dist.distributed and self.dist.is_main and resume is None and not read_prepared(config):
+        if (self.dist.distributed and self.dist.is_main and resume is None
+                and not read_prepared(config)):
             print("nomic_embed_train: the data of this config was not prepared: rank 0 builds it "
-                  "now "
-                  "while the other ranks wait (at most distributed.timeout_minutes = "
+                  "now while the other ranks wait (at most distributed.timeout_minutes = "
                   f"{config.distributed.timeout_minutes:g}); for a long build run "
                   "nomic_embed_train --config ... --prepare first, in one process", file=sys.stderr)
         seed_everything(config.data_seed)  # whatever the data pipeline draws from the global RNGs
@@ -1262,7 +1252,8 @@ class TrainingSetup:
         )
         self.optimizer = build_optimizer(self.model, config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config.schedule, self.total_steps)
-        # every variant settled here, once: DeepSpeed, DDP or neither, and with it how a loss is back-propagated
+        # every variant settled here, once: DeepSpeed, DDP or neither, and with it how a loss is
+        # back-propagated
         self.engine = None
         if config.distributed.deepspeed:
             self.engine, self.optimizer, self.scheduler = deepspeed_engine(self.model,
@@ -1306,10 +1297,10 @@ class TrainingSetup:
         files under `deepspeed/`)."""
         check_finite(self.model.state_dict(), f"the model after step {self.step}", "not saved "
                      "(every rank checks the same weights and stops); the checkpoints stay")
-        state = {"step": self.step, "total_steps": self.total_steps, "world_size"
-                 : self.dist.world_size,
-                 "samples_seen": self.step * self.config.training.global_batch_size, "config"
-                 : self.config.to_dict(),
+        state = {"step": self.step, "total_steps": self.total_steps,
+                 "world_size": self.dist.world_size,
+                 "samples_seen": self.step * self.config.training.global_batch_size,
+                 "config": self.config.to_dict(),
                  "torch": torch.__version__, "nonfinite_steps": self.guard.skipped}
         tmp = self.run_dir / "checkpoints" / f"step-{self.step:06d}.tmp"  # on a full disk: removed
         needed = checkpoint_bytes(self.run_dir, self.model)
@@ -1427,8 +1418,8 @@ class Trainer(TrainingSetup):
         checkpoint = checkpoint or self.save()
         progress.close()
         raise TrainingInterrupted(f"stopped by {signal_name or 'a signal on another rank'} after "
-                                  f"step {self.step} of {self.total_steps}; "
-                                  f"checkpoint {checkpoint}; continue with: nomic_embed_train "
+                                  f"step {self.step} of {self.total_steps}; checkpoint "
+                                  f"{checkpoint}; continue with: nomic_embed_train "
                                   f"--resume {self.run_dir}", signal_name)
 
 # %% ../nbs/09_trainer.ipynb #c628e316
@@ -1448,13 +1439,13 @@ def metric_rows(path: Path) -> list[dict]:
                              "delete that line") from None
     return rows
 
-# %% ../nbs/09_trainer.ipynb #f3f510ec
+# %% ../nbs/09_trainer.ipynb #03956e9e
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     "Training rows and evaluation rows of a run's `metrics.jsonl`."
     rows = metric_rows(Path(run_dir) / "metrics.jsonl")
     return [r for r in rows if "loss" in r], [r for r in rows if "eval_loss" in r]
 
-# %% ../nbs/09_trainer.ipynb #40c17ac1
+# %% ../nbs/09_trainer.ipynb #d0dd07c6
 def plot_loss(run_dir: str | Path):
     "Training loss per step (and held-out loss, if logged) of a run, as a matplotlib figure."
     import matplotlib.pyplot as plt
@@ -1476,7 +1467,8 @@ def prepare_data(config: TrainConfig) -> dict[str, Any]:
     if launch_rank()[1] > 1:
         raise ValueError("--prepare runs in one process, before torchrun: "
                          "nomic_embed_train --config FILE --prepare")
-    # the data does not depend on the starting weights: prepare it while the previous stage still trains
+    # the data does not depend on the starting weights: prepare it while the previous stage still
+    # trains
     data_config = load_config(raw={**config.to_dict(), "init_from": None})
     stage = STAGES[config.stage](data_config, DistInfo())  # a stage builds (and caches) its data
     summary = {"stage": config.stage, "data": config.to_dict().get("data"), **stage.data_summary()}
@@ -1485,7 +1477,7 @@ def prepare_data(config: TrainConfig) -> dict[str, Any]:
         written.write_text(json.dumps(summary, indent=1))
     return summary
 
-# %% ../nbs/09_trainer.ipynb #20d7911f
+# %% ../nbs/09_trainer.ipynb #051325b8
 def read_prepared(config: TrainConfig) -> dict[str, Any] | None:
     """The summary `prepare_data` recorded for this config's data, or None (not prepared, other
     data)."""
@@ -1504,12 +1496,13 @@ def run_training(config: TrainConfig | str | Path, overrides: list[str] | None =
         config = load_config(config, overrides)
     return Trainer(config, resume).train()
 
-# %% ../nbs/09_trainer.ipynb #e3045421
+# %% ../nbs/09_trainer.ipynb #dc77f6cb
 def resolve_resume_config(config_path: str | None, overrides: list[str] | None,
                           resume: str | None) -> TrainConfig:
     """The config of a (resumed) run: `--config` + `--set`, or, when resuming without `--config`,
     the checkpoint's own."""
-    # a run still writing there is named at once, before its checkpoints are read; under torchrun only rank 0 asks
+    # a run still writing there is named at once, before its checkpoints are read; under torchrun
+    # only rank 0 asks
     # (it takes the lock next, so the other ranks would find their own run holding it)
     if resume is not None and is_rank_zero():
         path = Path(resume)
