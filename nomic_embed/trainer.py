@@ -1008,8 +1008,8 @@ class Prefetcher:
     def __init__(self, make: Callable[[int], Any], total_steps: int):
         from concurrent.futures import ThreadPoolExecutor
         self.make, self.total_steps = make, total_steps
-        self.pool, self.pending = ThreadPoolExecutor(max_workers=1,
-                                                     thread_name_prefix="batches"), {}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
+        self.pending = {}
 
     def __call__(self, step: int) -> Any:
         "`make(step)`, computed ahead when possible; starts `make(step + 1)` before returning."
@@ -1108,8 +1108,7 @@ class WandbTracker:
         with atomic_file(id_file) as written:
             written.write_text(run_id)
         self.run = wandb.init(project=config.logging.project, name=run_dir.name, dir=str(run_dir),
-                              id=run_id,
-                              resume="allow", config=config.to_dict())
+                              id=run_id, resume="allow", config=config.to_dict())
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         self.run.log(scalars, step=step)
@@ -1125,8 +1124,8 @@ class TrackioTracker:
     def __init__(self, run_dir: Path, config: TrainConfig, step: int):
         self.trackio = import_tracker("trackio")
         self.trackio.init(project=config.logging.project, name=run_dir.name,
-                          config=config.to_dict(),
-                          resume="allow", embed=False, auto_log_cpu=False, auto_log_gpu=False)
+                          config=config.to_dict(), resume="allow", embed=False, auto_log_cpu=False,
+                          auto_log_gpu=False)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         self.trackio.log(scalars, step=step)
@@ -1230,8 +1229,8 @@ class TrainingSetup:
         self.caller_threads = torch.get_num_threads()
         self.dist = setup_distributed(config.distributed)
         self.precision = resolve_precision(config.training.precision, self.dist.device)
-        self.run_dir, self.files = Path(config.output_dir), RunFiles(config.output_dir,
-                                                                     self.dist.is_main)
+        self.run_dir = Path(config.output_dir)
+        self.files = RunFiles(config.output_dir, self.dist.is_main)
         if (self.dist.distributed and self.dist.is_main and resume is None
                 and not read_prepared(config)):
             print("nomic_embed_train: the data of this config was not prepared: rank 0 builds it "
@@ -1247,20 +1246,17 @@ class TrainingSetup:
             enable_gradient_checkpointing(self.model)
         # the batch geometry must fit the number of processes
         t.micro_batch_for(self.dist.world_size)
-        self.total_steps = t.max_steps or math.ceil(
-            t.num_epochs * self.stage.num_samples() / t.global_batch_size
-        )
+        self.total_steps = t.max_steps or math.ceil(t.num_epochs * self.stage.num_samples()
+                                                    / t.global_batch_size)
         self.optimizer = build_optimizer(self.model, config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config.schedule, self.total_steps)
         # every variant settled here, once: DeepSpeed, DDP or neither, and with it how a loss is
         # back-propagated
         self.engine = None
         if config.distributed.deepspeed:
-            self.engine, self.optimizer, self.scheduler = deepspeed_engine(self.model,
-                                                                           self.optimizer,
-                                                                           self.scheduler, config,
-                                                                           self.dist.world_size,
-                                                                           self.precision)
+            self.engine, self.optimizer, self.scheduler = deepspeed_engine(
+                self.model, self.optimizer, self.scheduler, config, self.dist.world_size,
+                self.precision)
         self.train_model = self.engine or data_parallel(self.model, self.dist,
                                                         config.distributed.find_unused_parameters)
         self.backprop = build_backprop(self.train_model, self.engine, self.precision,
@@ -1300,8 +1296,8 @@ class TrainingSetup:
         state = {"step": self.step, "total_steps": self.total_steps,
                  "world_size": self.dist.world_size,
                  "samples_seen": self.step * self.config.training.global_batch_size,
-                 "config": self.config.to_dict(),
-                 "torch": torch.__version__, "nonfinite_steps": self.guard.skipped}
+                 "config": self.config.to_dict(), "torch": torch.__version__,
+                 "nonfinite_steps": self.guard.skipped}
         tmp = self.run_dir / "checkpoints" / f"step-{self.step:06d}.tmp"  # on a full disk: removed
         needed = checkpoint_bytes(self.run_dir, self.model)
         with removed_on_failure(tmp, f"checkpoint {tmp.stem} of {self.run_dir}", needed):
@@ -1313,11 +1309,10 @@ class TrainingSetup:
             write_shards = lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"),
                                                                    tag="state")
             return save_checkpoint(self.run_dir, self.step, self.model, None, None, state,
-                                   self.dist,
-                                   self.config.checkpoint.keep_last, write_shards, self.engine)
+                                   self.dist, self.config.checkpoint.keep_last, write_shards,
+                                   self.engine)
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler,
-                               state, self.dist,
-                               self.config.checkpoint.keep_last)
+                               state, self.dist, self.config.checkpoint.keep_last)
 
 # %% ../nbs/09_trainer.ipynb #3912cf0c
 class Trainer(TrainingSetup):
@@ -1409,8 +1404,8 @@ class Trainer(TrainingSetup):
         with masters:
             if self.dist.is_main:
                 self.files.save_final(self.stage, self.model, log.plot)
-        return {"step": self.step, "run_dir": str(self.run_dir), **{k: v for k, v in last.items()
-                                                                    if k != "step"}, **last_eval}
+        return {"step": self.step, "run_dir": str(self.run_dir),
+                **{k: v for k, v in last.items() if k != "step"}, **last_eval}
 
     def stop(self, progress, signal_name: str | None, checkpoint: Path | None = None) -> None:
         """Checkpoint the step just finished (unless `checkpoint` already is) and raise
