@@ -43,18 +43,19 @@ from .utils import (CorruptFileError, DiskFullError, NonFiniteError, apply_overr
 # %% auto #0
 __all__ = ['SCHEDULES', 'TRACKERS', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES',
            'TRACKER_CLASSES', 'OptimizerConfig', 'ScheduleConfig', 'TrainingConfig', 'CheckpointConfig',
-           'LoggingConfig', 'DistributedConfig', 'build_section', 'register_stage', 'Backprop', 'Stage', 'TrainConfig',
-           'check_model_keys', 'check_model_sizes', 'read_config_file', 'load_config', 'parameter_groups',
-           'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed', 'restoring_threads', 'all_reduce_sum',
-           'main_process_first', 'resolve_precision', 'seed_everything', 'to_device', 'data_parallel',
-           'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'enable_gradient_checkpointing', 'CheckpointError',
-           'list_checkpoints', 'find_checkpoint', 'verify_checkpoint', 'tied_parameter_names', 'model_state',
-           'with_tied', 'load_model_state', 'holding_weights', 'save_checkpoint', 'load_checkpoint',
-           'refuse_used_run_dir', 'check_resume_config', 'accumulate_gradients', 'gradient_norm', 'apply_update',
-           'TrainingInterrupted', 'StopRequest', 'stop_agreed', 'NonFiniteGuard', 'Prefetcher', 'lock_run_dir',
-           'naming_a_full_disk', 'removed_on_failure', 'checkpoint_bytes', 'import_tracker', 'tracker_scalars',
-           'TensorBoardTracker', 'WandbTracker', 'TrackioTracker', 'RunFiles', 'TrainingSetup', 'Trainer',
-           'metric_rows', 'read_metrics', 'plot_loss', 'prepare_data', 'read_prepared', 'run_training',
+           'LoggingConfig', 'DistributedConfig', 'build_section', 'register_stage', 'Backprop', 'StageBase', 'Stage',
+           'TrainConfig', 'check_model_keys', 'check_model_sizes', 'read_config_file', 'load_config',
+           'parameter_groups', 'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed',
+           'restoring_threads', 'all_reduce_sum', 'main_process_first', 'resolve_precision', 'seed_everything',
+           'to_device', 'data_parallel', 'import_deepspeed', 'deepspeed_engine', 'build_backprop',
+           'enable_gradient_checkpointing', 'CheckpointError', 'list_checkpoints', 'find_checkpoint',
+           'verify_checkpoint', 'tied_parameter_names', 'model_state', 'with_tied', 'load_model_state',
+           'holding_weights', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir', 'check_resume_config',
+           'accumulate_gradients', 'gradient_norm', 'apply_update', 'TrainingInterrupted', 'StopRequest', 'stop_agreed',
+           'NonFiniteGuard', 'Prefetcher', 'lock_run_dir', 'naming_a_full_disk', 'removed_on_failure',
+           'checkpoint_bytes', 'import_tracker', 'tracker_scalars', 'TensorBoardTracker', 'WandbTracker',
+           'TrackioTracker', 'RunFiles', 'RunCheckpoints', 'check_run_start', 'TrainingSetup', 'TrainingStep',
+           'Trainer', 'metric_rows', 'read_metrics', 'plot_loss', 'prepare_data', 'read_prepared', 'run_training',
            'resolve_resume_config']
 
 # %% ../nbs/09_trainer.ipynb #85b42d43
@@ -287,8 +288,8 @@ STAGES: dict[str, type] = {}
 def register_stage(cls: type) -> type:
     "Class decorator: make a `Stage` subclass selectable with `stage: <cls.name>` in a config."
     if not getattr(cls, "name", None):
-        raise ValueError(f"{cls.__name__} needs a class attribute `name` (the config's stage: "
-                         "value)")
+        raise ValueError(f"{cls.__name__} needs a class attribute `name` "
+                         "(the config's stage: value)")
     STAGES[cls.name] = cls
     return cls
 
@@ -305,10 +306,9 @@ class Backprop:
     no_sync: Callable[[], contextlib.AbstractContextManager]
 
 # %% ../nbs/09_trainer.ipynb #b498483e
-class Stage:
-    """One training stage: which model, which batches, which loss. Subclasses set `name` and
-    `sections` (their config sections → dataclasses) and implement the first five methods; the
-    `Trainer` does the rest."""
+class StageBase:
+    """The five questions every stage answers: its model, samples per epoch, micro-batches of a
+    step, their weight and their loss (subclass `Stage`, which adds the defaults)."""
     name: str = ""
     sections: dict[str, type] = {}
     # evaluate the starting model before step 1 and log it as step 0
@@ -338,6 +338,12 @@ class Stage:
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         "Mean loss over the micro-batch's `batch_weight` terms (a scalar with a graph)."
         raise NotImplementedError
+
+# %% ../nbs/09_trainer.ipynb #0a7ef6ac
+class Stage(StageBase):
+    """One training stage: which model, which batches, which loss. Subclasses set `name` and
+    `sections` (their config sections → dataclasses) and implement the first five methods; the
+    `Trainer` does the rest."""
 
     @classmethod
     def prepare_raw_config(cls, raw: dict) -> dict:
@@ -1194,8 +1200,72 @@ class RunFiles:
                 plt.close(figure)
         return final
 
+# %% ../nbs/09_trainer.ipynb #121f71cb
+class RunCheckpoints:
+    """The checkpoint half of `TrainingSetup`: restore the run being resumed, and write the current
+    step's checkpoint (its model, optimiser, schedule, RNG states and trainer state)."""
+
+    def restore(self) -> int:
+        """Load the checkpoint being resumed (model, optimiser, schedule, RNG states); return its
+        step."""
+        # DeepSpeed keeps its partitioned optimiser state in its own files
+        if self.engine is not None:
+            self.engine.load_checkpoint(str(self.resume_from / "deepspeed"), tag="state")
+            state = load_checkpoint(self.resume_from, self.model, None, None, self.dist)
+        else:
+            state = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler,
+                                    self.dist)
+        self.guard.skipped = state.get("nonfinite_steps", 0)
+        return state["step"]
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (with DeepSpeed: its own partitioned optimiser
+        files under `deepspeed/`)."""
+        check_finite(self.model.state_dict(), f"the model after step {self.step}", "not saved "
+                     "(every rank checks the same weights and stops); the checkpoints stay")
+        state = {"step": self.step, "total_steps": self.total_steps,
+                 "world_size": self.dist.world_size,
+                 "samples_seen": self.step * self.config.training.global_batch_size,
+                 "config": self.config.to_dict(), "torch": torch.__version__,
+                 "nonfinite_steps": self.guard.skipped}
+        tmp = self.run_dir / "checkpoints" / f"step-{self.step:06d}.tmp"  # on a full disk: removed
+        needed = checkpoint_bytes(self.run_dir, self.model)
+        with removed_on_failure(tmp, f"checkpoint {tmp.stem} of {self.run_dir}", needed):
+            return self.write_checkpoint(state)
+
+    def write_checkpoint(self, state: dict) -> Path:
+        "`save_checkpoint` of the current step with the trainer state `state`."
+        if self.engine is not None:  # every rank writes its partition
+            write_shards = lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"),
+                                                                   tag="state")
+            return save_checkpoint(self.run_dir, self.step, self.model, None, None, state,
+                                   self.dist, self.config.checkpoint.keep_last, write_shards,
+                                   self.engine)
+        return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler,
+                               state, self.dist, self.config.checkpoint.keep_last)
+
+# %% ../nbs/09_trainer.ipynb #6d2296a7
+def check_run_start(config: TrainConfig, resume: str | Path | None) -> Path | None:
+    """What can be refused before any work: the checkpoint to resume (verified, and its config
+    the same), or a fresh run in an unused directory; DeepSpeed and the trackers installed."""
+    resume_from = None
+    if resume is not None:  # verify before touching anything
+        resume_from = find_checkpoint(resume)
+        check_resume_config(verify_checkpoint(resume_from)["config"], config)
+    else:
+        refuse_used_run_dir(Path(config.output_dir))
+    if config.distributed.deepspeed:
+        import_deepspeed()  # a missing DeepSpeed is reported before any data is built
+    for tracker in config.logging.report_to if is_rank_zero() else []:
+        import_tracker(tracker)  # and a missing tracker
+    if config.distributed.deepspeed and config.training.skip_nonfinite_steps:
+        raise ValueError("training.skip_nonfinite_steps needs the trainer's optimiser step; "
+                         "DeepSpeed's engine has reduced the gradients into its partitions: "
+                         "set it to 0 with distributed.deepspeed")
+    return resume_from
+
 # %% ../nbs/09_trainer.ipynb #7df6a155
-class TrainingSetup:
+class TrainingSetup(RunCheckpoints):
     """Everything a run is made of, built from a `TrainConfig` (and a checkpoint to resume):
     processes, stage, model, optimiser, schedule, backprop."""
 
@@ -1211,20 +1281,7 @@ class TrainingSetup:
 
     def setup(self, config: TrainConfig, resume: str | Path | None) -> None:
         "Verify a checkpoint to resume, join the processes, build stage, model, optimiser…"
-        self.config, self.resume_from = config, None
-        if resume is not None:  # verify before touching anything
-            self.resume_from = find_checkpoint(resume)
-            check_resume_config(verify_checkpoint(self.resume_from)["config"], config)
-        else:
-            refuse_used_run_dir(Path(config.output_dir))
-        if config.distributed.deepspeed:
-            import_deepspeed()  # a missing DeepSpeed is reported before any data is built
-        for tracker in config.logging.report_to if is_rank_zero() else []:
-            import_tracker(tracker)  # and a missing tracker
-        if config.distributed.deepspeed and config.training.skip_nonfinite_steps:
-            raise ValueError("training.skip_nonfinite_steps needs the trainer's optimiser step; "
-                             "DeepSpeed's engine has reduced the gradients into its partitions: "
-                             "set it to 0 with distributed.deepspeed")
+        self.config, self.resume_from = config, check_run_start(config, resume)
         # given back when train() ends (an in-process caller embeds next)
         self.caller_threads = torch.get_num_threads()
         self.dist = setup_distributed(config.distributed)
@@ -1275,49 +1332,10 @@ class TrainingSetup:
                 with contextlib.suppress(OSError):
                     self.run_dir.rmdir()
 
-    def restore(self) -> int:
-        """Load the checkpoint being resumed (model, optimiser, schedule, RNG states); return its
-        step."""
-        # DeepSpeed keeps its partitioned optimiser state in its own files
-        if self.engine is not None:
-            self.engine.load_checkpoint(str(self.resume_from / "deepspeed"), tag="state")
-            state = load_checkpoint(self.resume_from, self.model, None, None, self.dist)
-        else:
-            state = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler,
-                                    self.dist)
-        self.guard.skipped = state.get("nonfinite_steps", 0)
-        return state["step"]
-
-    def save(self) -> Path:
-        """Write a checkpoint of the current step (with DeepSpeed: its own partitioned optimiser
-        files under `deepspeed/`)."""
-        check_finite(self.model.state_dict(), f"the model after step {self.step}", "not saved "
-                     "(every rank checks the same weights and stops); the checkpoints stay")
-        state = {"step": self.step, "total_steps": self.total_steps,
-                 "world_size": self.dist.world_size,
-                 "samples_seen": self.step * self.config.training.global_batch_size,
-                 "config": self.config.to_dict(), "torch": torch.__version__,
-                 "nonfinite_steps": self.guard.skipped}
-        tmp = self.run_dir / "checkpoints" / f"step-{self.step:06d}.tmp"  # on a full disk: removed
-        needed = checkpoint_bytes(self.run_dir, self.model)
-        with removed_on_failure(tmp, f"checkpoint {tmp.stem} of {self.run_dir}", needed):
-            return self.write_checkpoint(state)
-
-    def write_checkpoint(self, state: dict) -> Path:
-        "`save_checkpoint` of the current step with the trainer state `state`."
-        if self.engine is not None:  # every rank writes its partition
-            write_shards = lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"),
-                                                                   tag="state")
-            return save_checkpoint(self.run_dir, self.step, self.model, None, None, state,
-                                   self.dist, self.config.checkpoint.keep_last, write_shards,
-                                   self.engine)
-        return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler,
-                               state, self.dist, self.config.checkpoint.keep_last)
-
 # %% ../nbs/09_trainer.ipynb #3912cf0c
-class Trainer(TrainingSetup):
-    """The shared training loop: build everything from a `TrainConfig`, optionally resume, then
-    `train()`."""
+class TrainingStep(TrainingSetup):
+    """One optimiser step over the global batch, and a held-out evaluation over all ranks: the
+    plain loop's body on a `TrainingSetup`."""
 
     def train_step(self, step: int) -> dict[str, float]:
         "Run optimiser step `step` (0-based) over the global batch; return its metrics."
@@ -1359,6 +1377,11 @@ class Trainer(TrainingSetup):
         keys = sorted(sums)
         totals = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], self.dist)))
         return {"step": self.step, **self.stage.summarize_evaluation(totals)}
+
+# %% ../nbs/09_trainer.ipynb #e043094c
+class Trainer(TrainingStep):
+    """The shared training loop: build everything from a `TrainConfig`, optionally resume, then
+    `train()`."""
 
     def train(self) -> dict:
         "Train from the current step to the end (`run`), then release the run directory."
