@@ -43,9 +43,9 @@ from .utils import (CorruptFileError, DiskFullError, NonFiniteError, apply_overr
 # %% auto #0
 __all__ = ['SCHEDULES', 'TRACKERS', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES',
            'TRACKER_CLASSES', 'OptimizerConfig', 'ScheduleConfig', 'TrainingConfig', 'CheckpointConfig',
-           'LoggingConfig', 'DistributedConfig', 'build_section', 'register_stage', 'Backprop', 'StageBase', 'Stage',
-           'TrainConfig', 'check_model_keys', 'check_model_sizes', 'read_config_file', 'load_config',
-           'parameter_groups', 'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed',
+           'LoggingConfig', 'DistributedConfig', 'build_section', 'TrainConfig', 'check_model_keys',
+           'check_model_sizes', 'read_config_file', 'load_config', 'register_stage', 'Backprop', 'DistInfo',
+           'StageBase', 'Stage', 'parameter_groups', 'build_optimizer', 'build_scheduler', 'setup_distributed',
            'restoring_threads', 'all_reduce_sum', 'main_process_first', 'resolve_precision', 'seed_everything',
            'to_device', 'data_parallel', 'import_deepspeed', 'deepspeed_engine', 'build_backprop',
            'enable_gradient_checkpointing', 'CheckpointError', 'list_checkpoints', 'find_checkpoint',
@@ -176,7 +176,7 @@ class CheckpointConfig:
                              f"{self.every_steps}, {self.keep_last}")
 
 # %% ../nbs/09_trainer.ipynb #243eb813
-# name: module
+# tracker name: the module that provides it
 TRACKERS = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "trackio": "trackio"}
 
 @dataclass
@@ -282,116 +282,6 @@ def build_section(cls: type, raw: dict | None, name: str) -> Any:
     return cls(**{key: _coerce(value, known[key].type, f"{name}.{key}")
                   for key, value in raw.items()})
 
-# %% ../nbs/09_trainer.ipynb #18b68fdf
-STAGES: dict[str, type] = {}
-
-def register_stage(cls: type) -> type:
-    "Class decorator: make a `Stage` subclass selectable with `stage: <cls.name>` in a config."
-    if not getattr(cls, "name", None):
-        raise ValueError(f"{cls.__name__} needs a class attribute `name` "
-                         "(the config's stage: value)")
-    STAGES[cls.name] = cls
-    return cls
-
-# %% ../nbs/09_trainer.ipynb #2b6da929
-@dataclass
-class Backprop:
-    """How a run back-propagates, settled once by the trainer: the forward's autocast, the backward
-    call, and gradient-sync skipping."""
-    # bf16 autocast on CUDA for precision bf16; a no-op otherwise
-    autocast: Callable[[], contextlib.AbstractContextManager]
-    # back-propagate a scalar into .grad: autograd, or DeepSpeed's engine.backward
-    backward: Callable[[Tensor], None]
-    # around every backward of a step but the last
-    no_sync: Callable[[], contextlib.AbstractContextManager]
-
-# %% ../nbs/09_trainer.ipynb #b498483e
-class StageBase:
-    """The five questions every stage answers: its model, samples per epoch, micro-batches of a
-    step, their weight and their loss (subclass `Stage`, which adds the defaults)."""
-    name: str = ""
-    sections: dict[str, type] = {}
-    # evaluate the starting model before step 1 and log it as step 0
-    evaluate_at_start: bool = False
-
-    def __init__(self, config: TrainConfig, dist: DistInfo):
-        self.config, self.dist = config, dist
-
-    def build_model(self) -> nn.Module:
-        "A fresh model (or one loaded from `config.init_from`), on CPU, in fp32."
-        raise NotImplementedError
-
-    def num_samples(self) -> int:
-        "Training samples in one epoch (turns `training.num_epochs` into steps)."
-        raise NotImplementedError
-
-    def micro_batches(self, step: int) -> list[dict[str, Any]]:
-        """This rank's micro-batches (nested dicts of tensors) for optimiser step `step` (0-based);
-        a function of `step` and the config only."""
-        raise NotImplementedError
-
-    def batch_weight(self, batch: dict[str, Any]) -> int:
-        """How many loss terms the micro-batch contributes (targets, queries…); the step loss is
-        their global mean."""
-        raise NotImplementedError
-
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
-        "Mean loss over the micro-batch's `batch_weight` terms (a scalar with a graph)."
-        raise NotImplementedError
-
-# %% ../nbs/09_trainer.ipynb #0a7ef6ac
-class Stage(StageBase):
-    """One training stage: which model, which batches, which loss. Subclasses set `name` and
-    `sections` (their config sections → dataclasses) and implement the first five methods; the
-    `Trainer` does the rest."""
-
-    @classmethod
-    def prepare_raw_config(cls, raw: dict) -> dict:
-        """Rewrite the raw config (a plain dict) before it is validated, e.g. expand a referenced
-        file; the default returns it unchanged."""
-        return raw
-
-    def batch_tokens(self, batch: dict[str, Any]) -> int:
-        "Tokens processed by the micro-batch (for throughput)."
-        return int(batch["input_ids"].numel())
-
-    def backward(self, model: nn.Module, batch: dict[str, Any], loss_scale: float,
-                 backprop: Backprop) -> Tensor:
-        """Back-propagate `loss × loss_scale` of one micro-batch into `.grad`; return the detached
-        loss."""
-        with backprop.autocast():
-            loss = self.loss(model, batch)
-        backprop.backward(loss.float() * loss_scale)
-        return loss.detach()
-
-    def data_summary(self) -> dict[str, Any]:
-        "What `--prepare` records about the data: `samples` (in one epoch), and what a stage adds."
-        return {"samples": self.num_samples()}
-
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        "Held-out sums on this rank (added over ranks by the trainer); `{}` for none."
-        return {}
-
-    def summarize_evaluation(self, sums: dict[str, float]) -> dict[str, float]:
-        "Turn all-reduced evaluation sums into the metrics to log."
-        return sums
-
-    def step_metrics(self, model: nn.Module) -> dict[str, float]:
-        "Values the stage adds to each step's logged row (after the optimiser step)."
-        return {}
-
-    def baseline(self) -> dict[str, float] | None:
-        "Reference numbers written once to `baseline.json` before training (None: no baseline)."
-        return None
-
-    def save_final(self, model: nn.Module, directory: Path) -> None:
-        "Write the trained model (and what is needed to use it) to `directory`."
-        save_model(model, directory)
-
-    def plot_metrics(self, run_dir: str | Path):
-        "The run's figure (saved as `loss.png`)."
-        return plot_loss(run_dir)
-
 # %% ../nbs/09_trainer.ipynb #2eb12a98
 class TrainConfig:
     """A validated training config: top-level keys as attributes and one dataclass per section
@@ -483,6 +373,133 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                          f"...); {path or 'the config'} holds a {type(raw).__name__}")
     return TrainConfig(apply_overrides(raw, overrides))
 
+# %% ../nbs/09_trainer.ipynb #18b68fdf
+STAGES: dict[str, type] = {}
+
+def register_stage(cls: type) -> type:
+    "Class decorator: make a `Stage` subclass selectable with `stage: <cls.name>` in a config."
+    if not getattr(cls, "name", None):
+        raise ValueError(f"{cls.__name__} needs a class attribute `name` "
+                         "(the config's stage: value)")
+    STAGES[cls.name] = cls
+    return cls
+
+# %% ../nbs/09_trainer.ipynb #2b6da929
+@dataclass
+class Backprop:
+    """How a run back-propagates, settled once by the trainer: the forward's autocast, the backward
+    call, and gradient-sync skipping."""
+    # bf16 autocast on CUDA for precision bf16; a no-op otherwise
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    # back-propagate a scalar into .grad: autograd, or DeepSpeed's engine.backward
+    backward: Callable[[Tensor], None]
+    # around every backward of a step but the last
+    no_sync: Callable[[], contextlib.AbstractContextManager]
+
+# %% ../nbs/09_trainer.ipynb #9f87c078
+@dataclass
+class DistInfo:
+    "Where this process sits: rank, world size, local rank and device."
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+# %% ../nbs/09_trainer.ipynb #b498483e
+class StageBase:
+    """The five questions every stage answers: its model, samples per epoch, micro-batches of a
+    step, their weight and their loss (subclass `Stage`, which adds the defaults)."""
+    name: str = ""
+    sections: dict[str, type] = {}
+    # evaluate the starting model before step 1 and log it as step 0
+    evaluate_at_start: bool = False
+
+    def __init__(self, config: TrainConfig, dist: DistInfo):
+        self.config, self.dist = config, dist
+
+    def build_model(self) -> nn.Module:
+        "A fresh model (or one loaded from `config.init_from`), on CPU, in fp32."
+        raise NotImplementedError
+
+    def num_samples(self) -> int:
+        "Training samples in one epoch (turns `training.num_epochs` into steps)."
+        raise NotImplementedError
+
+    def micro_batches(self, step: int) -> list[dict[str, Any]]:
+        """This rank's micro-batches (nested dicts of tensors) for optimiser step `step` (0-based);
+        a function of `step` and the config only."""
+        raise NotImplementedError
+
+    def batch_weight(self, batch: dict[str, Any]) -> int:
+        """How many loss terms the micro-batch contributes (targets, queries…); the step loss is
+        their global mean."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+        "Mean loss over the micro-batch's `batch_weight` terms (a scalar with a graph)."
+        raise NotImplementedError
+
+# %% ../nbs/09_trainer.ipynb #0a7ef6ac
+class Stage(StageBase):
+    """One training stage: which model, which batches, which loss. Subclasses set `name` and
+    `sections` (their config sections → dataclasses) and implement the first five methods; the
+    `Trainer` does the rest."""
+
+    @classmethod
+    def prepare_raw_config(cls, raw: dict) -> dict:
+        """Rewrite the raw config (a plain dict) before it is validated, e.g. expand a referenced
+        file; the default returns it unchanged."""
+        return raw
+
+    def batch_tokens(self, batch: dict[str, Any]) -> int:
+        "Tokens processed by the micro-batch (for throughput)."
+        return int(batch["input_ids"].numel())
+
+    def backward(self, model: nn.Module, batch: dict[str, Any], loss_scale: float,
+                 backprop: Backprop) -> Tensor:
+        """Back-propagate `loss × loss_scale` of one micro-batch into `.grad`; return the detached
+        loss."""
+        with backprop.autocast():
+            loss = self.loss(model, batch)
+        backprop.backward(loss.float() * loss_scale)
+        return loss.detach()
+
+    def data_summary(self) -> dict[str, Any]:
+        "What `--prepare` records about the data: `samples` (in one epoch), and what a stage adds."
+        return {"samples": self.num_samples()}
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        "Held-out sums on this rank (added over ranks by the trainer); `{}` for none."
+        return {}
+
+    def summarize_evaluation(self, sums: dict[str, float]) -> dict[str, float]:
+        "Turn all-reduced evaluation sums into the metrics to log."
+        return sums
+
+    def step_metrics(self, model: nn.Module) -> dict[str, float]:
+        "Values the stage adds to each step's logged row (after the optimiser step)."
+        return {}
+
+    def baseline(self) -> dict[str, float] | None:
+        "Reference numbers written once to `baseline.json` before training (None: no baseline)."
+        return None
+
+    def save_final(self, model: nn.Module, directory: Path) -> None:
+        "Write the trained model (and what is needed to use it) to `directory`."
+        save_model(model, directory)
+
+    def plot_metrics(self, run_dir: str | Path):
+        "The run's figure (saved as `loss.png`)."
+        return plot_loss(run_dir)
+
 # %% ../nbs/09_trainer.ipynb #aad98430
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups: weight decay on weight matrices and embeddings; none on biases and
@@ -513,23 +530,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, to
     return get_scheduler(config.name, optimizer, num_warmup_steps=config.warmup_for(total_steps),
                          num_training_steps=total_steps,
                          scheduler_specific_kwargs=dict(config.scheduler_kwargs) or None)
-
-# %% ../nbs/09_trainer.ipynb #9f87c078
-@dataclass
-class DistInfo:
-    "Where this process sits: rank, world size, local rank and device."
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
 # %% ../nbs/09_trainer.ipynb #f4d634d8
 def setup_distributed(config: DistributedConfig) -> DistInfo:
