@@ -40,7 +40,6 @@ PENDING_PAGES = {
     "02_corpus": "shows none of its code yet (round two)",
     "06_pairs": "being rewritten for the public dataset layouts; long lines (round two)",
     "08a_curate": "shows none of its code yet (round two)",
-    "09_trainer": "being rewritten (DeepSpeed, NaN guard, run lock); long lines (round two)",
     "09a_train": "being rewritten (stage data, seeds); long lines (round two)",
 }
 PENDING_CODE = {
@@ -58,7 +57,9 @@ KEY_DEFINITIONS = {  # the cells that implement the paper: exported and shown on
     "06_pairs": ["with_prefix", "OneSourceBatchSampler"],
     "07_filter": ["top_k_neighbours", "consistency_filter"],
     "08_negatives": ["mine_hard_negatives", "random_negatives"],
-    "09_trainer": ["Stage", "Trainer", "accumulate_gradients"],
+    "09_trainer": ["TrainConfig", "Stage", "build_optimizer", "build_scheduler", "build_backprop",
+                   "accumulate_gradients", "gradient_norm", "apply_update", "save_checkpoint", "NonFiniteGuard",
+                   "TrainingSetup", "TrainingStep", "Trainer"],
     "09a_train": ["MLMStage", "ContrastiveStage"],
     "10_embed": ["Embedder", "add_prefix", "save_sentence_transformers", "quantize_embeddings", "MTEBEncoder"],
     "11_evaluate": ["score_task", "evaluate_offline"],
