@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['train_parser', 'train', 'embed_parser', 'embed', 'evaluate_parser', 'evaluate', 'reproduce_parser', 'reproduce',
-           'demo_parser', 'demo']
+           'demo_parser', 'demo', 'curate_parser', 'curate']
 
 # %% ../nbs/13_cli.ipynb #6077e8fc
 import argparse
@@ -41,7 +41,6 @@ def train_parser() -> argparse.ArgumentParser:
                         help="with --plan: the share of the bf16 peak the run reaches (default: "
                              "0.23, stage 1's step measured on one H100)")
     return parser
-
 
 # %% ../nbs/13_cli.ipynb #de06b4a6
 def train(argv: list[str] | None = None) -> None:
@@ -228,3 +227,67 @@ def demo(argv: list[str] | None = None) -> None:
         from nomic_embed.rope import run_command  # PyTorch loads only now
         run_command(args)
     run_console("nomic_embed_demo", work)
+
+# %% ../nbs/13_cli.ipynb #94979b5e
+def curate_parser() -> argparse.ArgumentParser:
+    "The arguments of `nomic_embed_curate`: the commands filter, mine and check."
+    from nomic_embed.curate import COMMAND_OVERRIDES, OVERRIDE_TYPES, PHASES  # no PyTorch loads
+    parser = argparse.ArgumentParser(
+        prog="nomic_embed_curate",
+        description="Consistency-filter pairs (report §4.2.1) or mine hard negatives (§4.2.4) over "
+                    "sharded data; one process, or many with torchrun. Rerun the same command to "
+                    "resume after an interruption.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{filter,mine,check}")
+    work = (("filter", "keep the pairs whose document is among the query's top-k in its random "
+                       "sample"),
+            ("mine", "add a negatives column: mined from the source's corpus, random, or kept as "
+                     "published"))
+    for command, about in work:
+        sub = commands.add_parser(command, help=about, description=about)
+        sub.add_argument("--config", required=True,
+                         help="curate YAML (configs/curate_pretrain.yaml, "
+                              "configs/curate_finetune.yaml)")
+        sub.add_argument("--output", required=True,
+                         help="directory for the work files, the shards, report.json and "
+                              "pairs.yaml")
+        sub.add_argument("--sources",
+                         help="comma-separated source names to process (default: all in the "
+                              "config)")
+        for key in COMMAND_OVERRIDES[command]:
+            sub.add_argument(f"--{key.replace('_', '-')}", type=OVERRIDE_TYPES[key],
+                             help=f"override the config's {key}")
+        sub.add_argument("--device", default="auto",
+                         help="torch device; auto = cuda:LOCAL_RANK when there is a GPU, else cpu")
+        sub.add_argument("--stop-after", choices=PHASES[command],
+                         help="stop after this phase (a later run resumes)")
+        sub.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                         help="progress: a bar on a terminal, a plain line every --log-every "
+                              "seconds otherwise")
+        sub.add_argument("--log-every", type=float, default=30.0,
+                         help="seconds between progress lines when not on a terminal")
+    about = ("read the first rows of every data source a config names and check their columns "
+             "(nothing is written)")
+    sub = commands.add_parser("check", help=about, description=about)
+    sub.add_argument("--config", required=True,
+                     help="a stage config (configs/mlm_*.yaml, contrastive_*.yaml), curate or "
+                          "pairs YAML")
+    sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a stage config's value, as nomic_embed_train --set does "
+                          "(repeatable)")
+    sub.add_argument("--rows", type=int, default=3,
+                     help="rows read from each source's first file")
+    sub.add_argument("--count", action="store_true",
+                     help="also count every parquet source's rows (footers only) and, for a "
+                          "stage 2/3 config, the steps of one epoch of one-source batches")
+    return parser
+
+# %% ../nbs/13_cli.ipynb #059ee694
+def curate(argv: list[str] | None = None) -> None:
+    """Console entry point `nomic_embed_curate filter|mine --config FILE --output DIR [...]` or
+    `nomic_embed_curate check --config FILE` (under torchrun: `torchrun ... --no-python
+    nomic_embed_curate ...`)."""
+    args = curate_parser().parse_args(argv)
+    def work():
+        from nomic_embed.curate import run_command  # PyTorch loads only when there is work
+        run_command(args)
+    run_console("nomic_embed_curate", work)

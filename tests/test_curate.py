@@ -26,9 +26,12 @@ SHARDS, ROWS = 6, 40  # six input files of 40 pairs
 SETTINGS = {"teacher_max_length": 32, "batch_size": 32, "sample_size": 60, "negatives_pool": 12, "num_negatives": 7}
 
 
+CURATE = str(Path(sys.executable).parent / "nomic_embed_curate")  # the console script beside this Python
+
+
 def curate_cli(*args: str, torchrun: bool = False) -> list[str]:
     "The command line of `nomic_embed_curate`, in one process or two under torchrun."
-    return (TORCHRUN if torchrun else [sys.executable]) + ["-m", "nomic_embed.curate", *args]
+    return (TORCHRUN + ["--no-python", CURATE] if torchrun else [CURATE]) + list(args)
 
 
 def files(directory: Path) -> dict[str, str]:
@@ -86,7 +89,7 @@ def single(tmp_path_factory, inputs):
 
 
 def test_help_and_bad_arguments_answer_without_torch():
-    probe = ("import sys\nfrom nomic_embed.curate import main\n"
+    probe = ("import sys\nfrom nomic_embed.cli import curate as main\n"
              "for argv in (['--help'], ['filter', '--help'], ['mine', '--config', 'no/such.yaml', '--output', 'x']):\n"
              "    try: main(argv)\n    except SystemExit as e: print('exit', e.code)\n"
              "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'sentence_transformers') if m in sys.modules))")
@@ -101,7 +104,7 @@ def test_help_and_bad_arguments_answer_without_torch():
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, capsys, problem):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from nomic_embed.curate import main
+    from nomic_embed.cli import curate as main
     good = tmp_path / "good.parquet"
     pq.write_table(pa.table({"query": ["what is a lemma"], "document": ["a word as it appears in a dictionary"]}), good)
     source, flags, message = {"name": "s", "data_files": [str(good)]}, [], None
@@ -237,7 +240,7 @@ def test_interrupted_runs_resume_to_identical_files(tmp_path, single, inputs):
 
 
 def test_other_arguments_into_the_same_output_are_refused(single, inputs, capsys):
-    from nomic_embed.curate import main
+    from nomic_embed.cli import curate as main
     directory, _ = single
     with pytest.raises(SystemExit) as exit_info:
         main(["filter", "--config", str(inputs["filter"]), "--output", str(directory / "filtered"), "--sample-size", "1000"])
