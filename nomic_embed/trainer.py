@@ -43,18 +43,19 @@ from .utils import (CorruptFileError, DiskFullError, NonFiniteError, apply_overr
 # %% auto #0
 __all__ = ['SCHEDULES', 'TRACKERS', 'CORE_SECTIONS', 'SEED_STREAMS', 'TOP_LEVEL', 'RESUME_FREE_SECTIONS', 'STAGES',
            'TRACKER_CLASSES', 'OptimizerConfig', 'ScheduleConfig', 'TrainingConfig', 'CheckpointConfig',
-           'LoggingConfig', 'DistributedConfig', 'build_section', 'register_stage', 'Backprop', 'Stage', 'TrainConfig',
-           'check_model_keys', 'check_model_sizes', 'read_config_file', 'load_config', 'parameter_groups',
-           'build_optimizer', 'build_scheduler', 'DistInfo', 'setup_distributed', 'restoring_threads', 'all_reduce_sum',
-           'main_process_first', 'resolve_precision', 'seed_everything', 'to_device', 'data_parallel',
-           'import_deepspeed', 'deepspeed_engine', 'build_backprop', 'enable_gradient_checkpointing', 'CheckpointError',
-           'list_checkpoints', 'find_checkpoint', 'verify_checkpoint', 'tied_parameter_names', 'model_state',
-           'with_tied', 'load_model_state', 'holding_weights', 'save_checkpoint', 'load_checkpoint',
-           'refuse_used_run_dir', 'check_resume_config', 'accumulate_gradients', 'gradient_norm', 'apply_update',
-           'TrainingInterrupted', 'StopRequest', 'stop_agreed', 'NonFiniteGuard', 'Prefetcher', 'lock_run_dir',
-           'naming_a_full_disk', 'removed_on_failure', 'checkpoint_bytes', 'import_tracker', 'tracker_scalars',
-           'TensorBoardTracker', 'WandbTracker', 'TrackioTracker', 'RunFiles', 'TrainingSetup', 'Trainer',
-           'metric_rows', 'read_metrics', 'plot_loss', 'prepare_data', 'read_prepared', 'run_training',
+           'LoggingConfig', 'DistributedConfig', 'build_section', 'TrainConfig', 'check_model_keys',
+           'check_model_sizes', 'read_config_file', 'load_config', 'register_stage', 'Backprop', 'DistInfo',
+           'StageBase', 'Stage', 'parameter_groups', 'build_optimizer', 'build_scheduler', 'setup_distributed',
+           'restoring_threads', 'all_reduce_sum', 'main_process_first', 'resolve_precision', 'seed_everything',
+           'to_device', 'data_parallel', 'import_deepspeed', 'deepspeed_engine', 'build_backprop',
+           'enable_gradient_checkpointing', 'CheckpointError', 'list_checkpoints', 'find_checkpoint',
+           'verify_checkpoint', 'tied_parameter_names', 'model_state', 'with_tied', 'load_model_state',
+           'holding_weights', 'save_checkpoint', 'load_checkpoint', 'refuse_used_run_dir', 'check_resume_config',
+           'accumulate_gradients', 'gradient_norm', 'apply_update', 'TrainingInterrupted', 'StopRequest', 'stop_agreed',
+           'NonFiniteGuard', 'Prefetcher', 'lock_run_dir', 'naming_a_full_disk', 'removed_on_failure',
+           'checkpoint_bytes', 'import_tracker', 'tracker_scalars', 'TensorBoardTracker', 'WandbTracker',
+           'TrackioTracker', 'RunFiles', 'RunCheckpoints', 'check_run_start', 'TrainingSetup', 'TrainingStep',
+           'Trainer', 'metric_rows', 'read_metrics', 'plot_loss', 'prepare_data', 'read_prepared', 'run_training',
            'resolve_resume_config']
 
 # %% ../nbs/09_trainer.ipynb #85b42d43
@@ -69,30 +70,39 @@ class OptimizerConfig:
     def __post_init__(self):
         if not self.lr > 0:
             raise ValueError(f"optimizer.lr must be > 0; got {self.lr}")
-        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1
+                                           for b in self.betas):
             raise ValueError(f"optimizer.betas must be two numbers in [0, 1); got {self.betas}")
         if not self.eps > 0 or self.weight_decay < 0:
-            raise ValueError(f"optimizer.eps must be > 0 and optimizer.weight_decay >= 0; got {self.eps}, {self.weight_decay}")
+            raise ValueError("optimizer.eps must be > 0 and optimizer.weight_decay >= 0; got "
+                             f"{self.eps}, {self.weight_decay}")
 
 # %% ../nbs/09_trainer.ipynb #0cf70567
-SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
-             "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")  # transformers' get_scheduler names
+# transformers' get_scheduler names
+SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+             "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr",
+             "cosine_warmup_with_min_lr", "warmup_stable_decay")
 
 @dataclass
 class ScheduleConfig:
-    "Learning-rate schedule: a transformers `get_scheduler` name plus warmup as a fraction of the steps or a step count."
+    """Learning-rate schedule: a transformers `get_scheduler` name plus warmup as a fraction of the
+    steps or a step count."""
     name: str = "linear"
     warmup_fraction: float | None = 0.06
     warmup_steps: int | None = None
-    scheduler_kwargs: dict = field(default_factory=dict)  # passed to get_scheduler(scheduler_specific_kwargs=...)
+    # passed to get_scheduler(scheduler_specific_kwargs=...)
+    scheduler_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.name not in SCHEDULES:
-            raise ValueError(f"schedule.name must be one of {', '.join(SCHEDULES)}; got {self.name!r}")
+            raise ValueError(f"schedule.name must be one of {', '.join(SCHEDULES)}; got "
+                             f"{self.name!r}")
         if self.warmup_fraction is not None and self.warmup_steps is not None:
-            raise ValueError("set schedule.warmup_fraction or schedule.warmup_steps, not both (set the other to null)")
+            raise ValueError("set schedule.warmup_fraction or schedule.warmup_steps, not both "
+                             "(set the other to null)")
         if self.warmup_fraction is not None and not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"schedule.warmup_fraction must be in [0, 1); got {self.warmup_fraction}")
+            raise ValueError("schedule.warmup_fraction must be in [0, 1); got "
+                             f"{self.warmup_fraction}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"schedule.warmup_steps must be >= 0; got {self.warmup_steps}")
 
@@ -107,37 +117,50 @@ class ScheduleConfig:
 class TrainingConfig:
     "Length, batch geometry, clipping and precision of a run."
     max_steps: int | None = None        # optimiser steps; or
-    num_epochs: float | None = None     # passes over the training samples (rounded up to whole steps)
-    global_batch_size: int = 4096       # samples per optimiser step, over all ranks and accumulation steps
-    micro_batch_size: int | None = None  # samples per forward pass per rank; null = the rank's whole share of the batch
+    # passes over the training samples (rounded up to whole steps)
+    num_epochs: float | None = None
+    # samples per optimiser step, over all ranks and accumulation steps
+    global_batch_size: int = 4096
+    # samples per forward pass per rank; null = the rank's whole share of the batch
+    micro_batch_size: int | None = None
     max_grad_norm: float | None = None  # None or 0 = no clipping (stage 1); 1.0 for stages 2-3
-    precision: str = "auto"             # auto = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
-    gradient_checkpointing: bool = False  # recompute each block's activations in backward (less memory, +1 forward)
-    skip_nonfinite_steps: int = 0       # steps with a NaN/inf loss or gradient norm dropped before the run stops
+    # auto = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
+    precision: str = "auto"
+    # recompute each block's activations in backward (less memory, +1 forward)
+    gradient_checkpointing: bool = False
+    # steps with a NaN/inf loss or gradient norm dropped before the run stops
+    skip_nonfinite_steps: int = 0
 
     def __post_init__(self):
         if (self.max_steps is None) == (self.num_epochs is None):
             raise ValueError("set exactly one of training.max_steps and training.num_epochs")
-        if (self.max_steps is not None and self.max_steps < 1) or (self.num_epochs is not None and not self.num_epochs > 0):
-            raise ValueError(f"training.max_steps / num_epochs must be positive; got {self.max_steps} / {self.num_epochs}")
+        if ((self.max_steps is not None and self.max_steps < 1)
+                or (self.num_epochs is not None and not self.num_epochs > 0)):
+            raise ValueError("training.max_steps / num_epochs must be positive; got "
+                             f"{self.max_steps} / {self.num_epochs}")
         micro = self.micro_batch_size
-        if self.global_batch_size < 1 or (micro is not None and (micro < 1 or self.global_batch_size % micro)):
-            raise ValueError(f"training.global_batch_size ({self.global_batch_size}) must be a positive multiple of "
-                             f"training.micro_batch_size ({micro})")
+        if self.global_batch_size < 1 or (
+                micro is not None and (micro < 1 or self.global_batch_size % micro)):
+            raise ValueError(f"training.global_batch_size ({self.global_batch_size}) must be a "
+                             f"positive multiple of training.micro_batch_size ({micro})")
         if self.max_grad_norm is not None and self.max_grad_norm < 0:
-            raise ValueError(f"training.max_grad_norm must be >= 0 or null; got {self.max_grad_norm}")
+            raise ValueError("training.max_grad_norm must be >= 0 or null; got "
+                             f"{self.max_grad_norm}")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"training.precision must be auto, bf16 or fp32; got {self.precision!r}")
+            raise ValueError("training.precision must be auto, bf16 or fp32; got "
+                             f"{self.precision!r}")
         if self.skip_nonfinite_steps < 0:
-            raise ValueError(f"training.skip_nonfinite_steps must be >= 0 (0: stop at the first); got {self.skip_nonfinite_steps}")
+            raise ValueError("training.skip_nonfinite_steps must be >= 0 (0: stop at the first); "
+                             f"got {self.skip_nonfinite_steps}")
 
     def micro_batch_for(self, world_size: int) -> int:
-        "Samples per forward pass on each of `world_size` ranks (the rank's whole share when `micro_batch_size` is null)."
+        """Samples per forward pass on each of `world_size` ranks (the rank's whole share when
+        `micro_batch_size` is null)."""
         share, remainder = divmod(self.global_batch_size, world_size)
         micro = self.micro_batch_size or share
         if remainder or share % micro:
-            raise ValueError(f"training.global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size × world size "
-                             f"({micro} × {world_size})")
+            raise ValueError(f"training.global_batch_size ({self.global_batch_size}) must be a "
+                             f"multiple of micro_batch_size × world size ({micro} × {world_size})")
         return micro
 
 # %% ../nbs/09_trainer.ipynb #fe8f542b
@@ -149,9 +172,12 @@ class CheckpointConfig:
 
     def __post_init__(self):
         if self.every_steps < 1 or self.keep_last < 1:
-            raise ValueError(f"checkpoint.every_steps and checkpoint.keep_last must be >= 1; got {self.every_steps}, {self.keep_last}")
+            raise ValueError("checkpoint.every_steps and checkpoint.keep_last must be >= 1; got "
+                             f"{self.every_steps}, {self.keep_last}")
 
-TRACKERS = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "trackio": "trackio"}  # name: module
+# %% ../nbs/09_trainer.ipynb #243eb813
+# tracker name: the module that provides it
+TRACKERS = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "trackio": "trackio"}
 
 @dataclass
 class LoggingConfig:
@@ -162,41 +188,56 @@ class LoggingConfig:
     eval_batch_size: int = 32
     progress_bar: bool = True
     plot: bool = True
-    report_to: list = field(default_factory=list)  # experiment trackers: tensorboard, wandb, trackio
-    project: str = "nomic_embed"  # the trackers' project (W&B, trackio); the run is named after output_dir
+    # experiment trackers: tensorboard, wandb, trackio
+    report_to: list = field(default_factory=list)
+    # the trackers' project (W&B, trackio); the run is named after output_dir
+    project: str = "nomic_embed"
 
     def __post_init__(self):
         if self.every_steps < 1 or self.eval_every_steps < 0 or self.eval_batch_size < 1:
-            raise ValueError("logging.every_steps and logging.eval_batch_size must be >= 1, logging.eval_every_steps >= 0")
+            raise ValueError("logging.every_steps and logging.eval_batch_size must be >= 1, "
+                             "logging.eval_every_steps >= 0")
         unknown = [name for name in self.report_to if name not in TRACKERS]
         if unknown:
-            raise ValueError(f"logging.report_to: unknown tracker(s) {unknown}; choose from {', '.join(TRACKERS)}")
+            raise ValueError(f"logging.report_to: unknown tracker(s) {unknown}; choose from "
+                             f"{', '.join(TRACKERS)}")
 
+# %% ../nbs/09_trainer.ipynb #62e88e90
 @dataclass
 class DistributedConfig:
-    "Process-group backend (auto = NCCL on GPU, gloo on CPU), an optional DeepSpeed JSON config (ZeRO-2 for stage 1), and torch's CPU threads per process."
+    """Process-group backend (auto = NCCL on GPU, gloo on CPU), an optional DeepSpeed JSON config
+    (ZeRO-2 for stage 1), and torch's CPU threads per process."""
     backend: str = "auto"
     deepspeed: str | None = None
     find_unused_parameters: bool = False
-    cpu_threads: int | None = None  # torch.set_num_threads per process; null = torch's default (one per core)
-    timeout_minutes: float = 60.0  # how long a rank waits at a collective (barrier, all-reduce) before the run fails
+    # torch.set_num_threads per process; null = torch's default (one per core)
+    cpu_threads: int | None = None
+    # how long a rank waits at a collective (barrier, all-reduce) before the run fails
+    timeout_minutes: float = 60.0
 
     def __post_init__(self):
         if self.backend not in ("auto", "nccl", "gloo"):
-            raise ValueError(f"distributed.backend must be auto, nccl or gloo; got {self.backend!r}")
+            raise ValueError("distributed.backend must be auto, nccl or gloo; got "
+                             f"{self.backend!r}")
         if not self.timeout_minutes > 0:
             raise ValueError(f"distributed.timeout_minutes must be > 0; got {self.timeout_minutes}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise ValueError(f"distributed.cpu_threads must be >= 1 or null (torch's default); got {self.cpu_threads}")
+            raise ValueError("distributed.cpu_threads must be >= 1 or null (torch's default); "
+                             f"got {self.cpu_threads}")
 
-CORE_SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "training": TrainingConfig,
-                 "checkpoint": CheckpointConfig, "logging": LoggingConfig, "distributed": DistributedConfig}
-SEED_STREAMS = {"init_seed": "the model's initialisation (the global RNGs, seeded just before it is built)",
-                "data_seed": "the data order and batch sampling, MLM masks included",
-                "negative_seed": "the hard negatives a step draws from each row's pool, and random negative pools"}
-TOP_LEVEL = {"stage": "str", "seed": "int", **dict.fromkeys(SEED_STREAMS, "int | None"), "output_dir": "str",
-             "init_from": "str | None", "model": "dict"}
-RESUME_FREE_SECTIONS = ("checkpoint", "logging", "output_dir")  # may change between a run and its resume
+# %% ../nbs/09_trainer.ipynb #343ca278
+CORE_SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig,
+                 "training": TrainingConfig, "checkpoint": CheckpointConfig,
+                 "logging": LoggingConfig, "distributed": DistributedConfig}
+SEED_STREAMS = {
+    "init_seed": "the model's initialisation (the global RNGs, seeded just before it is built)",
+    "data_seed": "the data order and batch sampling, MLM masks included",
+    "negative_seed": "the hard negatives a step draws from each row's pool, "
+                     "and random negative pools"}
+TOP_LEVEL = {"stage": "str", "seed": "int", **dict.fromkeys(SEED_STREAMS, "int | None"),
+             "output_dir": "str", "init_from": "str | None", "model": "dict"}
+# may change between a run and its resume
+RESUME_FREE_SECTIONS = ("checkpoint", "logging", "output_dir")
 
 # %% ../nbs/09_trainer.ipynb #724b87a3
 def _coerce(value: Any, annotation: str, where: str) -> Any:
@@ -225,16 +266,112 @@ def _coerce(value: Any, annotation: str, where: str) -> Any:
             return value
     raise ValueError(f"{where} must be {annotation}; got {value!r} ({type(value).__name__})")
 
+# %% ../nbs/09_trainer.ipynb #1c2f212e
 def build_section(cls: type, raw: dict | None, name: str) -> Any:
-    "Instantiate the dataclass `cls` for config section `name` from `raw`, rejecting unknown keys and wrong types."
+    """Instantiate the dataclass `cls` for config section `name` from `raw`, rejecting unknown keys
+    and wrong types."""
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ValueError(f"config section '{name}' must be a mapping of keys to values; got {raw!r}")
+        raise ValueError(f"config section '{name}' must be a mapping of keys to values; got "
+                         f"{raw!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; '{name}' accepts: {', '.join(known)}")
-    return cls(**{key: _coerce(value, known[key].type, f"{name}.{key}") for key, value in raw.items()})
+        raise ValueError(f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; '{name}' "
+                         f"accepts: {', '.join(known)}")
+    return cls(**{key: _coerce(value, known[key].type, f"{name}.{key}")
+                  for key, value in raw.items()})
+
+# %% ../nbs/09_trainer.ipynb #2eb12a98
+class TrainConfig:
+    """A validated training config: top-level keys as attributes and one dataclass per section
+    (`config.training.max_steps`)."""
+
+    def __init__(self, raw: dict):
+        if not isinstance(raw, dict):
+            raise ValueError(f"a training config must be a YAML mapping; got {type(raw).__name__}")
+        stage = raw.get("stage", "mlm")
+        if stage not in STAGES:
+            known = (
+                ", ".join(sorted(STAGES))
+                or "none registered: import nomic_embed.train, which registers the three stages"
+            )
+            raise ValueError(f"stage must be one of {known}; got {stage!r}")
+        raw = STAGES[stage].prepare_raw_config(raw)
+        stage_sections = STAGES[stage].sections
+        allowed = list(TOP_LEVEL) + list(CORE_SECTIONS) + list(stage_sections)
+        unknown = sorted(set(raw) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown top-level key(s) {', '.join(unknown)} for stage {stage!r}; "
+                             f"allowed: {', '.join(allowed)}")
+        defaults = {"stage": "mlm", "seed": 42, "output_dir": f"runs/{stage}", "init_from": None,
+                    "model": {}, **dict.fromkeys(SEED_STREAMS)}
+        for key, annotation in TOP_LEVEL.items():
+            setattr(self, key, _coerce(raw.get(key, defaults[key]), annotation, key))
+        for key in SEED_STREAMS:  # each random stream defaults to `seed`
+            if getattr(self, key) is None:
+                setattr(self, key, self.seed)
+        self.model = check_model_keys(self.model)
+        # a fresh model: its sizes are checked now, not after the data is read
+        if self.init_from is None:
+            check_model_sizes(self.model)
+        self.sections = {**CORE_SECTIONS, **stage_sections}
+        for name, cls in self.sections.items():
+            setattr(self, name, build_section(cls, raw.get(name), name))
+
+    def to_dict(self) -> dict:
+        "The full config (defaults filled in) as plain YAML-able data."
+        out = {key: getattr(self, key) for key in TOP_LEVEL}
+        out.update({name: dataclasses.asdict(getattr(self, name)) for name in self.sections})
+        return json.loads(json.dumps(out))
+
+    def __repr__(self) -> str:
+        return "TrainConfig(\n" + yaml.safe_dump(self.to_dict(), sort_keys=False) + ")"
+
+# %% ../nbs/09_trainer.ipynb #6150ca33
+def check_model_keys(model: dict) -> dict:
+    "Reject `model:` keys that `NomicBertConfig` does not define (transformers configs silently accept anything)."
+    allowed = [p for p in inspect.signature(NomicBertConfig.__init__).parameters if p not in ("self", "kwargs")]
+    unknown = sorted(set(model) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join('model.' + k for k in unknown)}; NomicBertConfig accepts: {', '.join(allowed)}")
+    return model
+
+# %% ../nbs/09_trainer.ipynb #b4e57025
+def check_model_sizes(model: dict) -> None:
+    "Build `NomicBertConfig(**model)` once, so that a bad size (`hidden_size: -32`) is a config error naming `model:`."
+    try:
+        NomicBertConfig(**model)
+    except (TypeError, ValueError, ZeroDivisionError) as error:
+        raise ValueError(f"model: {error}") from None
+
+# %% ../nbs/09_trainer.ipynb #7db3a0bc
+def read_config_file(path: str | Path) -> dict:
+    "The raw content of a YAML config file; a missing, unreadable or malformed file is an error naming it."
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config {path} is a directory; give a YAML file, e.g. configs/mlm_tiny.yaml")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"config file {path} cannot be read ({error.strerror}); check its permissions") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path} is not valid YAML: {yaml_problem(error)}") from None
+    return {} if raw is None else raw
+
+# %% ../nbs/09_trainer.ipynb #ade7d233
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                raw: dict | None = None) -> TrainConfig:
+    "Read a YAML training config (or take `raw`), apply `--set` overrides and validate everything."
+    raw = read_config_file(path) if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ValueError("a training config must be a YAML mapping of keys (stage:, training:, "
+                         f"...); {path or 'the config'} holds a {type(raw).__name__}")
+    return TrainConfig(apply_overrides(raw, overrides))
 
 # %% ../nbs/09_trainer.ipynb #18b68fdf
 STAGES: dict[str, type] = {}
@@ -242,24 +379,48 @@ STAGES: dict[str, type] = {}
 def register_stage(cls: type) -> type:
     "Class decorator: make a `Stage` subclass selectable with `stage: <cls.name>` in a config."
     if not getattr(cls, "name", None):
-        raise ValueError(f"{cls.__name__} needs a class attribute `name` (the config's stage: value)")
+        raise ValueError(f"{cls.__name__} needs a class attribute `name` "
+                         "(the config's stage: value)")
     STAGES[cls.name] = cls
     return cls
 
+# %% ../nbs/09_trainer.ipynb #2b6da929
 @dataclass
 class Backprop:
-    "How a run back-propagates, settled once by the trainer: the forward's autocast, the backward call, and gradient-sync skipping."
-    autocast: Callable[[], contextlib.AbstractContextManager]  # bf16 autocast on CUDA for precision bf16; a no-op otherwise
-    backward: Callable[[Tensor], None]  # back-propagate a scalar into .grad: autograd, or DeepSpeed's engine.backward
-    no_sync: Callable[[], contextlib.AbstractContextManager]  # around every backward of a step but the last
+    """How a run back-propagates, settled once by the trainer: the forward's autocast, the backward
+    call, and gradient-sync skipping."""
+    # bf16 autocast on CUDA for precision bf16; a no-op otherwise
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    # back-propagate a scalar into .grad: autograd, or DeepSpeed's engine.backward
+    backward: Callable[[Tensor], None]
+    # around every backward of a step but the last
+    no_sync: Callable[[], contextlib.AbstractContextManager]
+
+# %% ../nbs/09_trainer.ipynb #9f87c078
+@dataclass
+class DistInfo:
+    "Where this process sits: rank, world size, local rank and device."
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
 
 # %% ../nbs/09_trainer.ipynb #b498483e
-class Stage:
-    """One training stage: which model, which batches, which loss. Subclasses set `name` and `sections` (their config
-    sections → dataclasses) and implement the first five methods; the `Trainer` does the rest."""
+class StageBase:
+    """The five questions every stage answers: its model, samples per epoch, micro-batches of a
+    step, their weight and their loss (subclass `Stage`, which adds the defaults)."""
     name: str = ""
     sections: dict[str, type] = {}
-    evaluate_at_start: bool = False  # evaluate the starting model before step 1 and log it as step 0
+    # evaluate the starting model before step 1 and log it as step 0
+    evaluate_at_start: bool = False
 
     def __init__(self, config: TrainConfig, dist: DistInfo):
         self.config, self.dist = config, dist
@@ -273,28 +434,39 @@ class Stage:
         raise NotImplementedError
 
     def micro_batches(self, step: int) -> list[dict[str, Any]]:
-        "This rank's micro-batches (nested dicts of tensors) for optimiser step `step` (0-based); a function of `step` and the config only."
+        """This rank's micro-batches (nested dicts of tensors) for optimiser step `step` (0-based);
+        a function of `step` and the config only."""
         raise NotImplementedError
 
     def batch_weight(self, batch: dict[str, Any]) -> int:
-        "How many loss terms the micro-batch contributes (targets, queries…); the step loss is their global mean."
+        """How many loss terms the micro-batch contributes (targets, queries…); the step loss is
+        their global mean."""
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         "Mean loss over the micro-batch's `batch_weight` terms (a scalar with a graph)."
         raise NotImplementedError
 
+# %% ../nbs/09_trainer.ipynb #0a7ef6ac
+class Stage(StageBase):
+    """One training stage: which model, which batches, which loss. Subclasses set `name` and
+    `sections` (their config sections → dataclasses) and implement the first five methods; the
+    `Trainer` does the rest."""
+
     @classmethod
     def prepare_raw_config(cls, raw: dict) -> dict:
-        "Rewrite the raw config (a plain dict) before it is validated, e.g. expand a referenced file; the default returns it unchanged."
+        """Rewrite the raw config (a plain dict) before it is validated, e.g. expand a referenced
+        file; the default returns it unchanged."""
         return raw
 
     def batch_tokens(self, batch: dict[str, Any]) -> int:
         "Tokens processed by the micro-batch (for throughput)."
         return int(batch["input_ids"].numel())
 
-    def backward(self, model: nn.Module, batch: dict[str, Any], loss_scale: float, backprop: Backprop) -> Tensor:
-        "Back-propagate `loss × loss_scale` of one micro-batch into `.grad`; return the detached loss."
+    def backward(self, model: nn.Module, batch: dict[str, Any], loss_scale: float,
+                 backprop: Backprop) -> Tensor:
+        """Back-propagate `loss × loss_scale` of one micro-batch into `.grad`; return the detached
+        loss."""
         with backprop.autocast():
             loss = self.loss(model, batch)
         backprop.backward(loss.float() * loss_scale)
@@ -328,139 +500,57 @@ class Stage:
         "The run's figure (saved as `loss.png`)."
         return plot_loss(run_dir)
 
-# %% ../nbs/09_trainer.ipynb #2eb12a98
-class TrainConfig:
-    "A validated training config: top-level keys as attributes and one dataclass per section (`config.training.max_steps`)."
-
-    def __init__(self, raw: dict):
-        if not isinstance(raw, dict):
-            raise ValueError(f"a training config must be a YAML mapping; got {type(raw).__name__}")
-        stage = raw.get("stage", "mlm")
-        if stage not in STAGES:
-            known = ", ".join(sorted(STAGES)) or "none registered: import nomic_embed.train, which registers the three stages"
-            raise ValueError(f"stage must be one of {known}; got {stage!r}")
-        raw = STAGES[stage].prepare_raw_config(raw)
-        stage_sections = STAGES[stage].sections
-        allowed = list(TOP_LEVEL) + list(CORE_SECTIONS) + list(stage_sections)
-        unknown = sorted(set(raw) - set(allowed))
-        if unknown:
-            raise ValueError(f"unknown top-level key(s) {', '.join(unknown)} for stage {stage!r}; allowed: {', '.join(allowed)}")
-        defaults = {"stage": "mlm", "seed": 42, "output_dir": f"runs/{stage}", "init_from": None, "model": {},
-                    **dict.fromkeys(SEED_STREAMS)}
-        for key, annotation in TOP_LEVEL.items():
-            setattr(self, key, _coerce(raw.get(key, defaults[key]), annotation, key))
-        for key in SEED_STREAMS:  # each random stream defaults to `seed`
-            if getattr(self, key) is None:
-                setattr(self, key, self.seed)
-        self.model = check_model_keys(self.model)
-        if self.init_from is None:  # a fresh model: its sizes are checked now, not after the data is read
-            check_model_sizes(self.model)
-        self.sections = {**CORE_SECTIONS, **stage_sections}
-        for name, cls in self.sections.items():
-            setattr(self, name, build_section(cls, raw.get(name), name))
-
-    def to_dict(self) -> dict:
-        "The full config (defaults filled in) as plain YAML-able data."
-        out = {key: getattr(self, key) for key in TOP_LEVEL}
-        out.update({name: dataclasses.asdict(getattr(self, name)) for name in self.sections})
-        return json.loads(json.dumps(out))
-
-    def __repr__(self) -> str:
-        return "TrainConfig(\n" + yaml.safe_dump(self.to_dict(), sort_keys=False) + ")"
-
-def check_model_keys(model: dict) -> dict:
-    "Reject `model:` keys that `NomicBertConfig` does not define (transformers configs silently accept anything)."
-    allowed = [p for p in inspect.signature(NomicBertConfig.__init__).parameters if p not in ("self", "kwargs")]
-    unknown = sorted(set(model) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join('model.' + k for k in unknown)}; NomicBertConfig accepts: {', '.join(allowed)}")
-    return model
-
-def check_model_sizes(model: dict) -> None:
-    "Build `NomicBertConfig(**model)` once, so that a bad size (`hidden_size: -32`) is a config error naming `model:`."
-    try:
-        NomicBertConfig(**model)
-    except (TypeError, ValueError, ZeroDivisionError) as error:
-        raise ValueError(f"model: {error}") from None
-
-# %% ../nbs/09_trainer.ipynb #7db3a0bc
-def read_config_file(path: str | Path) -> dict:
-    "The raw content of a YAML config file; a missing, unreadable or malformed file is an error naming it."
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"config {path} is a directory; give a YAML file, e.g. configs/mlm_tiny.yaml")
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ValueError(f"config file {path} cannot be read ({error.strerror}); check its permissions") from None
-    except UnicodeDecodeError as error:
-        raise ValueError(f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"config file {path} is not valid YAML: {yaml_problem(error)}") from None
-    return {} if raw is None else raw
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> TrainConfig:
-    "Read a YAML training config (or take `raw`), apply `--set` overrides and validate everything."
-    raw = read_config_file(path) if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ValueError(f"a training config must be a YAML mapping of keys (stage:, training:, ...); "
-                         f"{path or 'the config'} holds a {type(raw).__name__}")
-    return TrainConfig(apply_overrides(raw, overrides))
-
 # %% ../nbs/09_trainer.ipynb #aad98430
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    "Two AdamW groups: weight decay on weight matrices and embeddings; none on biases and normalisation parameters."
-    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
-    no_decay_ids = {id(p) for m in model.modules() if isinstance(m, norm_types) for p in m.parameters(recurse=False)}
+    """Two AdamW groups: weight decay on weight matrices and embeddings; none on biases and
+    normalisation parameters."""
+    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d) + (
+        (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+    )
+    no_decay_ids = {id(p) for m in model.modules() if isinstance(m, norm_types)
+                    for p in m.parameters(recurse=False)}
     decay, no_decay = [], []
     for _, param in model.named_parameters():  # each shared (tied) parameter once
         if param.requires_grad:
             (no_decay if param.ndim < 2 or id(param) in no_decay_ids else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay,
+                                                              "weight_decay": 0.0}]
 
+# %% ../nbs/09_trainer.ipynb #af380666
 def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
     "AdamW over `parameter_groups` with the config's lr, betas, eps and weight decay."
-    return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+    return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                             betas=tuple(config.betas), eps=config.eps)
 
+# %% ../nbs/09_trainer.ipynb #a31d3e84
 def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, total_steps: int):
-    "transformers' `get_scheduler` with the config's name, warmup and extra kwargs, stepped once per optimiser step."
+    """transformers' `get_scheduler` with the config's name, warmup and extra kwargs, stepped once
+    per optimiser step."""
     from transformers import get_scheduler
     return get_scheduler(config.name, optimizer, num_warmup_steps=config.warmup_for(total_steps),
-                         num_training_steps=total_steps, scheduler_specific_kwargs=dict(config.scheduler_kwargs) or None)
+                         num_training_steps=total_steps,
+                         scheduler_specific_kwargs=dict(config.scheduler_kwargs) or None)
 
-# %% ../nbs/09_trainer.ipynb #9f87c078
-@dataclass
-class DistInfo:
-    "Where this process sits: rank, world size, local rank and device."
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
+# %% ../nbs/09_trainer.ipynb #f4d634d8
 def setup_distributed(config: DistributedConfig) -> DistInfo:
     "Join the torchrun process group if `WORLD_SIZE` > 1 and pick this rank's device."
     rank, world_size, local_rank = launch_rank()
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if config.cpu_threads:  # small models on shared cores: every extra thread is a barrier that can stall
+    # small models on shared cores: every extra thread is a barrier that can stall
+    if config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not torch.distributed.is_initialized():
-        backend = config.backend if config.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
-        timeout = datetime.timedelta(minutes=config.timeout_minutes)  # NCCL's default, 10 minutes, is too short here
+        backend = config.backend
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        # NCCL's default, 10 minutes, is too short here
+        timeout = datetime.timedelta(minutes=config.timeout_minutes)
         torch.distributed.init_process_group(backend=backend, timeout=timeout)
     return DistInfo(rank, world_size, local_rank, device)
 
+# %% ../nbs/09_trainer.ipynb #ce417b5b
 @contextlib.contextmanager
 def restoring_threads(count: int) -> Iterator[None]:
     "Set torch's CPU thread count back to `count` when the block ends: `cpu_threads` is the training loop's, not its caller's."
@@ -469,6 +559,7 @@ def restoring_threads(count: int) -> Iterator[None]:
     finally:
         torch.set_num_threads(count)
 
+# %% ../nbs/09_trainer.ipynb #2fb26adc
 def all_reduce_sum(values: list[float], dist: DistInfo) -> list[float]:
     "Sum a few numbers over all ranks (float64); returns them unchanged in a single process."
     if not dist.distributed:
@@ -477,6 +568,7 @@ def all_reduce_sum(values: list[float], dist: DistInfo) -> list[float]:
     torch.distributed.all_reduce(tensor)
     return tensor.tolist()
 
+# %% ../nbs/09_trainer.ipynb #e1a88fb7
 @contextlib.contextmanager
 def main_process_first(dist: DistInfo) -> Iterator[None]:
     "Let rank 0 run the block (e.g. build a cache) before the other ranks run it."
@@ -488,19 +580,23 @@ def main_process_first(dist: DistInfo) -> Iterator[None]:
 
 # %% ../nbs/09_trainer.ipynb #b75830e3
 def resolve_precision(precision: str, device: torch.device) -> str:
-    "'auto' → 'bf16' on CUDA, 'fp32' elsewhere; 'bf16' on CPU is refused (no bf16 hardware assumed)."
+    """'auto' → 'bf16' on CUDA, 'fp32' elsewhere; 'bf16' on CPU is refused (no bf16 hardware
+    assumed)."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "bf16" and device.type != "cuda":
         raise ValueError("training.precision bf16 needs a CUDA device; use fp32 (or auto) on CPU")
     return precision
 
+# %% ../nbs/09_trainer.ipynb #8b72240c
 def seed_everything(seed: int) -> None:
     "Seed Python, numpy and torch (all devices) identically on every rank."
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
 
+# %% ../nbs/09_trainer.ipynb #1870f447
 def to_device(batch: Any, device: torch.device | str) -> Any:
-    "`batch` with every tensor, however deeply nested in dicts, lists and tuples, moved to `device`."
+    """`batch` with every tensor, however deeply nested in dicts, lists and tuples, moved to
+    `device`."""
     if isinstance(batch, Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
@@ -510,16 +606,22 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     return batch
 
 # %% ../nbs/09_trainer.ipynb #3bb7f079
-def data_parallel(model: nn.Module, dist: DistInfo, find_unused_parameters: bool = False) -> nn.Module:
+def data_parallel(model: nn.Module, dist: DistInfo,
+                  find_unused_parameters: bool = False) -> nn.Module:
     "`model` wrapped in DDP when there are several processes (else unchanged)."
     if not dist.distributed:
         return model
-    ignored = getattr(model, "ddp_ignored_parameters", None)  # parameters whose gradients the stage reduces itself
+    # parameters whose gradients the stage reduces itself
+    ignored = getattr(model, "ddp_ignored_parameters", None)
     if ignored:
-        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, ignored
+        )
     device_ids = [dist.device.index] if dist.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                               find_unused_parameters=find_unused_parameters)
 
+# %% ../nbs/09_trainer.ipynb #7300a2b8
 def import_deepspeed():
     "The `deepspeed` module, or an ImportError that says how to install it or run without it."
     try:
@@ -529,34 +631,45 @@ def import_deepspeed():
                           "(CUDA machines), or set distributed.deepspeed: null to use DDP") from error
     return deepspeed
 
-def deepspeed_engine(model: nn.Module, optimizer, scheduler, config: TrainConfig, world_size: int, precision: str):
-    "(engine, optimizer, scheduler) of DeepSpeed for `model`, from the JSON config `distributed.deepspeed` and the run's batch geometry."
+# %% ../nbs/09_trainer.ipynb #0d226e73
+def deepspeed_engine(model: nn.Module, optimizer, scheduler, config: TrainConfig, world_size: int,
+                     precision: str):
+    """(engine, optimizer, scheduler) of DeepSpeed for `model`, from the JSON config
+    `distributed.deepspeed` and the run's batch geometry."""
     t = config.training
     ds_config = json.loads(Path(config.distributed.deepspeed).read_text())
     micro = t.micro_batch_for(world_size)
-    ds_config.update({"train_batch_size": t.global_batch_size, "train_micro_batch_size_per_gpu": micro,
+    ds_config.update({"train_batch_size": t.global_batch_size,
+                      "train_micro_batch_size_per_gpu": micro,
                       "gradient_accumulation_steps": t.global_batch_size // (micro * world_size),
                       "gradient_clipping": t.max_grad_norm or 0.0})
     ds_config.setdefault("bf16", {})["enabled"] = precision == "bf16"
-    engine, optimizer, _, scheduler = import_deepspeed().initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    engine, optimizer, _, scheduler = import_deepspeed().initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine, optimizer, scheduler
 
 # %% ../nbs/09_trainer.ipynb #db99e581
 @contextlib.contextmanager
 def _accumulating(engine) -> Iterator[None]:
-    "DeepSpeed: the backward passes inside are not the step's last, so no accumulation boundary (no optimiser step)."
+    """DeepSpeed: the backward passes inside are not the step's last, so no accumulation boundary
+    (no optimiser step)."""
     engine.set_gradient_accumulation_boundary(False)
     try:
         yield
     finally:
         engine.set_gradient_accumulation_boundary(True)
 
-def build_backprop(train_model: nn.Module, engine, precision: str, device: torch.device) -> Backprop:
-    "The run's `Backprop`: bf16 autocast or none; autograd or DeepSpeed's backward; DDP's `no_sync`, DeepSpeed's non-boundary or nothing."
-    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+# %% ../nbs/09_trainer.ipynb #8b5b35f5
+def build_backprop(train_model: nn.Module, engine, precision: str,
+                   device: torch.device) -> Backprop:
+    """The run's `Backprop`: bf16 autocast or none; autograd or DeepSpeed's backward; DDP's
+    `no_sync`, DeepSpeed's non-boundary or nothing."""
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16,
+                       enabled=precision == "bf16")
     if engine is not None:
         engine.set_gradient_accumulation_boundary(True)
-        return Backprop(autocast, partial(engine.backward, scale_wrt_gas=False), partial(_accumulating, engine))
+        return Backprop(autocast, partial(engine.backward, scale_wrt_gas=False),
+                        partial(_accumulating, engine))
     if isinstance(train_model, nn.parallel.DistributedDataParallel):
         return Backprop(autocast, Tensor.backward, train_model.no_sync)
     return Backprop(autocast, Tensor.backward, contextlib.nullcontext)
@@ -566,8 +679,8 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
     "Recompute each encoder block's activations in backward instead of keeping them."
     encoders = [m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)]
     if not encoders:
-        raise ValueError(f"training.gradient_checkpointing: {type(model).__name__} has no module that "
-                         "supports it; set it to false")
+        raise ValueError(f"training.gradient_checkpointing: {type(model).__name__} has no module "
+                         "that supports it; set it to false")
     encoders[0].activation_checkpointing_enable({"use_reentrant": False})
     return model
 
@@ -575,37 +688,45 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
 class CheckpointError(CorruptFileError):
     "A checkpoint is missing, incomplete or corrupted."
 
+# %% ../nbs/09_trainer.ipynb #1678fca5
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     "Complete checkpoints of a run (`checkpoints/step-*` with a manifest), oldest first."
     root = Path(run_dir) / "checkpoints"
     found = [p for p in root.glob("step-*") if p.is_dir() and p.name[5:].isdigit() and (p / "manifest.json").exists()] if root.is_dir() else []
     return sorted(found, key=lambda p: int(p.name[5:]))
 
+# %% ../nbs/09_trainer.ipynb #c7323576
 def find_checkpoint(path: str | Path) -> Path:
-    "The checkpoint to resume from: `path` itself if it is one, else the latest complete checkpoint of the run directory `path`."
+    """The checkpoint to resume from: `path` itself if it is one, else the latest complete
+    checkpoint of the run directory `path`."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"resume directory {path} does not exist; pass a run directory (output_dir) or one of its checkpoints/step-* directories")
+        raise FileNotFoundError(f"resume directory {path} does not exist; pass a run directory "
+                                "(output_dir) or one of its checkpoints/step-* directories")
     if (path / "manifest.json").exists():
         if not (path / "trainer_state.json").exists():
-            raise CheckpointError(f"{path} is a model directory, not a checkpoint; resume from the run directory "
-                                  f"{path.parent} (or one of its checkpoints/step-*)")
+            raise CheckpointError(f"{path} is a model directory, not a checkpoint; resume from the "
+                                  f"run directory {path.parent} (or one of its checkpoints/step-*)")
         return path
     found = list_checkpoints(path)
     if not found:
-        raise CheckpointError(f"no complete checkpoint in {path} (looked for {path}/checkpoints/step-*/manifest.json)")
+        raise CheckpointError(f"no complete checkpoint in {path} (looked for "
+                              f"{path}/checkpoints/step-*/manifest.json)")
     return found[-1]
 
+# %% ../nbs/09_trainer.ipynb #cee05f5b
 def verify_checkpoint(checkpoint: str | Path) -> dict:
-    "Check every file of a checkpoint against its manifest (size and SHA-256); return its trainer state or raise `CheckpointError`."
+    """Check every file of a checkpoint against its manifest (size and SHA-256); return its trainer
+    state or raise `CheckpointError`."""
     checkpoint = Path(checkpoint)
     try:
         if verify_manifest(checkpoint) is None:
             raise CorruptFileError(f"{checkpoint} has no manifest.json, so it is incomplete")
         return load_json(checkpoint / "trainer_state.json")
     except (CorruptFileError, ValueError, OSError) as error:
-        raise CheckpointError(f"checkpoint {checkpoint} is corrupted: {error}; nothing was changed — or resume "
-                              f"from an earlier checkpoint of {checkpoint.parent}") from None
+        raise CheckpointError(f"checkpoint {checkpoint} is corrupted: {error}; nothing was changed "
+                              "— or resume from an earlier checkpoint of "
+                              f"{checkpoint.parent}") from None
 
 # %% ../nbs/09_trainer.ipynb #250bcc45
 def _rng_state() -> dict:
@@ -665,14 +786,17 @@ def with_tied(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor
             state.update({name: state[names[0]] for name in names[1:]})
     return state
 
+# %% ../nbs/09_trainer.ipynb #5539967e
 def load_model_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    "Copy a `model_state` into `model` (cast to its dtype); a missing or unknown tensor is an error."
+    """Copy a `model_state` into `model` (cast to its dtype); a missing or unknown tensor is an
+    error."""
     model.load_state_dict(with_tied(model, state), strict=True)
 
 # %% ../nbs/09_trainer.ipynb #aac93505
 @contextlib.contextmanager
 def holding_weights(model: nn.Module, state: Mapping[str, Tensor]) -> Iterator[nn.Module]:
-    "Within the block `model`'s parameters are `state`'s tensors (the fp32 masters); afterwards their own."
+    """Within the block `model`'s parameters are `state`'s tensors (the fp32 masters); afterwards
+    their own."""
     state, params = with_tied(model, state), dict(model.named_parameters())
     own = {name: param.data for name, param in params.items()}
     try:
@@ -684,10 +808,12 @@ def holding_weights(model: nn.Module, state: Mapping[str, Tensor]) -> Iterator[n
             param.data = own[name]
 
 # %% ../nbs/09_trainer.ipynb #1a1dc458
-def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, scheduler, trainer_state: dict,
-                    dist: DistInfo, keep_last: int = 2, write_extra=None, engine=None) -> Path:
-    """Write checkpoint `step` atomically (temp dir → rename) with a SHA-256 manifest; keep the newest `keep_last`.
-    `optimizer`/`scheduler` may be None (DeepSpeed saves them itself through `write_extra(tmp_dir)`, called on every rank)."""
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, scheduler,
+                    trainer_state: dict, dist: DistInfo, keep_last: int = 2, write_extra=None,
+                    engine=None) -> Path:
+    """Write checkpoint `step` atomically (temp dir → rename) with a SHA-256 manifest; keep the
+    newest `keep_last`. `optimizer`/`scheduler` may be None (DeepSpeed saves them itself through
+    `write_extra(tmp_dir)`, called on every rank)."""
     from safetensors.torch import save_file
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step-{step:06d}", root / f"step-{step:06d}.tmp"
@@ -699,9 +825,11 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, sched
     torch.save(_rng_state(), tmp / f"rng-rank{dist.rank}.pt")
     if write_extra is not None:
         write_extra(tmp)
-    weights = model_state(model, engine) if dist.is_main or engine is not None else None  # DeepSpeed: every rank gathers
+    # DeepSpeed: every rank gathers
+    weights = model_state(model, engine) if dist.is_main or engine is not None else None
     if dist.is_main:
-        with atomic_file(tmp / "model.safetensors") as path:  # safetensors itself would create the file 0600
+        # safetensors itself would create the file 0600
+        with atomic_file(tmp / "model.safetensors") as path:
             save_file(weights, str(path), metadata={"format": "pt"})
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -721,24 +849,29 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, sched
     return final
 
 # %% ../nbs/09_trainer.ipynb #b8c6e421
-def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer, scheduler, dist: DistInfo) -> dict:
-    "Restore model, optimiser, scheduler and this rank's RNG state from a verified checkpoint; return its trainer state."
+def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer, scheduler,
+                    dist: DistInfo) -> dict:
+    """Restore model, optimiser, scheduler and this rank's RNG state from a verified checkpoint;
+    return its trainer state."""
     from safetensors.torch import load_file
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     load_model_state(model, load_file(checkpoint / "model.safetensors", device=str(dist.device)))
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=dist.device, weights_only=True))
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=dist.device,
+                                             weights_only=True))
     if scheduler is not None:
         scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
     rng_file = checkpoint / f"rng-rank{dist.rank}.pt"
     if state.get("world_size") == dist.world_size and rng_file.exists():
         _set_rng_state(torch.load(rng_file, weights_only=True))
     else:
-        warnings.warn(f"resuming on {dist.world_size} processes from a {state.get('world_size')}-process checkpoint: "
-                      "RNG states re-seeded (the data order, masks and negatives do not depend on them)")
+        warnings.warn(f"resuming on {dist.world_size} processes from a "
+                      f"{state.get('world_size')}-process checkpoint: RNG states re-seeded (the "
+                      "data order, masks and negatives do not depend on them)")
         seed_everything(state["config"]["seed"] + state["step"] * 1000 + dist.rank)
     return state
 
+# %% ../nbs/09_trainer.ipynb #aa136dc0
 def refuse_used_run_dir(run_dir: Path) -> None:
     "Raise if `run_dir` already holds a run: a fresh start there would mix two runs' metrics and checkpoints."
     used = [name for name in ("metrics.jsonl", "checkpoints", "final") if (run_dir / name).exists()]
@@ -746,32 +879,44 @@ def refuse_used_run_dir(run_dir: Path) -> None:
         raise FileExistsError(f"output_dir {str(run_dir)!r} already holds a run ({', '.join(used)}); continue it with "
                               f"--resume {run_dir}, or choose a new output_dir (delete the old one to start over)")
 
+# %% ../nbs/09_trainer.ipynb #1139a51d
 def check_resume_config(saved: dict, config: TrainConfig) -> None:
-    "Refuse to resume with a config that would change the result (only checkpoint/logging/output_dir may differ)."
-    saved, current = load_config(raw=saved).to_dict(), config.to_dict()  # both through the same validation and defaults
-    for both in (saved, current):  # how many diverged steps to skip may change: resuming before one is how it is used
+    """Refuse to resume with a config that would change the result (only
+    checkpoint/logging/output_dir may differ)."""
+    # both through the same validation and defaults
+    saved, current = load_config(raw=saved).to_dict(), config.to_dict()
+    # how many diverged steps to skip may change: resuming before one is how it is used
+    for both in (saved, current):
         both["training"].pop("skip_nonfinite_steps", None)
-    changed = [key for key in sorted(set(saved) | set(current)) if key not in RESUME_FREE_SECTIONS and saved.get(key) != current.get(key)]
+    changed = [key for key in sorted(set(saved) | set(current))
+               if key not in RESUME_FREE_SECTIONS and saved.get(key) != current.get(key)]
     if changed:
-        raise ValueError(f"the config differs from the checkpoint's in {', '.join(changed)}; an exact resume needs the same "
-                         "settings (omit --config to reuse the checkpoint's, or start a new run)")
+        raise ValueError(f"the config differs from the checkpoint's in {', '.join(changed)}; an "
+                         "exact resume needs the same settings (omit --config to reuse the "
+                         "checkpoint's, or start a new run)")
 
 # %% ../nbs/09_trainer.ipynb #d38863a2
-def accumulate_gradients(stage: Stage, model: nn.Module, batches: list[dict], backprop: Backprop, dist: DistInfo) -> tuple[Tensor, int]:
-    "Back-propagate every micro-batch of one step into `.grad`; return this rank's share of the step loss and its tokens."
+def accumulate_gradients(stage: Stage, model: nn.Module, batches: list[dict], backprop: Backprop,
+                         dist: DistInfo) -> tuple[Tensor, int]:
+    """Back-propagate every micro-batch of one step into `.grad`; return this rank's share of the
+    step loss and its tokens."""
     weights = [stage.batch_weight(batch) for batch in batches]
     (global_weight,) = all_reduce_sum([sum(weights)], dist)
     if global_weight == 0:
-        raise RuntimeError("a step has no loss terms (e.g. no masked tokens); check the masking rate and chunk length")
+        raise RuntimeError("a step has no loss terms (e.g. no masked tokens); check the masking "
+                           "rate and chunk length")
     step_loss, tokens = torch.zeros((), dtype=torch.float64, device=dist.device), 0
     for index, (batch, weight) in enumerate(zip(batches, weights)):
         tokens += stage.batch_tokens(batch)  # on the host copy: no device sync
-        loss_scale = weight / global_weight * dist.world_size  # this micro-batch's share of the global mean; × world: DDP averages
-        with backprop.no_sync() if index < len(batches) - 1 else contextlib.nullcontext():  # one gradient sync per step
+        # this micro-batch's share of the global mean; × world: DDP averages
+        loss_scale = weight / global_weight * dist.world_size
+        # one gradient sync per step
+        with backprop.no_sync() if index < len(batches) - 1 else contextlib.nullcontext():
             loss = stage.backward(model, to_device(batch, dist.device), loss_scale, backprop)
         step_loss += loss.double() * (weight / global_weight)
     return step_loss, tokens
 
+# %% ../nbs/09_trainer.ipynb #ee51d6c2
 def gradient_norm(model: nn.Module, max_grad_norm: float | None) -> Tensor:
     "The global L2 norm of the gradients; then they are clipped to `max_grad_norm` if it is set."
     params = [p for p in model.parameters() if p.grad is not None]
@@ -780,6 +925,7 @@ def gradient_norm(model: nn.Module, max_grad_norm: float | None) -> Tensor:
         torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
     return norm
 
+# %% ../nbs/09_trainer.ipynb #ce9723be
 def apply_update(optimizer, scheduler, engine=None) -> None:
     "Step the optimiser and the schedule, zero the gradients; DeepSpeed's engine does it all."
     if engine is not None:
@@ -791,7 +937,8 @@ def apply_update(optimizer, scheduler, engine=None) -> None:
 
 # %% ../nbs/09_trainer.ipynb #1cc94693
 class TrainingInterrupted(KeyboardInterrupt):
-    "Training stopped on SIGINT/SIGTERM after a completed step, whose checkpoint was written; the message says how to resume."
+    """Training stopped on SIGINT/SIGTERM after a completed step, whose checkpoint was written; the
+    message says how to resume."""
 
     def __init__(self, message: str, signal_name: str | None = None):
         super().__init__(message)
@@ -802,18 +949,22 @@ class TrainingInterrupted(KeyboardInterrupt):
         "128 + the signal's number, the shell's convention (130 for Ctrl-C, 143 for SIGTERM)."
         return 128 + int(getattr(signal, self.signal_name or "SIGINT", signal.SIGINT))
 
+# %% ../nbs/09_trainer.ipynb #4c2eac55
 class StopRequest:
-    "Within `with StopRequest() as stop:`, SIGINT and SIGTERM set `stop.signal` (the signal's name) instead of killing the process."
+    """Within `with StopRequest() as stop:`, SIGINT and SIGTERM set `stop.signal` (the signal's
+    name) instead of killing the process."""
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
         self.signals, self.signal, self.previous = signals, None, {}
 
     def _handle(self, signum: int, frame) -> None:
         self.signal = signal.Signals(signum).name
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+        # a second Ctrl-C interrupts at once
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set from the main thread
+        # handlers can only be set from the main thread
+        if threading.current_thread() is threading.main_thread():
             self.previous = {sig: signal.signal(sig, self._handle) for sig in self.signals}
         return self
 
@@ -821,6 +972,7 @@ class StopRequest:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
+# %% ../nbs/09_trainer.ipynb #28ed15f7
 def stop_agreed(stop: StopRequest, dist: DistInfo) -> bool:
     "Whether any rank was asked to stop (every rank gets the same answer)."
     (requests,) = all_reduce_sum([1.0 if stop.signal else 0.0], dist)
@@ -862,7 +1014,8 @@ class Prefetcher:
     def __init__(self, make: Callable[[int], Any], total_steps: int):
         from concurrent.futures import ThreadPoolExecutor
         self.make, self.total_steps = make, total_steps
-        self.pool, self.pending = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches"), {}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
+        self.pending = {}
 
     def __call__(self, step: int) -> Any:
         "`make(step)`, computed ahead when possible; starts `make(step + 1)` before returning."
@@ -884,6 +1037,7 @@ def lock_run_dir(run_dir: Path) -> contextlib.ExitStack:
                          "make it writable") from None
     return stack
 
+# %% ../nbs/09_trainer.ipynb #48aab59c
 @contextlib.contextmanager
 def naming_a_full_disk(what: str, directory: Path, needed: int | None = None) -> Iterator[None]:
     "A full disk while the block writes into `directory` becomes a `DiskFullError` naming `what` (and `needed`)."
@@ -894,6 +1048,7 @@ def naming_a_full_disk(what: str, directory: Path, needed: int | None = None) ->
             raise DiskFullError(what, directory, needed) from error  # the free space measured now
         raise
 
+# %% ../nbs/09_trainer.ipynb #fbc044d5
 @contextlib.contextmanager
 def removed_on_failure(tmp: Path, what: str, needed: int | None = None) -> Iterator[Path]:
     "Remove the temporary directory `tmp` if the block fails; a full disk becomes a `DiskFullError` naming `what`."
@@ -904,6 +1059,7 @@ def removed_on_failure(tmp: Path, what: str, needed: int | None = None) -> Itera
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
+# %% ../nbs/09_trainer.ipynb #2e895def
 def checkpoint_bytes(run_dir: Path, model: nn.Module) -> int:
     "About the bytes a checkpoint needs: the last one's size, or the weights and AdamW's two moments in fp32."
     kept = list_checkpoints(run_dir)
@@ -918,9 +1074,11 @@ def import_tracker(name: str):
     try:
         return importlib.import_module(TRACKERS[name])
     except ImportError as error:
-        raise ImportError(f"logging.report_to names {name}, which is not installed: pip install {name} (or "
-                          "'nomic_embed[tracking]' for all three), or remove it from logging.report_to") from error
+        raise ImportError(f"logging.report_to names {name}, which is not installed: pip install "
+                          f"{name} (or 'nomic_embed[tracking]' for all three), or remove it from "
+                          "logging.report_to") from error
 
+# %% ../nbs/09_trainer.ipynb #f49d5c8b
 def tracker_scalars(row: dict) -> tuple[int, dict[str, float]]:
     "A metrics row as (step, {`train/<key>` or `eval/<key>`: number}); other values are left out."
     evaluation = any(key.startswith("eval_") for key in row)
@@ -945,16 +1103,18 @@ class TensorBoardTracker:
     def close(self) -> None:
         self.writer.close()
 
+# %% ../nbs/09_trainer.ipynb #0b0737c1
 class WandbTracker:
-    "A Weights & Biases run (`WANDB_MODE=offline` logs without a network); a resume continues its id."
+    """A Weights & Biases run (`WANDB_MODE=offline` logs without a network); a resume continues its
+    id."""
 
     def __init__(self, run_dir: Path, config: TrainConfig, step: int):
         wandb, id_file = import_tracker("wandb"), run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         with atomic_file(id_file) as written:
             written.write_text(run_id)
-        self.run = wandb.init(project=config.logging.project, name=run_dir.name, dir=str(run_dir), id=run_id,
-                              resume="allow", config=config.to_dict())
+        self.run = wandb.init(project=config.logging.project, name=run_dir.name, dir=str(run_dir),
+                              id=run_id, resume="allow", config=config.to_dict())
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         self.run.log(scalars, step=step)
@@ -962,13 +1122,16 @@ class WandbTracker:
     def close(self) -> None:
         self.run.finish()
 
+# %% ../nbs/09_trainer.ipynb #b8869363
 class TrackioTracker:
-    "A trackio run in its local database (`TRACKIO_DIR`); a resume continues the run of the same name."
+    """A trackio run in its local database (`TRACKIO_DIR`); a resume continues the run of the same
+    name."""
 
     def __init__(self, run_dir: Path, config: TrainConfig, step: int):
         self.trackio = import_tracker("trackio")
-        self.trackio.init(project=config.logging.project, name=run_dir.name, config=config.to_dict(),
-                          resume="allow", embed=False, auto_log_cpu=False, auto_log_gpu=False)
+        self.trackio.init(project=config.logging.project, name=run_dir.name,
+                          config=config.to_dict(), resume="allow", embed=False, auto_log_cpu=False,
+                          auto_log_gpu=False)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         self.trackio.log(scalars, step=step)
@@ -976,7 +1139,9 @@ class TrackioTracker:
     def close(self) -> None:
         self.trackio.finish()
 
-TRACKER_CLASSES = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "trackio": TrackioTracker}
+# %% ../nbs/09_trainer.ipynb #71c26d0d
+TRACKER_CLASSES = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker,
+                   "trackio": TrackioTracker}
 
 # %% ../nbs/09_trainer.ipynb #ef38f062
 class RunFiles:
@@ -1035,9 +1200,74 @@ class RunFiles:
                 plt.close(figure)
         return final
 
+# %% ../nbs/09_trainer.ipynb #121f71cb
+class RunCheckpoints:
+    """The checkpoint half of `TrainingSetup`: restore the run being resumed, and write the current
+    step's checkpoint (its model, optimiser, schedule, RNG states and trainer state)."""
+
+    def restore(self) -> int:
+        """Load the checkpoint being resumed (model, optimiser, schedule, RNG states); return its
+        step."""
+        # DeepSpeed keeps its partitioned optimiser state in its own files
+        if self.engine is not None:
+            self.engine.load_checkpoint(str(self.resume_from / "deepspeed"), tag="state")
+            state = load_checkpoint(self.resume_from, self.model, None, None, self.dist)
+        else:
+            state = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler,
+                                    self.dist)
+        self.guard.skipped = state.get("nonfinite_steps", 0)
+        return state["step"]
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (with DeepSpeed: its own partitioned optimiser
+        files under `deepspeed/`)."""
+        check_finite(self.model.state_dict(), f"the model after step {self.step}", "not saved "
+                     "(every rank checks the same weights and stops); the checkpoints stay")
+        state = {"step": self.step, "total_steps": self.total_steps,
+                 "world_size": self.dist.world_size,
+                 "samples_seen": self.step * self.config.training.global_batch_size,
+                 "config": self.config.to_dict(), "torch": torch.__version__,
+                 "nonfinite_steps": self.guard.skipped}
+        tmp = self.run_dir / "checkpoints" / f"step-{self.step:06d}.tmp"  # on a full disk: removed
+        needed = checkpoint_bytes(self.run_dir, self.model)
+        with removed_on_failure(tmp, f"checkpoint {tmp.stem} of {self.run_dir}", needed):
+            return self.write_checkpoint(state)
+
+    def write_checkpoint(self, state: dict) -> Path:
+        "`save_checkpoint` of the current step with the trainer state `state`."
+        if self.engine is not None:  # every rank writes its partition
+            write_shards = lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"),
+                                                                   tag="state")
+            return save_checkpoint(self.run_dir, self.step, self.model, None, None, state,
+                                   self.dist, self.config.checkpoint.keep_last, write_shards,
+                                   self.engine)
+        return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler,
+                               state, self.dist, self.config.checkpoint.keep_last)
+
+# %% ../nbs/09_trainer.ipynb #6d2296a7
+def check_run_start(config: TrainConfig, resume: str | Path | None) -> Path | None:
+    """What can be refused before any work: the checkpoint to resume (verified, and its config
+    the same), or a fresh run in an unused directory; DeepSpeed and the trackers installed."""
+    resume_from = None
+    if resume is not None:  # verify before touching anything
+        resume_from = find_checkpoint(resume)
+        check_resume_config(verify_checkpoint(resume_from)["config"], config)
+    else:
+        refuse_used_run_dir(Path(config.output_dir))
+    if config.distributed.deepspeed:
+        import_deepspeed()  # a missing DeepSpeed is reported before any data is built
+    for tracker in config.logging.report_to if is_rank_zero() else []:
+        import_tracker(tracker)  # and a missing tracker
+    if config.distributed.deepspeed and config.training.skip_nonfinite_steps:
+        raise ValueError("training.skip_nonfinite_steps needs the trainer's optimiser step; "
+                         "DeepSpeed's engine has reduced the gradients into its partitions: "
+                         "set it to 0 with distributed.deepspeed")
+    return resume_from
+
 # %% ../nbs/09_trainer.ipynb #7df6a155
-class TrainingSetup:
-    "Everything a run is made of, built from a `TrainConfig` (and a checkpoint to resume): processes, stage, model, optimiser, schedule, backprop."
+class TrainingSetup(RunCheckpoints):
+    """Everything a run is made of, built from a `TrainConfig` (and a checkpoint to resume):
+    processes, stage, model, optimiser, schedule, backprop."""
 
     def __init__(self, config: TrainConfig, resume: str | Path | None = None):
         self.run_dir, self.created = Path(config.output_dir), not Path(config.output_dir).exists()
@@ -1051,27 +1281,17 @@ class TrainingSetup:
 
     def setup(self, config: TrainConfig, resume: str | Path | None) -> None:
         "Verify a checkpoint to resume, join the processes, build stage, model, optimiser…"
-        self.config, self.resume_from = config, None
-        if resume is not None:  # verify before touching anything
-            self.resume_from = find_checkpoint(resume)
-            check_resume_config(verify_checkpoint(self.resume_from)["config"], config)
-        else:
-            refuse_used_run_dir(Path(config.output_dir))
-        if config.distributed.deepspeed:
-            import_deepspeed()  # a missing DeepSpeed is reported before any data is built
-        for tracker in config.logging.report_to if is_rank_zero() else []:
-            import_tracker(tracker)  # and a missing tracker
-        if config.distributed.deepspeed and config.training.skip_nonfinite_steps:
-            raise ValueError("training.skip_nonfinite_steps needs the trainer's optimiser step; "
-                             "DeepSpeed's engine has reduced the gradients into its partitions: "
-                             "set it to 0 with distributed.deepspeed")
-        self.caller_threads = torch.get_num_threads()  # given back when train() ends (an in-process caller embeds next)
+        self.config, self.resume_from = config, check_run_start(config, resume)
+        # given back when train() ends (an in-process caller embeds next)
+        self.caller_threads = torch.get_num_threads()
         self.dist = setup_distributed(config.distributed)
         self.precision = resolve_precision(config.training.precision, self.dist.device)
-        self.run_dir, self.files = Path(config.output_dir), RunFiles(config.output_dir, self.dist.is_main)
-        if self.dist.distributed and self.dist.is_main and resume is None and not read_prepared(config):
-            print("nomic_embed_train: the data of this config was not prepared: rank 0 builds it now "
-                  "while the other ranks wait (at most distributed.timeout_minutes = "
+        self.run_dir = Path(config.output_dir)
+        self.files = RunFiles(config.output_dir, self.dist.is_main)
+        if (self.dist.distributed and self.dist.is_main and resume is None
+                and not read_prepared(config)):
+            print("nomic_embed_train: the data of this config was not prepared: rank 0 builds it "
+                  "now while the other ranks wait (at most distributed.timeout_minutes = "
                   f"{config.distributed.timeout_minutes:g}); for a long build run "
                   "nomic_embed_train --config ... --prepare first, in one process", file=sys.stderr)
         seed_everything(config.data_seed)  # whatever the data pipeline draws from the global RNGs
@@ -1081,17 +1301,23 @@ class TrainingSetup:
         t = config.training
         if t.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
-        t.micro_batch_for(self.dist.world_size)  # the batch geometry must fit the number of processes
-        self.total_steps = t.max_steps or math.ceil(t.num_epochs * self.stage.num_samples() / t.global_batch_size)
+        # the batch geometry must fit the number of processes
+        t.micro_batch_for(self.dist.world_size)
+        self.total_steps = t.max_steps or math.ceil(t.num_epochs * self.stage.num_samples()
+                                                    / t.global_batch_size)
         self.optimizer = build_optimizer(self.model, config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config.schedule, self.total_steps)
-        # every variant settled here, once: DeepSpeed, DDP or neither, and with it how a loss is back-propagated
+        # every variant settled here, once: DeepSpeed, DDP or neither, and with it how a loss is
+        # back-propagated
         self.engine = None
         if config.distributed.deepspeed:
-            self.engine, self.optimizer, self.scheduler = deepspeed_engine(self.model, self.optimizer, self.scheduler, config,
-                                                                           self.dist.world_size, self.precision)
-        self.train_model = self.engine or data_parallel(self.model, self.dist, config.distributed.find_unused_parameters)
-        self.backprop = build_backprop(self.train_model, self.engine, self.precision, self.dist.device)
+            self.engine, self.optimizer, self.scheduler = deepspeed_engine(
+                self.model, self.optimizer, self.scheduler, config, self.dist.world_size,
+                self.precision)
+        self.train_model = self.engine or data_parallel(self.model, self.dist,
+                                                        config.distributed.find_unused_parameters)
+        self.backprop = build_backprop(self.train_model, self.engine, self.precision,
+                                       self.dist.device)
         self.guard = NonFiniteGuard(t.skip_nonfinite_steps)
         self.step = self.restore() if self.resume_from is not None else 0
 
@@ -1106,41 +1332,10 @@ class TrainingSetup:
                 with contextlib.suppress(OSError):
                     self.run_dir.rmdir()
 
-    def restore(self) -> int:
-        "Load the checkpoint being resumed (model, optimiser, schedule, RNG states); return its step."
-        if self.engine is not None:  # DeepSpeed keeps its partitioned optimiser state in its own files
-            self.engine.load_checkpoint(str(self.resume_from / "deepspeed"), tag="state")
-            state = load_checkpoint(self.resume_from, self.model, None, None, self.dist)
-        else:
-            state = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler,
-                                    self.dist)
-        self.guard.skipped = state.get("nonfinite_steps", 0)
-        return state["step"]
-
-    def save(self) -> Path:
-        "Write a checkpoint of the current step (with DeepSpeed: its own partitioned optimiser files under `deepspeed/`)."
-        check_finite(self.model.state_dict(), f"the model after step {self.step}", "not saved "
-                     "(every rank checks the same weights and stops); the checkpoints stay")
-        state = {"step": self.step, "total_steps": self.total_steps, "world_size": self.dist.world_size,
-                 "samples_seen": self.step * self.config.training.global_batch_size, "config": self.config.to_dict(),
-                 "torch": torch.__version__, "nonfinite_steps": self.guard.skipped}
-        tmp = self.run_dir / "checkpoints" / f"step-{self.step:06d}.tmp"  # on a full disk: removed
-        needed = checkpoint_bytes(self.run_dir, self.model)
-        with removed_on_failure(tmp, f"checkpoint {tmp.stem} of {self.run_dir}", needed):
-            return self.write_checkpoint(state)
-
-    def write_checkpoint(self, state: dict) -> Path:
-        "`save_checkpoint` of the current step with the trainer state `state`."
-        if self.engine is not None:  # every rank writes its partition
-            write_shards = lambda tmp: self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")
-            return save_checkpoint(self.run_dir, self.step, self.model, None, None, state, self.dist,
-                                   self.config.checkpoint.keep_last, write_shards, self.engine)
-        return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state, self.dist,
-                               self.config.checkpoint.keep_last)
-
 # %% ../nbs/09_trainer.ipynb #3912cf0c
-class Trainer(TrainingSetup):
-    "The shared training loop: build everything from a `TrainConfig`, optionally resume, then `train()`."
+class TrainingStep(TrainingSetup):
+    """One optimiser step over the global batch, and a held-out evaluation over all ranks: the
+    plain loop's body on a `TrainingSetup`."""
 
     def train_step(self, step: int) -> dict[str, float]:
         "Run optimiser step `step` (0-based) over the global batch; return its metrics."
@@ -1183,6 +1378,11 @@ class Trainer(TrainingSetup):
         totals = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], self.dist)))
         return {"step": self.step, **self.stage.summarize_evaluation(totals)}
 
+# %% ../nbs/09_trainer.ipynb #e043094c
+class Trainer(TrainingStep):
+    """The shared training loop: build everything from a `TrainConfig`, optionally resume, then
+    `train()`."""
+
     def train(self) -> dict:
         "Train from the current step to the end (`run`), then release the run directory."
         try:
@@ -1195,11 +1395,13 @@ class Trainer(TrainingSetup):
         log, checkpoint_every = self.config.logging, self.config.checkpoint.every_steps
         self.files.prepare(self.config, self.step, self.stage)
         self.next_batches = Prefetcher(self.stage.micro_batches, self.total_steps)
-        progress = progress_bar(total=self.total_steps, initial=self.step, desc=f"{self.config.stage} training", unit="step",
+        progress = progress_bar(total=self.total_steps, initial=self.step,
+                                desc=f"{self.config.stage} training", unit="step",
                                 disable=not (self.dist.is_main and log.progress_bar))
         self.model.train()
         last, last_eval = {}, {}
-        if self.step == 0 and self.stage.evaluate_at_start:  # the starting model's numbers, logged as step 0
+        # the starting model's numbers, logged as step 0
+        if self.step == 0 and self.stage.evaluate_at_start:
             self.files.log(self.evaluate())
         threads = restoring_threads(self.caller_threads)
         with StopRequest() as stop, threads, contextlib.closing(progress):
@@ -1225,14 +1427,18 @@ class Trainer(TrainingSetup):
         with masters:
             if self.dist.is_main:
                 self.files.save_final(self.stage, self.model, log.plot)
-        return {"step": self.step, "run_dir": str(self.run_dir), **{k: v for k, v in last.items() if k != "step"}, **last_eval}
+        return {"step": self.step, "run_dir": str(self.run_dir),
+                **{k: v for k, v in last.items() if k != "step"}, **last_eval}
 
     def stop(self, progress, signal_name: str | None, checkpoint: Path | None = None) -> None:
-        "Checkpoint the step just finished (unless `checkpoint` already is) and raise `TrainingInterrupted` saying how to continue."
+        """Checkpoint the step just finished (unless `checkpoint` already is) and raise
+        `TrainingInterrupted` saying how to continue."""
         checkpoint = checkpoint or self.save()
         progress.close()
-        raise TrainingInterrupted(f"stopped by {signal_name or 'a signal on another rank'} after step {self.step} of {self.total_steps}; "
-                                  f"checkpoint {checkpoint}; continue with: nomic_embed_train --resume {self.run_dir}", signal_name)
+        raise TrainingInterrupted(f"stopped by {signal_name or 'a signal on another rank'} after "
+                                  f"step {self.step} of {self.total_steps}; checkpoint "
+                                  f"{checkpoint}; continue with: nomic_embed_train "
+                                  f"--resume {self.run_dir}", signal_name)
 
 # %% ../nbs/09_trainer.ipynb #c628e316
 def metric_rows(path: Path) -> list[dict]:
@@ -1251,19 +1457,23 @@ def metric_rows(path: Path) -> list[dict]:
                              "delete that line") from None
     return rows
 
+# %% ../nbs/09_trainer.ipynb #03956e9e
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     "Training rows and evaluation rows of a run's `metrics.jsonl`."
     rows = metric_rows(Path(run_dir) / "metrics.jsonl")
     return [r for r in rows if "loss" in r], [r for r in rows if "eval_loss" in r]
 
+# %% ../nbs/09_trainer.ipynb #d0dd07c6
 def plot_loss(run_dir: str | Path):
     "Training loss per step (and held-out loss, if logged) of a run, as a matplotlib figure."
     import matplotlib.pyplot as plt
     train_rows, eval_rows = read_metrics(run_dir)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], lw=0.8, label="training loss")
+    ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], lw=0.8,
+            label="training loss")
     if eval_rows:
-        ax.plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", label="held-out loss")
+        ax.plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-",
+                label="held-out loss")
     ax.set(xlabel="optimiser step", ylabel="loss (nats)", title="Training loss")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -1275,7 +1485,8 @@ def prepare_data(config: TrainConfig) -> dict[str, Any]:
     if launch_rank()[1] > 1:
         raise ValueError("--prepare runs in one process, before torchrun: "
                          "nomic_embed_train --config FILE --prepare")
-    # the data does not depend on the starting weights: prepare it while the previous stage still trains
+    # the data does not depend on the starting weights: prepare it while the previous stage still
+    # trains
     data_config = load_config(raw={**config.to_dict(), "init_from": None})
     stage = STAGES[config.stage](data_config, DistInfo())  # a stage builds (and caches) its data
     summary = {"stage": config.stage, "data": config.to_dict().get("data"), **stage.data_summary()}
@@ -1284,8 +1495,10 @@ def prepare_data(config: TrainConfig) -> dict[str, Any]:
         written.write_text(json.dumps(summary, indent=1))
     return summary
 
+# %% ../nbs/09_trainer.ipynb #051325b8
 def read_prepared(config: TrainConfig) -> dict[str, Any] | None:
-    "The summary `prepare_data` recorded for this config's data, or None (not prepared, other data)."
+    """The summary `prepare_data` recorded for this config's data, or None (not prepared, other
+    data)."""
     path = Path(config.output_dir) / "prepared.json"
     if not path.is_file():
         return None
@@ -1294,15 +1507,20 @@ def read_prepared(config: TrainConfig) -> dict[str, Any] | None:
     return summary if summary.get("stage") == config.stage and same_data else None
 
 # %% ../nbs/09_trainer.ipynb #bea5657e
-def run_training(config: TrainConfig | str | Path, overrides: list[str] | None = None, resume: str | Path | None = None) -> dict:
+def run_training(config: TrainConfig | str | Path, overrides: list[str] | None = None,
+                 resume: str | Path | None = None) -> dict:
     "Train (or resume) from a config object or YAML path; returns the run summary."
     if not isinstance(config, TrainConfig):
         config = load_config(config, overrides)
     return Trainer(config, resume).train()
 
-def resolve_resume_config(config_path: str | None, overrides: list[str] | None, resume: str | None) -> TrainConfig:
-    "The config of a (resumed) run: `--config` + `--set`, or, when resuming without `--config`, the checkpoint's own."
-    # a run still writing there is named at once, before its checkpoints are read; under torchrun only rank 0 asks
+# %% ../nbs/09_trainer.ipynb #dc77f6cb
+def resolve_resume_config(config_path: str | None, overrides: list[str] | None,
+                          resume: str | None) -> TrainConfig:
+    """The config of a (resumed) run: `--config` + `--set`, or, when resuming without `--config`,
+    the checkpoint's own."""
+    # a run still writing there is named at once, before its checkpoints are read; under torchrun
+    # only rank 0 asks
     # (it takes the lock next, so the other ranks would find their own run holding it)
     if resume is not None and is_rank_zero():
         path = Path(resume)
@@ -1310,6 +1528,7 @@ def resolve_resume_config(config_path: str | None, overrides: list[str] | None, 
     if config_path is not None:
         return load_config(config_path, overrides)
     checkpoint = find_checkpoint(resume)
-    saved = json.loads((checkpoint / "trainer_state.json").read_text())["config"]  # Trainer(…, resume) verifies the checkpoint
+    # Trainer(…, resume) verifies the checkpoint
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
     saved["output_dir"] = str(checkpoint.parent.parent)
     return load_config(raw=saved, overrides=overrides)
