@@ -40,15 +40,15 @@ from .trainer import (STAGES, Backprop, CheckpointError, DistInfo, Stage, Traine
 # %% auto #0
 __all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MEMORY_BYTES', 'REFERENCE_VOCAB', 'GPUS', 'CUDA_CONTEXT_GIB',
            'HEADROOM', 'MEASURED_MFU', 'REPORT_STEPS', 'ASSUMED_MEAN_TOKENS', 'eval_autocast', 'MLMStage',
-           'plot_mlm_metrics', 'check_pair_source', 'PairDataConfig', 'ContrastiveConfig', 'with_pairs_config',
-           'upgrade_gradcache_keys', 'check_pair_rows', 'pair_splits', 'with_built_negatives', 'retrieval_metrics',
-           'held_out_corpus', 'corpus_rows', 'HeldOutRetrieval', 'ContrastiveBatches', 'pooled_encoder',
-           'with_negatives', 'starting_encoder_config', 'ContrastiveStage', 'ContrastivePretrainStage',
-           'ContrastiveFinetuneStage', 'plot_contrastive_metrics', 'activation_scale', 'GPU', 'planned_model',
-           'static_memory', 'activation_memory', 'planned_steps', 'step_flops', 'plan_run', 'format_plan',
-           'run_command']
+           'plot_mlm_metrics', 'check_pair_source', 'PairDataConfig', 'check_pair_data', 'ContrastiveConfig',
+           'with_pairs_config', 'upgrade_gradcache_keys', 'check_pair_rows', 'pair_splits', 'with_built_negatives',
+           'retrieval_metrics', 'held_out_corpus', 'corpus_rows', 'HeldOutRetrieval', 'ContrastiveBatches',
+           'pooled_encoder', 'with_negatives', 'starting_encoder_config', 'ContrastiveStage',
+           'ContrastivePretrainStage', 'ContrastiveFinetuneStage', 'plot_contrastive_metrics', 'activation_scale',
+           'GPU', 'planned_model', 'static_memory', 'activation_memory', 'planned_steps', 'step_flops', 'plan_run',
+           'format_plan', 'run_command']
 
-# %% ../nbs/09a_train.ipynb #95fccea6
+# %% ../nbs/09a_train.ipynb #56d513ee
 def eval_autocast(config: TrainConfig, dist: DistInfo) -> torch.dtype | None:
     "bf16 for held-out evaluation when the run trains in bf16, else None (fp32)."
     precision = resolve_precision(config.training.precision, dist.device)
@@ -169,7 +169,7 @@ BATCH_SOURCES = ("one", "mixed")
 PAIRS_CONFIG_KEYS = ("sources", "weighting", "query_max_length", "document_max_length",
                      "num_negatives", "held_out_fraction")
 
-# %% ../nbs/09a_train.ipynb #4367e17a
+# %% ../nbs/09a_train.ipynb #f11b9bfa
 def check_pair_source(source: Any, where: str) -> str:
     "The name of one `data.sources` entry after checking it is a valid `PairSource`."
     if not isinstance(source, dict):
@@ -183,7 +183,7 @@ def check_pair_source(source: Any, where: str) -> str:
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: {error}") from None
 
-# %% ../nbs/09a_train.ipynb #0890807e
+# %% ../nbs/09a_train.ipynb #a7262990
 @dataclass
 class PairDataConfig:
     """Pairs for stages 2-3: sources (the pairs chapter's `PairSource` fields), batching, lengths,
@@ -216,48 +216,53 @@ class PairDataConfig:
     pad_to_multiple_of: int | None = None
 
     def __post_init__(self):
-        if not self.sources:
-            raise ValueError("data.sources must list at least one pair source, e.g. {name: wiki, "
-                             "offline: wikipedia_sections}, or data.pairs_config must name a "
-                             "configs/pairs_*.yaml that does")
-        names = [check_pair_source(source, f"data.sources[{i}]")
-                 for i, source in enumerate(self.sources)]
-        if len(set(names)) != len(names):
-            raise ValueError(f"data.sources names must be unique; got {names}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"data.weighting must be one of {', '.join(WEIGHTINGS)}; "
-                             f"got {self.weighting!r}")
-        if self.query_max_length < 3 or self.document_max_length < 3:
-            raise ValueError("data.query_max_length and data.document_max_length must be >= 3 "
-                             "tokens ([CLS] text [SEP])")
-        if self.num_negatives < 0:
-            raise ValueError(f"data.num_negatives must be >= 0; got {self.num_negatives}")
-        if self.mine_negatives is not None and self.mine_negatives not in NEGATIVE_MODES:
-            raise ValueError(f"data.mine_negatives must be null, mined or random; "
-                             f"got {self.mine_negatives!r}")
-        if self.mine_negatives is not None and self.negatives_pool < max(self.num_negatives, 1):
-            raise ValueError(f"data.negatives_pool ({self.negatives_pool}) must be >= "
-                             f"data.num_negatives ({self.num_negatives})")
-        missing = sorted(set(self.random_negatives_sources) - set(names))
-        if missing:
-            raise ValueError(f"data.random_negatives_sources names unknown source(s) {missing}; "
-                             f"the sources are {names}")
-        if not 0 <= self.held_out_fraction < 1:
-            raise ValueError(f"data.held_out_fraction must be in [0, 1); "
-                             f"got {self.held_out_fraction}")
-        for key in ("held_out_per_source", "held_out_corpus_size"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ValueError(f"data.{key} must be >= 1 or null; got {getattr(self, key)}")
-        if self.batch_sources not in BATCH_SOURCES:
-            raise ValueError(f"data.batch_sources must be one of {', '.join(BATCH_SOURCES)}; "
-                             f"got {self.batch_sources!r}")
-        if self.negatives_sampling not in NEGATIVE_SAMPLING:
-            raise ValueError(f"data.negatives_sampling must be one of "
-                             f"{', '.join(NEGATIVE_SAMPLING)}; got {self.negatives_sampling!r}")
+        check_pair_data(self)  # below
 
     def pair_sources(self) -> list[PairSource]:
         "The sources as `PairSource` objects."
         return [PairSource(**source) for source in self.sources]
+
+# %% ../nbs/09a_train.ipynb #8db2d931
+def check_pair_data(data: PairDataConfig) -> None:
+    "Raise a `ValueError` naming the `data:` key and what it may be unless every value is valid."
+    if not data.sources:
+        raise ValueError("data.sources must list at least one pair source, e.g. {name: wiki, "
+                         "offline: wikipedia_sections}, or data.pairs_config must name a "
+                         "configs/pairs_*.yaml that does")
+    names = [check_pair_source(source, f"data.sources[{i}]")
+             for i, source in enumerate(data.sources)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"data.sources names must be unique; got {names}")
+    if data.weighting not in WEIGHTINGS:
+        raise ValueError(f"data.weighting must be one of {', '.join(WEIGHTINGS)}; "
+                         f"got {data.weighting!r}")
+    if data.query_max_length < 3 or data.document_max_length < 3:
+        raise ValueError("data.query_max_length and data.document_max_length must be >= 3 "
+                         "tokens ([CLS] text [SEP])")
+    if data.num_negatives < 0:
+        raise ValueError(f"data.num_negatives must be >= 0; got {data.num_negatives}")
+    if data.mine_negatives is not None and data.mine_negatives not in NEGATIVE_MODES:
+        raise ValueError(f"data.mine_negatives must be null, mined or random; "
+                         f"got {data.mine_negatives!r}")
+    if data.mine_negatives is not None and data.negatives_pool < max(data.num_negatives, 1):
+        raise ValueError(f"data.negatives_pool ({data.negatives_pool}) must be >= "
+                         f"data.num_negatives ({data.num_negatives})")
+    missing = sorted(set(data.random_negatives_sources) - set(names))
+    if missing:
+        raise ValueError(f"data.random_negatives_sources names unknown source(s) {missing}; "
+                         f"the sources are {names}")
+    if not 0 <= data.held_out_fraction < 1:
+        raise ValueError(f"data.held_out_fraction must be in [0, 1); "
+                         f"got {data.held_out_fraction}")
+    for key in ("held_out_per_source", "held_out_corpus_size"):
+        if getattr(data, key) is not None and getattr(data, key) < 1:
+            raise ValueError(f"data.{key} must be >= 1 or null; got {getattr(data, key)}")
+    if data.batch_sources not in BATCH_SOURCES:
+        raise ValueError(f"data.batch_sources must be one of {', '.join(BATCH_SOURCES)}; "
+                         f"got {data.batch_sources!r}")
+    if data.negatives_sampling not in NEGATIVE_SAMPLING:
+        raise ValueError(f"data.negatives_sampling must be one of "
+                         f"{', '.join(NEGATIVE_SAMPLING)}; got {data.negatives_sampling!r}")
 
 # %% ../nbs/09a_train.ipynb #1f023dd1
 @dataclass
@@ -321,7 +326,7 @@ def with_pairs_config(data: dict) -> dict:
     from_file["sources"] = [asdict(source) for source in from_file["sources"]]
     return {**from_file, **{key: value for key, value in data.items() if value is not None}}
 
-# %% ../nbs/09a_train.ipynb #0cc0bb71
+# %% ../nbs/09a_train.ipynb #93804b95
 def upgrade_gradcache_keys(raw: dict) -> dict:
     "Read an older config's `contrastive.gradcache` (+ chunk in `training.micro_batch_size`) as `contrastive.gradcache_chunk_size`."
     contrastive, training = dict(raw.get("contrastive") or {}), dict(raw.get("training") or {})
@@ -357,7 +362,7 @@ def _first_blank(column, is_list: bool) -> int | None:
         bad = pc.fill_null(blank, True).to_numpy(zero_copy_only=False)
     return int(bad.argmax()) if bad.any() else None
 
-# %% ../nbs/09a_train.ipynb #6ce26f19
+# %% ../nbs/09a_train.ipynb #38fe8e37
 def check_pair_rows(rows: Sequence[dict], source: str, num_negatives: int = 0) -> None:
     """Raise a `ValueError` naming the source, the first bad row and the fix unless every row has
     non-blank `query` and `document` texts (and, when `num_negatives` > 0, a non-empty `negatives`
@@ -410,7 +415,7 @@ def pair_splits(data: PairDataConfig) -> tuple[dict, dict, dict]:
         train[source.name] = rows
     return train, held_out, prefixes
 
-# %% ../nbs/09a_train.ipynb #2eb6a64d
+# %% ../nbs/09a_train.ipynb #74339023
 def _rows_digest(rows: Sequence[dict]) -> str:
     "SHA-256 over the (query, document) texts of `rows`, in order."
     digest = hashlib.sha256()
@@ -418,7 +423,7 @@ def _rows_digest(rows: Sequence[dict]) -> str:
         digest.update(json.dumps([row["query"], row["document"]]).encode())
     return digest.hexdigest()
 
-# %% ../nbs/09a_train.ipynb #f5ad41a7
+# %% ../nbs/09a_train.ipynb #f3ee421c
 def with_built_negatives(rows: Sequence[dict], mode: str, pool: int = 20,
                          teacher: str | None = None, seed: int = 0,
                          cache_dir: str | Path | None = None) -> list[dict]:
@@ -468,7 +473,7 @@ def retrieval_metrics(query_embeddings: Tensor, corpus_embeddings: Tensor,
                                                reduction="none")
     return out
 
-# %% ../nbs/09a_train.ipynb #39c19a31
+# %% ../nbs/09a_train.ipynb #bae5af39
 def held_out_corpus(train_rows: Sequence[dict], held_out_rows: Sequence[dict],
                     queries: Sequence[dict]) -> tuple[list[str], list[list[int]], list[int]]:
     """One source's retrieval task: the corpus (every distinct document, training and held-out), the
@@ -493,7 +498,7 @@ def corpus_rows(train_rows: Sequence[dict], data: PairDataConfig,
     # a datasets.Dataset, or a list
     return train_rows.select(range(n)) if hasattr(train_rows, "select") else train_rows[:n]
 
-# %% ../nbs/09a_train.ipynb #04314c6f
+# %% ../nbs/09a_train.ipynb #dd4d727c
 class HeldOutRetrieval:
     """Held-out retrieval for a contrastive run: this rank's share of each source's held-out queries
     against all of that source's documents."""
@@ -606,7 +611,7 @@ def pooled_encoder(config: TrainConfig, tokenizer=None) -> MeanPooledEncoder:
         model.ddp_ignored_parameters = ["logit_scale.log_scale"]
     return model
 
-# %% ../nbs/09a_train.ipynb #f1352b43
+# %% ../nbs/09a_train.ipynb #a12cc714
 def with_negatives(train: dict[str, Sequence[dict]], data: PairDataConfig,
                    seed: int) -> dict[str, Sequence[dict]]:
     """The training rows with a built `negatives` pool per source when `data.mine_negatives` asks
@@ -801,7 +806,7 @@ class ContrastivePretrainStage(ContrastiveStage):
             grad /= self.dist.world_size
         return loss / loss_scale
 
-# %% ../nbs/09a_train.ipynb #96e16823
+# %% ../nbs/09a_train.ipynb #6fea91da
 @register_stage
 class ContrastiveFinetuneStage(ContrastivePretrainStage):
     """Stage 3, supervised contrastive fine-tuning (report §4.2.3-4.2.5): eq. 2 with hard negatives
@@ -881,7 +886,7 @@ def planned_model(config: TrainConfig) -> tuple[NomicBertConfig, int]:
         model = (NomicBertForPreTraining if config.stage == "mlm" else NomicBertModel)(encoder)
     return encoder, sum(p.numel() for p in model.parameters())  # tied weights once
 
-# %% ../nbs/09a_train.ipynb #4ef43c64
+# %% ../nbs/09a_train.ipynb #1bcbd243
 def static_memory(config: TrainConfig, parameters: int, gpus: int) -> tuple[str, float]:
     "(what, bytes per GPU) of weights, gradients and AdamW state: DeepSpeed ZeRO-2 or DDP."
     if config.distributed.deepspeed:
@@ -936,7 +941,7 @@ def planned_steps(config: TrainConfig, prepared: dict | None = None) -> tuple[in
     raise ValueError("training.num_epochs needs the data's size: run nomic_embed_train "
                      "--config ... --prepare first")
 
-# %% ../nbs/09a_train.ipynb #b62ff9ce
+# %% ../nbs/09a_train.ipynb #f328e961
 def step_flops(config: TrainConfig, encoder: NomicBertConfig, prepared: dict | None = None) -> dict:
     "Tokens and FLOPs of one optimiser step over all GPUs, counting every forward pass executed."
     t = config.training

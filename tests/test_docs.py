@@ -41,7 +41,6 @@ PENDING_PAGES = {
     "06_pairs": "being rewritten for the public dataset layouts; long lines (round two)",
     "08a_curate": "shows none of its code yet (round two)",
     "09_trainer": "being rewritten (DeepSpeed, NaN guard, run lock); long lines (round two)",
-    "09a_train": "being rewritten (stage data, seeds); long lines (round two)",
 }
 PENDING_CODE = {
     "02_corpus": "hides all of its code (`#| export`); round two shows it",
@@ -59,7 +58,9 @@ KEY_DEFINITIONS = {  # the cells that implement the paper: exported and shown on
     "07_filter": ["top_k_neighbours", "consistency_filter"],
     "08_negatives": ["mine_hard_negatives", "random_negatives"],
     "09_trainer": ["Stage", "Trainer", "accumulate_gradients"],
-    "09a_train": ["MLMStage", "ContrastiveStage"],
+    "09a_train": ["MLMStage", "PairDataConfig", "ContrastiveConfig", "with_built_negatives", "retrieval_metrics",
+                  "HeldOutRetrieval", "ContrastiveBatches", "ContrastiveStage", "ContrastivePretrainStage",
+                  "ContrastiveFinetuneStage", "plan_run"],
     "10_embed": ["Embedder", "add_prefix", "save_sentence_transformers", "quantize_embeddings", "MTEBEncoder"],
     "11_evaluate": ["score_task", "evaluate_offline"],
     "12_reproduce": ["Budget", "run_chain"],
