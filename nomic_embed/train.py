@@ -37,17 +37,22 @@ from .trainer import (STAGES, Backprop, CheckpointError, DistInfo, Stage, Traine
                                  prepare_data, read_metrics, read_prepared, register_stage, resolve_precision,
                                  resolve_resume_config, run_training)
 
-
 # %% auto #0
 __all__ = ['NEGATIVE_MODES', 'BATCH_SOURCES', 'PAIRS_CONFIG_KEYS', 'MEMORY_BYTES', 'REFERENCE_VOCAB', 'GPUS', 'CUDA_CONTEXT_GIB',
-           'HEADROOM', 'MEASURED_MFU', 'REPORT_STEPS', 'ASSUMED_MEAN_TOKENS', 'MLMStage', 'eval_autocast',
-           'plot_mlm_metrics', 'PairDataConfig', 'check_pair_source', 'ContrastiveConfig', 'with_pairs_config',
-           'upgrade_gradcache_keys', 'check_pair_rows', 'pair_splits', 'with_built_negatives', 'retrieval_metrics',
-           'held_out_corpus', 'corpus_rows', 'HeldOutRetrieval', 'ContrastiveBatches', 'pooled_encoder',
-           'with_negatives', 'starting_encoder_config', 'ContrastiveStage', 'ContrastivePretrainStage',
-           'ContrastiveFinetuneStage', 'plot_contrastive_metrics', 'activation_scale', 'GPU', 'planned_model',
-           'static_memory', 'activation_memory', 'planned_steps', 'step_flops', 'plan_run', 'format_plan',
-           'run_command']
+           'HEADROOM', 'MEASURED_MFU', 'REPORT_STEPS', 'ASSUMED_MEAN_TOKENS', 'eval_autocast', 'MLMStage',
+           'plot_mlm_metrics', 'check_pair_source', 'PairDataConfig', 'check_pair_data', 'ContrastiveConfig',
+           'with_pairs_config', 'upgrade_gradcache_keys', 'check_pair_rows', 'pair_splits', 'with_built_negatives',
+           'retrieval_metrics', 'held_out_corpus', 'corpus_rows', 'HeldOutRetrieval', 'ContrastiveBatches',
+           'pooled_encoder', 'with_negatives', 'starting_encoder_config', 'ContrastiveStage',
+           'ContrastivePretrainStage', 'ContrastiveFinetuneStage', 'plot_contrastive_metrics', 'activation_scale',
+           'GPU', 'planned_model', 'static_memory', 'activation_memory', 'planned_steps', 'step_flops', 'plan_run',
+           'format_plan', 'run_command']
+
+# %% ../nbs/09a_train.ipynb #56d513ee
+def eval_autocast(config: TrainConfig, dist: DistInfo) -> torch.dtype | None:
+    "bf16 for held-out evaluation when the run trains in bf16, else None (fp32)."
+    precision = resolve_precision(config.training.precision, dist.device)
+    return torch.bfloat16 if precision == "bf16" else None
 
 # %% ../nbs/09a_train.ipynb #5a5de3ca
 @register_stage
@@ -61,8 +66,11 @@ class MLMStage(Stage):
         self.tokenizer = load_tokenizer(config.data.tokenizer)
         self.special = SpecialTokens.from_tokenizer(self.tokenizer)
         with main_process_first(dist):
-            self.train_corpus = packed_corpus(config.data, "train", self.tokenizer, progress=dist.is_main)
-            self.val_corpus = packed_corpus(config.data, "validation", self.tokenizer, progress=dist.is_main) if config.data.val_fraction > 0 else None
+            self.train_corpus = packed_corpus(config.data, "train", self.tokenizer,
+                                              progress=dist.is_main)
+            self.val_corpus = (packed_corpus(config.data, "validation", self.tokenizer,
+                                             progress=dist.is_main)
+                               if config.data.val_fraction > 0 else None)
         t = config.training
         self.batches = MLMBatches(self.train_corpus, self.special, config.mlm, config.data_seed,
                                   t.global_batch_size, t.micro_batch_for(dist.world_size),
@@ -70,10 +78,12 @@ class MLMStage(Stage):
 
     def build_model(self) -> nn.Module:
         if self.config.init_from:
-            return load_model(self.config.init_from, NomicBertForPreTraining, tokenizer=self.tokenizer)
+            return load_model(self.config.init_from, NomicBertForPreTraining,
+                              tokenizer=self.tokenizer)
         model_config = NomicBertConfig(**self.config.model)
         if model_config.vocab_size < self.special.vocab_size:
-            raise ValueError(f"model.vocab_size ({model_config.vocab_size}) is smaller than the tokenizer's ({self.special.vocab_size})")
+            raise ValueError(f"model.vocab_size ({model_config.vocab_size}) is smaller than the "
+                             f"tokenizer's ({self.special.vocab_size})")
         return NomicBertForPreTraining(model_config)
 
     def num_samples(self) -> int:
@@ -87,10 +97,11 @@ class MLMStage(Stage):
                 "documents": stats.documents, "validation_chunks": held_out}
 
     def micro_batches(self, step: int) -> list[dict[str, Tensor]]:
-        return [{"input_ids": b["input_ids"], "labels": b["labels"]} for b in self.batches.micro_batches(step)]
+        return [{"input_ids": b["input_ids"], "labels": b["labels"]}
+                for b in self.batches.micro_batches(step)]
 
     def batch_weight(self, batch: dict[str, Tensor]) -> int:
-        return int((batch["labels"] != -100).sum())
+        return int((batch["labels"] != -100).sum())  # the masked tokens: terms of the mean loss
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         return model(batch["input_ids"], labels=batch["labels"]).loss
@@ -103,18 +114,22 @@ class MLMStage(Stage):
         sums = evaluate_mlm(model, self.val_corpus, self.special, masking, self.config.data_seed,
                             log.eval_batch_size, log.eval_max_chunks, self.dist.device,
                             self.dist.rank, self.dist.world_size, autocast)
-        return {"loss_sum": sums["loss_sum"], "correct": sums["correct"], "targets": sums["targets"]}
+        return {"loss_sum": sums["loss_sum"], "correct": sums["correct"],
+                "targets": sums["targets"]}
 
     def summarize_evaluation(self, sums: dict[str, float]) -> dict[str, float]:
-        return {"eval_loss": sums["loss_sum"] / max(sums["targets"], 1), "eval_accuracy": sums["correct"] / max(sums["targets"], 1),
+        targets = max(sums["targets"], 1)
+        return {"eval_loss": sums["loss_sum"] / targets, "eval_accuracy": sums["correct"] / targets,
                 "eval_targets": int(sums["targets"])}
 
     def baseline(self) -> dict[str, float] | None:
-        "The unigram baseline on the same held-out targets `evaluate` uses (None without a validation split)."
+        """The unigram baseline on the held-out targets `evaluate` uses (None without a validation
+        split)."""
         if self.val_corpus is None:
             return None
-        return unigram_baseline(self.train_corpus, self.val_corpus, self.special, self.config.mlm.val_mlm_probability,
-                                self.config.data_seed, self.config.logging.eval_max_chunks)
+        return unigram_baseline(self.train_corpus, self.val_corpus, self.special,
+                                self.config.mlm.val_mlm_probability, self.config.data_seed,
+                                self.config.logging.eval_max_chunks)
 
     def save_final(self, model: nn.Module, directory: Path) -> None:
         save_model(model, directory)
@@ -122,10 +137,6 @@ class MLMStage(Stage):
 
     def plot_metrics(self, run_dir: str | Path):
         return plot_mlm_metrics(run_dir)
-
-def eval_autocast(config: TrainConfig, dist: DistInfo) -> torch.dtype | None:
-    "bf16 for held-out evaluation when the run trains in bf16, else None (fp32)."
-    return torch.bfloat16 if resolve_precision(config.training.precision, dist.device) == "bf16" else None
 
 # %% ../nbs/09a_train.ipynb #8dd390fd
 def plot_mlm_metrics(run_dir: str | Path):
@@ -153,126 +164,169 @@ def plot_mlm_metrics(run_dir: str | Path):
 
 # %% ../nbs/09a_train.ipynb #a520b153
 NEGATIVE_MODES = ("mined", "random")
-BATCH_SOURCES = ("one", "mixed")  # one source per global batch (the report, §4.2.2), or every source mixed (its ablation)
-PAIRS_CONFIG_KEYS = ("sources", "weighting", "query_max_length", "document_max_length", "num_negatives", "held_out_fraction")
+# one source per global batch (the report, §4.2.2), or every source mixed (its ablation)
+BATCH_SOURCES = ("one", "mixed")
+PAIRS_CONFIG_KEYS = ("sources", "weighting", "query_max_length", "document_max_length",
+                     "num_negatives", "held_out_fraction")
 
+# %% ../nbs/09a_train.ipynb #f11b9bfa
+def check_pair_source(source: Any, where: str) -> str:
+    "The name of one `data.sources` entry after checking it is a valid `PairSource`."
+    if not isinstance(source, dict):
+        raise ValueError(f"{where} must be a mapping of PairSource fields; got {source!r}")
+    unknown = sorted(set(source) - set(PairSource.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(PairSource.__dataclass_fields__)}")
+    try:
+        return PairSource(**source).name
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
+
+# %% ../nbs/09a_train.ipynb #a7262990
 @dataclass
 class PairDataConfig:
-    """Pairs for stages 2-3: sources (the pairs chapter's `PairSource` fields), batching, lengths, hard negatives and
-    the held-out split. `pairs_config` names a `configs/pairs_*.yaml` whose keys fill in those not given here."""
+    """Pairs for stages 2-3: sources (the pairs chapter's `PairSource` fields), batching, lengths,
+    hard negatives and the held-out split. `pairs_config` names a `configs/pairs_*.yaml` whose keys
+    fill in those not given here."""
     pairs_config: str | None = None  # relative to the working directory (the repository root)
-    sources: list = field(default_factory=list)  # [{name, query_prefix, document_prefix, offline | data_files | path, ...}]
+    # [{name, query_prefix, document_prefix, offline | data_files | path, ...}]
+    sources: list = field(default_factory=list)
     weighting: str = "proportional"  # or uniform: which source fills the next global batch
     query_max_length: int = 512
     document_max_length: int = 512
     num_negatives: int = 0  # H hard negatives per query (eq. 2); 0 = eq. 1
-    held_out_fraction: float = 0.0  # share of each source's pairs never trained on (retrieval evaluation)
-    held_out_per_source: int | None = None  # or about this many pairs per source (instead of the fraction)
-    held_out_corpus_size: int | None = None  # documents each held-out query searches (its own and the first others); null = all
+    # share of each source's pairs never trained on (retrieval evaluation)
+    held_out_fraction: float = 0.0
+    # or about this many pairs per source (instead of the fraction)
+    held_out_per_source: int | None = None
+    # documents each held-out query searches (its own and the first others); null = all
+    held_out_corpus_size: int | None = None
     batch_sources: str = "one"  # one source per global batch, or "mixed"
-    negatives_sampling: str = "random"  # H of the row's negatives drawn each epoch, or "first" (always the first H)
-    mine_negatives: str | None = None  # null: rows carry a `negatives` list; "mined" / "random": build it before training
+    # H of the row's negatives drawn each epoch, or "first" (always the first H)
+    negatives_sampling: str = "random"
+    # null: rows carry a `negatives` list; "mined" / "random": build it before training
+    mine_negatives: str | None = None
     negatives_pool: int = 20  # negatives kept per row when building them (the report's top 20)
-    random_negatives_sources: list = field(default_factory=list)  # sources given random instead of mined negatives
-    teacher: str | None = None  # sentence-transformers model for mining; null = the offline all-MiniLM-L6-v2
+    random_negatives_sources: list = field(default_factory=list)  # sources given random negatives
+    # sentence-transformers model for mining; null = the offline all-MiniLM-L6-v2
+    teacher: str | None = None
     split_seed: int = 0  # seed of the held-out split (`split_pairs`)
     tokenizer: str | None = None  # null = bert-base-uncased (offline copy)
     pad_to_multiple_of: int | None = None
 
     def __post_init__(self):
-        if not self.sources:
-            raise ValueError("data.sources must list at least one pair source, e.g. {name: wiki, offline: wikipedia_sections}, "
-                             "or data.pairs_config must name a configs/pairs_*.yaml that does")
-        names = [check_pair_source(source, f"data.sources[{i}]") for i, source in enumerate(self.sources)]
-        if len(set(names)) != len(names):
-            raise ValueError(f"data.sources names must be unique; got {names}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"data.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
-        if self.query_max_length < 3 or self.document_max_length < 3:
-            raise ValueError("data.query_max_length and data.document_max_length must be >= 3 tokens ([CLS] text [SEP])")
-        if self.num_negatives < 0:
-            raise ValueError(f"data.num_negatives must be >= 0; got {self.num_negatives}")
-        if self.mine_negatives is not None and self.mine_negatives not in NEGATIVE_MODES:
-            raise ValueError(f"data.mine_negatives must be null, mined or random; got {self.mine_negatives!r}")
-        if self.mine_negatives is not None and self.negatives_pool < max(self.num_negatives, 1):
-            raise ValueError(f"data.negatives_pool ({self.negatives_pool}) must be >= data.num_negatives ({self.num_negatives})")
-        missing = sorted(set(self.random_negatives_sources) - set(names))
-        if missing:
-            raise ValueError(f"data.random_negatives_sources names unknown source(s) {missing}; the sources are {names}")
-        if not 0 <= self.held_out_fraction < 1:
-            raise ValueError(f"data.held_out_fraction must be in [0, 1); got {self.held_out_fraction}")
-        for key in ("held_out_per_source", "held_out_corpus_size"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ValueError(f"data.{key} must be >= 1 or null; got {getattr(self, key)}")
-        if self.batch_sources not in BATCH_SOURCES:
-            raise ValueError(f"data.batch_sources must be one of {', '.join(BATCH_SOURCES)}; got {self.batch_sources!r}")
-        if self.negatives_sampling not in NEGATIVE_SAMPLING:
-            raise ValueError(f"data.negatives_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}; got {self.negatives_sampling!r}")
+        check_pair_data(self)  # below
 
     def pair_sources(self) -> list[PairSource]:
         "The sources as `PairSource` objects."
         return [PairSource(**source) for source in self.sources]
 
-def check_pair_source(source: Any, where: str) -> str:
-    "The name of one `data.sources` entry after checking it is a valid `PairSource` (fields, prefixes, where the rows are)."
-    if not isinstance(source, dict):
-        raise ValueError(f"{where} must be a mapping of PairSource fields; got {source!r}")
-    unknown = sorted(set(source) - set(PairSource.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(PairSource.__dataclass_fields__)}")
-    try:
-        return PairSource(**source).name
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: {error}") from None
+# %% ../nbs/09a_train.ipynb #8db2d931
+def check_pair_data(data: PairDataConfig) -> None:
+    "Raise a `ValueError` naming the `data:` key and what it may be unless every value is valid."
+    if not data.sources:
+        raise ValueError("data.sources must list at least one pair source, e.g. {name: wiki, "
+                         "offline: wikipedia_sections}, or data.pairs_config must name a "
+                         "configs/pairs_*.yaml that does")
+    names = [check_pair_source(source, f"data.sources[{i}]")
+             for i, source in enumerate(data.sources)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"data.sources names must be unique; got {names}")
+    if data.weighting not in WEIGHTINGS:
+        raise ValueError(f"data.weighting must be one of {', '.join(WEIGHTINGS)}; "
+                         f"got {data.weighting!r}")
+    if data.query_max_length < 3 or data.document_max_length < 3:
+        raise ValueError("data.query_max_length and data.document_max_length must be >= 3 "
+                         "tokens ([CLS] text [SEP])")
+    if data.num_negatives < 0:
+        raise ValueError(f"data.num_negatives must be >= 0; got {data.num_negatives}")
+    if data.mine_negatives is not None and data.mine_negatives not in NEGATIVE_MODES:
+        raise ValueError(f"data.mine_negatives must be null, mined or random; "
+                         f"got {data.mine_negatives!r}")
+    if data.mine_negatives is not None and data.negatives_pool < max(data.num_negatives, 1):
+        raise ValueError(f"data.negatives_pool ({data.negatives_pool}) must be >= "
+                         f"data.num_negatives ({data.num_negatives})")
+    missing = sorted(set(data.random_negatives_sources) - set(names))
+    if missing:
+        raise ValueError(f"data.random_negatives_sources names unknown source(s) {missing}; "
+                         f"the sources are {names}")
+    if not 0 <= data.held_out_fraction < 1:
+        raise ValueError(f"data.held_out_fraction must be in [0, 1); "
+                         f"got {data.held_out_fraction}")
+    for key in ("held_out_per_source", "held_out_corpus_size"):
+        if getattr(data, key) is not None and getattr(data, key) < 1:
+            raise ValueError(f"data.{key} must be >= 1 or null; got {getattr(data, key)}")
+    if data.batch_sources not in BATCH_SOURCES:
+        raise ValueError(f"data.batch_sources must be one of {', '.join(BATCH_SOURCES)}; "
+                         f"got {data.batch_sources!r}")
+    if data.negatives_sampling not in NEGATIVE_SAMPLING:
+        raise ValueError(f"data.negatives_sampling must be one of "
+                         f"{', '.join(NEGATIVE_SAMPLING)}; got {data.negatives_sampling!r}")
 
 # %% ../nbs/09a_train.ipynb #1f023dd1
 @dataclass
 class ContrastiveConfig:
     "The loss (contrastive chapter) and how a step embeds its batch (GradCache chapter)."
     logit_scale: float = 50.0  # 1/τ: fixed (reference code), or the starting value when learnable
-    learnable_scale: bool = False  # learn log(1/τ) (contrastive chapter's LogitScale, CLIP's rule) instead of fixing it
+    # learn log(1/τ) (the contrastive chapter's LogitScale, CLIP's rule) instead of fixing it
+    learnable_scale: bool = False
     max_logit_scale: float = 100.0  # the learnable scale's clamp
     bidirectional: bool = False  # the report: query → document only (eq. 1)
-    shared_negatives: bool = False  # also score every query against every hard negative of the global batch (reference code)
-    gradcache_chunk_size: int | None = 64  # rows per GradCache forward/backward chunk (reference: 64); null = one plain pass
-    matryoshka_dims: list | None = None  # Matryoshka loss over these prefix sizes, e.g. [768, 512, 256, 128, 64]; null = full size only
-    matryoshka_weights: list | None = None  # one weight per prefix size; null = 1 each (reference code, sentence-transformers)
-    matryoshka_layer_norm: bool | None = None  # v1.5's layer norm (no affine) before cutting; null = as init_from's config says
+    # also score every query against every hard negative of the global batch (reference code)
+    shared_negatives: bool = False
+    # rows per GradCache forward/backward chunk (reference: 64); null = one plain pass
+    gradcache_chunk_size: int | None = 64
+    # Matryoshka loss over these prefix sizes, e.g. [768, 512, 256, 128, 64]; null = full size only
+    matryoshka_dims: list | None = None
+    # one weight per prefix size; null = 1 each (reference code, sentence-transformers)
+    matryoshka_weights: list | None = None
+    # v1.5's layer norm (no affine) before cutting; null = as init_from's config says
+    matryoshka_layer_norm: bool | None = None
 
     def __post_init__(self):
         if not self.logit_scale > 0:
             raise ValueError(f"contrastive.logit_scale must be > 0; got {self.logit_scale}")
         if self.learnable_scale and not self.logit_scale <= self.max_logit_scale:
-            raise ValueError(f"contrastive.logit_scale ({self.logit_scale}) must not exceed contrastive.max_logit_scale ({self.max_logit_scale})")
+            raise ValueError(f"contrastive.logit_scale ({self.logit_scale}) must not exceed "
+                             f"contrastive.max_logit_scale ({self.max_logit_scale})")
         if self.gradcache_chunk_size is not None and self.gradcache_chunk_size < 1:
-            raise ValueError(f"contrastive.gradcache_chunk_size must be >= 1 rows, or null for plain back-propagation; got {self.gradcache_chunk_size}")
-        if self.matryoshka_dims is not None:  # against the encoder's hidden size: in the stage, once the checkpoint is known
+            raise ValueError(f"contrastive.gradcache_chunk_size must be >= 1 rows, or null for "
+                             f"plain back-propagation; got {self.gradcache_chunk_size}")
+        # against the encoder's hidden size: in the stage, once the checkpoint is known
+        if self.matryoshka_dims is not None:
             try:
                 check_matryoshka_dims(self.matryoshka_dims, self.matryoshka_weights)
             except ValueError as error:
                 raise ValueError(f"contrastive.matryoshka_{error}") from None
         elif self.matryoshka_weights is not None:
-            raise ValueError("contrastive.matryoshka_weights needs contrastive.matryoshka_dims (one weight per prefix size)")
+            raise ValueError("contrastive.matryoshka_weights needs contrastive.matryoshka_dims "
+                             "(one weight per prefix size)")
 
 # %% ../nbs/09a_train.ipynb #5b0dd38e
 def with_pairs_config(data: dict) -> dict:
-    "The `data:` section with the keys of its `pairs_config` file filled in where the section leaves them out (or null)."
+    """The `data:` section with its `pairs_config` file's keys filled in where it leaves them out
+    (or null)."""
     if not data.get("pairs_config"):
         return data
     path = Path(data["pairs_config"])
     if not path.is_file():
-        made = (f"; a pairs.yaml is written by the `nomic_embed_curate filter` or `mine` run with --output {path.parent} "
-                "when it finishes: run that first (the README's full-scale steps)" if path.name == "pairs.yaml" else "")
-        raise ValueError(f"data.pairs_config {str(path)!r} does not exist (relative paths start at the working directory "
-                         f"{os.getcwd()}); run from the repository root or give an absolute path{made}")
+        made = (f"; a pairs.yaml is written by the `nomic_embed_curate filter` or `mine` run with "
+                f"--output {path.parent} when it finishes: run that first (the README's full-scale "
+                "steps)" if path.name == "pairs.yaml" else "")
+        raise ValueError(f"data.pairs_config {str(path)!r} does not exist (relative paths start at "
+                         f"the working directory {os.getcwd()}); run from the repository root or "
+                         f"give an absolute path{made}")
     try:
         from_file = load_pair_config(path)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: {error}") from None
-    from_file = {key: value for key, value in from_file.items() if key != "defaults"}  # `defaults:` holds YAML anchors
+    # `defaults:` holds YAML anchors
+    from_file = {key: value for key, value in from_file.items() if key != "defaults"}
     from_file["sources"] = [asdict(source) for source in from_file["sources"]]
     return {**from_file, **{key: value for key, value in data.items() if value is not None}}
 
+# %% ../nbs/09a_train.ipynb #93804b95
 def upgrade_gradcache_keys(raw: dict) -> dict:
     "Read an older config's `contrastive.gradcache` (+ chunk in `training.micro_batch_size`) as `contrastive.gradcache_chunk_size`."
     contrastive, training = dict(raw.get("contrastive") or {}), dict(raw.get("training") or {})
@@ -308,46 +362,60 @@ def _first_blank(column, is_list: bool) -> int | None:
         bad = pc.fill_null(blank, True).to_numpy(zero_copy_only=False)
     return int(bad.argmax()) if bad.any() else None
 
+# %% ../nbs/09a_train.ipynb #38fe8e37
 def check_pair_rows(rows: Sequence[dict], source: str, num_negatives: int = 0) -> None:
-    """Raise a `ValueError` naming the source, the first bad row and the fix unless every row has non-blank `query` and
-    `document` texts (and, when `num_negatives` > 0, a non-empty `negatives` list of texts). Arrow tables are checked column-wise."""
+    """Raise a `ValueError` naming the source, the first bad row and the fix unless every row has
+    non-blank `query` and `document` texts (and, when `num_negatives` > 0, a non-empty `negatives`
+    list of texts). Arrow tables are checked column-wise."""
     if not len(rows):
-        raise ValueError(f"source {source!r} has no rows; point it at a JSONL or parquet file of query, document[, negatives] rows")
+        raise ValueError(f"source {source!r} has no rows; point it at a JSONL or parquet file of "
+                         f"query, document[, negatives] rows")
     needed = ("query", "document", "negatives") if num_negatives else ("query", "document")
     if hasattr(rows, "column_names"):  # a datasets.Dataset: column by column, no Python row objects
         missing = [name for name in needed if name not in rows.column_names]
         if missing:
-            raise ValueError(f"source {source!r} has no {missing[0]!r} column (its columns: {', '.join(rows.column_names)}); {_ROW_FIXES[missing[0]]}")
+            raise ValueError(f"source {source!r} has no {missing[0]!r} column (its columns: "
+                             f"{', '.join(rows.column_names)}); {_ROW_FIXES[missing[0]]}")
         start = 0
         for table in rows.with_format("arrow").iter(batch_size=65_536):
             for name in needed:
                 bad = _first_blank(table.column(name), name == "negatives")
                 if bad is not None:
-                    raise ValueError(f"source {source!r}, row {start + bad}: {name!r} is missing, empty or not text; {_ROW_FIXES[name]} (or drop the row)")
+                    raise ValueError(f"source {source!r}, row {start + bad}: {name!r} is missing, "
+                                     f"empty or not text; {_ROW_FIXES[name]} (or drop the row)")
             start += table.num_rows
         return
     for index, row in enumerate(rows):
         for name in needed:
             value = row.get(name)
-            good = (isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) and v.strip() for v in value)
-                    if name == "negatives" else isinstance(value, str) and bool(value.strip()))
+            if name == "negatives":
+                good = (isinstance(value, (list, tuple)) and len(value) > 0
+                        and all(isinstance(v, str) and v.strip() for v in value))
+            else:
+                good = isinstance(value, str) and bool(value.strip())
             if not good:
-                raise ValueError(f"source {source!r}, row {index}: {name!r} is missing, empty or not text; {_ROW_FIXES[name]} (or drop the row)")
+                raise ValueError(f"source {source!r}, row {index}: {name!r} is missing, empty or "
+                                 f"not text; {_ROW_FIXES[name]} (or drop the row)")
 
 # %% ../nbs/09a_train.ipynb #22406416
 def pair_splits(data: PairDataConfig) -> tuple[dict, dict, dict]:
-    "(training rows, held-out rows, (query prefix, document prefix)) per source; held-out rows only when the config holds some out."
+    """(training rows, held-out rows, (query prefix, document prefix)) per source; held-out rows
+    only when the config holds some out."""
     train, held_out, prefixes = {}, {}, {}
     for source in data.pair_sources():
         rows = source.load()
         check_pair_rows(rows, source.name, data.num_negatives if data.mine_negatives is None else 0)
         prefixes[source.name] = (source.query_prefix, source.document_prefix)
-        fraction = min(data.held_out_per_source / max(len(rows), 1), 0.5) if data.held_out_per_source else data.held_out_fraction
+        if data.held_out_per_source:
+            fraction = min(data.held_out_per_source / max(len(rows), 1), 0.5)
+        else:
+            fraction = data.held_out_fraction
         if fraction > 0:
             rows, held_out[source.name] = split_pairs(rows, fraction, data.split_seed)
         train[source.name] = rows
     return train, held_out, prefixes
 
+# %% ../nbs/09a_train.ipynb #74339023
 def _rows_digest(rows: Sequence[dict]) -> str:
     "SHA-256 over the (query, document) texts of `rows`, in order."
     digest = hashlib.sha256()
@@ -355,13 +423,18 @@ def _rows_digest(rows: Sequence[dict]) -> str:
         digest.update(json.dumps([row["query"], row["document"]]).encode())
     return digest.hexdigest()
 
-def with_built_negatives(rows: Sequence[dict], mode: str, pool: int = 20, teacher: str | None = None, seed: int = 0,
+# %% ../nbs/09a_train.ipynb #f3ee421c
+def with_built_negatives(rows: Sequence[dict], mode: str, pool: int = 20,
+                         teacher: str | None = None, seed: int = 0,
                          cache_dir: str | Path | None = None) -> list[dict]:
-    "`rows` with a `negatives` list of `pool` texts each (top-`pool` by the teacher, or random), cached on disk by content."
+    """`rows` with a `negatives` list of `pool` texts each (top-`pool` by the teacher, or random),
+    cached on disk by content."""
     if mode not in NEGATIVE_MODES:
         raise ValueError(f"mode must be one of {', '.join(NEGATIVE_MODES)}; got {mode!r}")
-    # mining is deterministic: only random pools depend on the seed (a new negative_seed re-uses a mined pool)
-    key = [_rows_digest(rows), mode, pool, teacher if mode == "mined" else None, seed if mode == "random" else None]
+    # mining is deterministic: only random pools depend on the seed
+    # (a new negative_seed re-uses a mined pool)
+    key = [_rows_digest(rows), mode, pool, teacher if mode == "mined" else None,
+           seed if mode == "random" else None]
     key = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
     path = Path(cache_dir or default_cache_dir()) / "negatives" / f"{mode}-{pool}-{key}.jsonl"
     if path.exists():
@@ -370,78 +443,108 @@ def with_built_negatives(rows: Sequence[dict], mode: str, pool: int = 20, teache
     from nomic_embed.filter import sentence_transformer_encoder
     from nomic_embed.negatives import add_negatives
     encode = sentence_transformer_encoder(teacher) if mode == "mined" else None
-    table = datasets.Dataset.from_list([{"query": row["query"], "document": row["document"]} for row in rows])
+    table = datasets.Dataset.from_list([{"query": row["query"], "document": row["document"]}
+                                        for row in rows])
     built = add_negatives(table, encode, num_negatives=pool, mode=mode, seed=seed).to_list()
     write_pairs(built, path)
     return built
 
 # %% ../nbs/09a_train.ipynb #52917de8
-def retrieval_metrics(query_embeddings: Tensor, corpus_embeddings: Tensor, relevant: Sequence[Sequence[int]],
-                      targets: Sequence[int] | None = None, k: int = 10, logit_scale: float = 50.0) -> dict[str, Tensor]:
-    """Per-query MRR@k, nDCG@k and recall@k of unit-vector queries `(n, dim)` against a corpus `(m, dim)` given the
-    relevant corpus ids of each query; with `targets` (each query's own document) also the cross-entropy over the corpus."""
+def retrieval_metrics(query_embeddings: Tensor, corpus_embeddings: Tensor,
+                      relevant: Sequence[Sequence[int]], targets: Sequence[int] | None = None,
+                      k: int = 10, logit_scale: float = 50.0) -> dict[str, Tensor]:
+    """Per-query MRR@k, nDCG@k and recall@k of unit-vector queries `(n, dim)` against a corpus
+    `(m, dim)` given the relevant corpus ids of each query; with `targets` (each query's own
+    document) also the cross-entropy over the corpus."""
     scores = query_embeddings.double() @ corpus_embeddings.double().T  # (n, m) cosine similarities
     top = scores.topk(min(k, scores.shape[1]), dim=1).indices  # (n, k), best first
-    discounts = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=torch.float64))  # 1/log2(rank + 1)
-    hits = torch.tensor([[index in set(relevant[row]) for index in ids] for row, ids in enumerate(top.tolist())], dtype=torch.float64)
+    ranks = torch.arange(2, top.shape[1] + 2, dtype=torch.float64)
+    discounts = 1.0 / torch.log2(ranks)  # 1/log2(rank + 1)
+    hits = torch.tensor([[index in set(relevant[row]) for index in ids]
+                         for row, ids in enumerate(top.tolist())], dtype=torch.float64)
     counts = torch.tensor([len(set(r)) for r in relevant], dtype=torch.float64)
-    first = torch.where(hits.any(1), hits.argmax(1).double() + 1, torch.inf)  # rank of the first hit
+    # the rank of the first hit
+    first = torch.where(hits.any(1), hits.argmax(1).double() + 1, torch.inf)
     ideal = torch.stack([discounts[:int(min(c, top.shape[1]))].sum() for c in counts.tolist()])
-    out = {"mrr": 1.0 / first, "ndcg": (hits * discounts).sum(1) / ideal, "recall": hits.sum(1) / counts}
+    out = {"mrr": 1.0 / first, "ndcg": (hits * discounts).sum(1) / ideal,
+           "recall": hits.sum(1) / counts}
     if targets is not None:
-        out["cross_entropy"] = F.cross_entropy(logit_scale * scores, torch.as_tensor(list(targets)), reduction="none")
+        out["cross_entropy"] = F.cross_entropy(logit_scale * scores, torch.as_tensor(list(targets)),
+                                               reduction="none")
     return out
 
-def held_out_corpus(train_rows: Sequence[dict], held_out_rows: Sequence[dict], queries: Sequence[dict]) -> tuple[list[str], list[list[int]], list[int]]:
-    """One source's retrieval task: the corpus (every distinct document, training and held-out), the relevant corpus ids of
-    each query in `queries` (every document paired with its query text) and each query's own document id."""
+# %% ../nbs/09a_train.ipynb #bae5af39
+def held_out_corpus(train_rows: Sequence[dict], held_out_rows: Sequence[dict],
+                    queries: Sequence[dict]) -> tuple[list[str], list[list[int]], list[int]]:
+    """One source's retrieval task: the corpus (every distinct document, training and held-out), the
+    relevant corpus ids of each query in `queries` (every document paired with its query text) and
+    each query's own document id."""
     corpus_id: dict[str, int] = {}
     by_query: dict[str, set[int]] = {}
     for row in list(train_rows) + list(held_out_rows):
-        by_query.setdefault(row["query"], set()).add(corpus_id.setdefault(row["document"], len(corpus_id)))
-    return list(corpus_id), [sorted(by_query[r["query"]]) for r in queries], [corpus_id[r["document"]] for r in queries]
+        document = corpus_id.setdefault(row["document"], len(corpus_id))
+        by_query.setdefault(row["query"], set()).add(document)
+    relevant = [sorted(by_query[r["query"]]) for r in queries]
+    return list(corpus_id), relevant, [corpus_id[r["document"]] for r in queries]
 
 # %% ../nbs/09a_train.ipynb #d9bd1e5e
-def corpus_rows(train_rows: Sequence[dict], data: PairDataConfig, held_out: Sequence[dict]) -> Sequence[dict]:
-    "The training rows whose documents join a held-out task's corpus: all, or the first ones up to `held_out_corpus_size` in all."
+def corpus_rows(train_rows: Sequence[dict], data: PairDataConfig,
+                held_out: Sequence[dict]) -> Sequence[dict]:
+    """The training rows whose documents join a held-out task's corpus: all, or the first ones up to
+    `held_out_corpus_size` in all."""
     if data.held_out_corpus_size is None:
         return train_rows
     n = min(max(data.held_out_corpus_size - len(held_out), 0), len(train_rows))
-    return train_rows.select(range(n)) if hasattr(train_rows, "select") else train_rows[:n]  # a datasets.Dataset, or a list
+    # a datasets.Dataset, or a list
+    return train_rows.select(range(n)) if hasattr(train_rows, "select") else train_rows[:n]
 
+# %% ../nbs/09a_train.ipynb #dd4d727c
 class HeldOutRetrieval:
-    "Held-out retrieval for a contrastive run: this rank's share of each source's held-out queries against all of that source's documents."
+    """Held-out retrieval for a contrastive run: this rank's share of each source's held-out queries
+    against all of that source's documents."""
 
-    def __init__(self, train: dict[str, Sequence[dict]], held_out: dict[str, Sequence[dict]], prefixes: dict[str, tuple],
-                 tokenizer, data: PairDataConfig, batch_size: int, dist: DistInfo):
+    def __init__(self, train: dict[str, Sequence[dict]], held_out: dict[str, Sequence[dict]],
+                 prefixes: dict[str, tuple], tokenizer, data: PairDataConfig, batch_size: int,
+                 dist: DistInfo):
         self.tokenizer, self.data, self.batch_size = tokenizer, data, batch_size
-        self.tasks = []  # (prefixed queries, prefixed corpus, relevant ids, own-document ids) per source
+        # (prefixed queries, prefixed corpus, relevant ids, own-document ids) per source
+        self.tasks = []
         for name, rows in held_out.items():
             mine = rows[dist.rank::dist.world_size]
             if mine:
                 query_prefix, document_prefix = prefixes[name]
-                corpus, relevant, targets = held_out_corpus(corpus_rows(train.get(name, []), data, rows), rows, mine)
+                searched = corpus_rows(train.get(name, []), data, rows)
+                corpus, relevant, targets = held_out_corpus(searched, rows, mine)
                 self.tasks.append(([with_prefix(r["query"], query_prefix) for r in mine],
-                                   [with_prefix(text, document_prefix) for text in corpus], relevant, targets))
+                                   [with_prefix(text, document_prefix) for text in corpus],
+                                   relevant, targets))
 
-    def embed(self, encoder: NomicBertModel, texts: list[str], max_length: int, autocast_dtype) -> Tensor:
-        "Unit-length, full-size embeddings with the `model` chapter's `embed_texts` (the `Embedder`'s loop); v1.5's layer norm first when the encoder records it."
+    def embed(self, encoder: NomicBertModel, texts: list[str], max_length: int,
+              autocast_dtype) -> Tensor:
+        """Unit-length, full-size embeddings with the `model` chapter's `embed_texts` (the
+        `Embedder`'s loop); v1.5's layer norm first when the encoder records it."""
         layer_norm = bool(getattr(encoder.config, MATRYOSHKA_LAYER_NORM_KEY, False))
-        vectors = torch.from_numpy(embed_texts(encoder, self.tokenizer, texts, max_length, batch_size=self.batch_size,
-                                               normalize=not layer_norm, autocast_dtype=autocast_dtype, warn_truncation=False))
+        vectors = embed_texts(encoder, self.tokenizer, texts, max_length,
+                              batch_size=self.batch_size, normalize=not layer_norm,
+                              autocast_dtype=autocast_dtype, warn_truncation=False)
+        vectors = torch.from_numpy(vectors)
         return resize_embeddings(vectors, layer_norm=True) if layer_norm else vectors
 
-    def sums(self, model: MeanPooledEncoder, logit_scale: float, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-        "MRR@10, nDCG@10, recall@10 and cross-entropy summed over this rank's held-out queries (and their count); `{}` without held-out pairs."
+    def sums(self, model: MeanPooledEncoder, logit_scale: float,
+             autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+        """MRR@10, nDCG@10, recall@10 and cross-entropy summed over this rank's held-out queries
+        (and their count); `{}` without held-out pairs."""
         if not self.tasks:
             return {}
         totals = dict.fromkeys(("mrr", "ndcg", "recall", "cross_entropy", "queries"), 0.0)
         encoder, was_training = model.model, model.training
         model.eval()
         for queries, corpus, relevant, targets in self.tasks:
-            scores = retrieval_metrics(self.embed(encoder, queries, self.data.query_max_length, autocast_dtype),
-                                       self.embed(encoder, corpus, self.data.document_max_length, autocast_dtype),
-                                       relevant, targets, k=10, logit_scale=logit_scale)
+            data = self.data
+            query_vectors = self.embed(encoder, queries, data.query_max_length, autocast_dtype)
+            corpus_vectors = self.embed(encoder, corpus, data.document_max_length, autocast_dtype)
+            scores = retrieval_metrics(query_vectors, corpus_vectors, relevant, targets, k=10,
+                                       logit_scale=logit_scale)
             for name, values in scores.items():
                 totals[name] += float(values.sum())
             totals["queries"] += len(queries)
@@ -452,24 +555,31 @@ class HeldOutRetrieval:
     def summarize(sums: dict[str, float]) -> dict[str, float]:
         "Means over all ranks' held-out queries, as the metrics a run logs."
         n = max(sums["queries"], 1)
-        return {"eval_loss": sums["cross_entropy"] / n, "eval_mrr@10": sums["mrr"] / n, "eval_ndcg@10": sums["ndcg"] / n,
-                "eval_recall@10": sums["recall"] / n, "eval_queries": int(sums["queries"])}
+        return {"eval_loss": sums["cross_entropy"] / n, "eval_mrr@10": sums["mrr"] / n,
+                "eval_ndcg@10": sums["ndcg"] / n, "eval_recall@10": sums["recall"] / n,
+                "eval_queries": int(sums["queries"])}
 
 # %% ../nbs/09a_train.ipynb #bf8ef8c9
 class ContrastiveBatches:
-    "Stages 2-3's batches: one-source global batches of prefixed pairs (the pairs chapter's sampler); this rank's share, tokenised."
+    """Stages 2-3's batches: one-source global batches of prefixed pairs (the pairs chapter's
+    sampler); this rank's share, tokenised."""
 
-    def __init__(self, train: dict[str, Sequence[dict]], prefixes: dict[str, tuple], tokenizer, config: TrainConfig, dist: DistInfo):
+    def __init__(self, train: dict[str, Sequence[dict]], prefixes: dict[str, tuple], tokenizer,
+                 config: TrainConfig, dist: DistInfo):
         t, data = config.training, config.data
-        self.dataset = PairDataset(train, prefixes, data.num_negatives, seed=config.negative_seed, negatives_sampling=data.negatives_sampling)
+        self.dataset = PairDataset(train, prefixes, data.num_negatives, seed=config.negative_seed,
+                                   negatives_sampling=data.negatives_sampling)
         sampler = OneSourceBatchSampler if data.batch_sources == "one" else MixedBatchSampler
-        self.sampler = sampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size, config.data_seed, data.weighting)
-        self.collator = PairCollator(tokenizer, data.query_max_length, data.document_max_length, data.pad_to_multiple_of,
+        self.sampler = sampler(self.dataset, t.global_batch_size, dist.rank, dist.world_size,
+                               config.data_seed, data.weighting)
+        self.collator = PairCollator(tokenizer, data.query_max_length, data.document_max_length,
+                                     data.pad_to_multiple_of,
                                      one_source=data.batch_sources == "one")
         self.rank, self.steps_per_epoch, self._plan = dist.rank, len(self.sampler), (None, None)
 
     def global_batch(self, step: int) -> tuple[str, np.ndarray, int]:
-        "(source, global row indices, epoch) of optimiser step `step`: the sampler's plan, epoch after epoch."
+        """(source, global row indices, epoch) of optimiser step `step`: the sampler's plan, epoch
+        after epoch."""
         epoch, position = divmod(step, self.steps_per_epoch)
         if self._plan[0] != epoch:
             self._plan = (epoch, self.sampler.global_batches(epoch))
@@ -477,7 +587,8 @@ class ContrastiveBatches:
         return source, rows, epoch
 
     def micro_batches(self, step: int) -> list[dict[str, Any]]:
-        "One micro-batch per rank: this rank's share of step `step`'s global batch, tokenised (`{'query': …, 'document': …}`)."
+        """One micro-batch per rank: this rank's share of step `step`'s global batch, tokenised
+        (`{'query': …, 'document': …}`)."""
         _, rows, epoch = self.global_batch(step)
         share = self.sampler.local_batch_size
         mine = rows[self.rank * share:(self.rank + 1) * share]
@@ -486,7 +597,8 @@ class ContrastiveBatches:
 
 # %% ../nbs/09a_train.ipynb #78e45406
 def pooled_encoder(config: TrainConfig, tokenizer=None) -> MeanPooledEncoder:
-    "The contrastive stages' model: the encoder inside a `MeanPooledEncoder`, with a `LogitScale` when the scale is learnable."
+    """The contrastive stages' model: the encoder inside a `MeanPooledEncoder`, with a `LogitScale`
+    when the scale is learnable."""
     if config.init_from:
         encoder = load_model(config.init_from, tokenizer=tokenizer, **config.model)
     else:
@@ -495,68 +607,91 @@ def pooled_encoder(config: TrainConfig, tokenizer=None) -> MeanPooledEncoder:
     c = config.contrastive
     if c.learnable_scale:  # part of the model: optimised, clipped and checkpointed with it
         model.logit_scale = LogitScale(c.logit_scale, c.max_logit_scale)
-        model.ddp_ignored_parameters = ["logit_scale.log_scale"]  # its gradient comes from the cached loss; averaged in `backward`
+        # its gradient comes from the cached loss; averaged in `backward`
+        model.ddp_ignored_parameters = ["logit_scale.log_scale"]
     return model
 
-def with_negatives(train: dict[str, Sequence[dict]], data: PairDataConfig, seed: int) -> dict[str, Sequence[dict]]:
-    "The training rows with a built `negatives` pool per source when `data.mine_negatives` asks for it (random for `random_negatives_sources`)."
+# %% ../nbs/09a_train.ipynb #a12cc714
+def with_negatives(train: dict[str, Sequence[dict]], data: PairDataConfig,
+                   seed: int) -> dict[str, Sequence[dict]]:
+    """The training rows with a built `negatives` pool per source when `data.mine_negatives` asks
+    for it (random for `random_negatives_sources`)."""
     if data.mine_negatives is None or data.num_negatives == 0:
         return train
-    return {name: with_built_negatives(list(rows), "random" if name in data.random_negatives_sources else data.mine_negatives,
-                                       data.negatives_pool, data.teacher, seed) for name, rows in train.items()}
+    modes = {name: "random" if name in data.random_negatives_sources else data.mine_negatives
+             for name in train}
+    return {name: with_built_negatives(list(rows), modes[name], data.negatives_pool, data.teacher,
+                                       seed)
+            for name, rows in train.items()}
 
 # %% ../nbs/09a_train.ipynb #1a9020f4
 def starting_encoder_config(config: TrainConfig) -> NomicBertConfig | None:
-    """The encoder config a contrastive run starts from — `init_from`'s config.json in any layout, `model:` keys on top —
-    read without its weights, so that a wrong checkpoint fails before any data is read; None for a hub id (checked as it loads)."""
+    """The encoder config a contrastive run starts from — `init_from`'s config.json in any layout,
+    `model:` keys on top — read without its weights, so that a wrong checkpoint fails before any
+    data is read; None for a hub id (checked as it loads)."""
     if not config.init_from:
         return NomicBertConfig(**config.model)
     directory = Path(config.init_from)
     if not directory.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", config.init_from):
         return None  # a hub id such as nomic-ai/nomic-bert-2048, downloaded when the model is built
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"init_from {config.init_from!r} is not a checkpoint directory (no config.json); give a directory "
-                                "nomic_embed.checkpoints.load_model reads: a run's final/, a released nomic-embed or nomic-bert-2048 "
-                                "download, or a transformers nomic_bert export")
+        raise FileNotFoundError(
+            f"init_from {config.init_from!r} is not a checkpoint directory (no config.json); give "
+            "a directory nomic_embed.checkpoints.load_model reads: a run's final/, a released "
+            "nomic-embed or nomic-bert-2048 download, or a transformers nomic_bert export")
     raw = json.loads((directory / "config.json").read_text())
-    layout = detect_format(raw)  # a checkpoint of another architecture fails here, naming its model_type
-    read = {"nomic_embed": NomicBertConfig.from_dict, "nomic": config_from_nomic, "transformers": config_from_transformers}[layout]
+    # a checkpoint of another architecture fails here, naming its model_type
+    layout = detect_format(raw)
+    read = {"nomic_embed": NomicBertConfig.from_dict, "nomic": config_from_nomic,
+            "transformers": config_from_transformers}[layout]
     return NomicBertConfig.from_dict(read(raw).to_dict() | config.model)
 
 # %% ../nbs/09a_train.ipynb #73b8941b
 class ContrastiveStage(Stage):
-    "What stages 2 and 3 share: one-source batches of prefixed pairs, the pooled encoder, held-out retrieval and the final save."
+    """What stages 2 and 3 share: one-source batches of prefixed pairs, the pooled encoder, held-out
+    retrieval and the final save."""
     sections = {"data": PairDataConfig, "contrastive": ContrastiveConfig}
     evaluate_at_start = True  # the trainer logs the starting model's held-out retrieval as step 0
 
     @classmethod
     def prepare_raw_config(cls, raw: dict) -> dict:
         raw = upgrade_gradcache_keys(raw)
-        return {**raw, "data": with_pairs_config(raw["data"])} if isinstance(raw.get("data"), dict) else raw
+        if isinstance(raw.get("data"), dict):
+            return {**raw, "data": with_pairs_config(raw["data"])}
+        return raw
 
     def __init__(self, config: TrainConfig, dist: DistInfo):
         super().__init__(config, dist)
         share = config.training.global_batch_size // dist.world_size
         if config.training.micro_batch_size not in (None, share):
-            raise ValueError(f"in-batch negatives tie the global batch together, so each rank embeds its whole share ({share}) at once: "
-                             f"set training.micro_batch_size: null; the GradCache chunk is contrastive.gradcache_chunk_size")
+            raise ValueError(f"in-batch negatives tie the global batch together, so each rank "
+                             f"embeds its whole share ({share}) at once: set "
+                             f"training.micro_batch_size: null; the GradCache chunk is "
+                             f"contrastive.gradcache_chunk_size")
         if config.distributed.deepspeed and config.contrastive.learnable_scale:
-            raise ValueError("contrastive.learnable_scale does not run under DeepSpeed: the scale's gradient comes from the loss on the "
-                             "cached embeddings, outside the engine's backward, so ZeRO would not reduce it; fix the scale or set distributed.deepspeed: null")
-        encoder_config = starting_encoder_config(config)  # a wrong init_from fails here, before any data is read
+            raise ValueError("contrastive.learnable_scale does not run under DeepSpeed: the "
+                             "scale's gradient comes from the loss on the cached embeddings, "
+                             "outside the engine's backward, so ZeRO would not reduce it; fix the "
+                             "scale or set distributed.deepspeed: null")
+        # a wrong init_from fails here, before any data is read
+        encoder_config = starting_encoder_config(config)
         self.check_matryoshka(encoder_config.hidden_size if encoder_config is not None else None)
-        c = config.contrastive  # v1.5's layer norm: as configured, else as the starting checkpoint records it
+        # v1.5's layer norm: as configured, else as the starting checkpoint records it
+        c = config.contrastive
         self.layer_norm = c.matryoshka_layer_norm if c.matryoshka_layer_norm is not None else bool(
             config.init_from and read_matryoshka_layer_norm(config.init_from))
         self.tokenizer = load_tokenizer(config.data.tokenizer)
-        with main_process_first(dist):  # rank 0 mines and caches the negatives; the other ranks then read the cache
+        # rank 0 mines and caches the negatives; the other ranks then read the cache
+        with main_process_first(dist):
             train, held_out, prefixes = pair_splits(config.data)
             train = with_negatives(train, config.data, config.negative_seed)
         self.batches = ContrastiveBatches(train, prefixes, self.tokenizer, config, dist)
-        self.held_out = HeldOutRetrieval(train, held_out, prefixes, self.tokenizer, config.data, config.logging.eval_batch_size, dist)
+        self.held_out = HeldOutRetrieval(train, held_out, prefixes, self.tokenizer, config.data,
+                                         config.logging.eval_batch_size, dist)
 
     def check_matryoshka(self, hidden_size: int | None) -> None:
-        "Check `contrastive.matryoshka_dims` against the encoder's hidden size (None: not known yet)."
+        """Check `contrastive.matryoshka_dims` against the encoder's hidden size (None: not known
+        yet)."""
         c = self.config.contrastive
         if c.matryoshka_dims is not None:
             try:
@@ -565,24 +700,30 @@ class ContrastiveStage(Stage):
                 raise ValueError(f"contrastive.matryoshka_{error}") from None
 
     def build_model(self) -> nn.Module:
-        model = pooled_encoder(self.config, self.tokenizer)  # init_from: its vocabulary must cover the tokenizer's
-        self.check_matryoshka(model.model.config.hidden_size)  # a hub checkpoint's size is only known now
-        if self.layer_norm or hasattr(model.model.config, MATRYOSHKA_LAYER_NORM_KEY):  # recorded in the saved config.json
+        # init_from: its vocabulary must cover the tokenizer's
+        model = pooled_encoder(self.config, self.tokenizer)
+        # a hub checkpoint's size is only known now
+        self.check_matryoshka(model.model.config.hidden_size)
+        # recorded in the saved config.json
+        if self.layer_norm or hasattr(model.model.config, MATRYOSHKA_LAYER_NORM_KEY):
             setattr(model.model.config, MATRYOSHKA_LAYER_NORM_KEY, self.layer_norm)
         return model
 
     def num_samples(self) -> int:
-        return self.batches.steps_per_epoch * self.config.training.global_batch_size  # incomplete batches are dropped
+        # incomplete batches are dropped
+        return self.batches.steps_per_epoch * self.config.training.global_batch_size
 
     def data_summary(self, sample: int = 1000) -> dict[str, Any]:
-        "Pairs per source, steps per epoch, mean tokens of queries and documents (`sample` a source)."
+        """Pairs per source, steps per epoch, mean tokens of queries and documents (`sample` a
+        source)."""
         dataset, data = self.batches.dataset, self.config.data
         picked = [start + k * (end - start) // min(sample, end - start)  # spread over each source
                   for start, end in zip(dataset.offsets[:-1].tolist(), dataset.offsets[1:].tolist())
                   for k in range(min(sample, end - start))]
         rows = [dataset[(0, index)] for index in picked]
         def mean_tokens(side: str, max_length: int) -> float:
-            ids = self.tokenizer([row[side] for row in rows], truncation=True, max_length=max_length)
+            ids = self.tokenizer([row[side] for row in rows], truncation=True,
+                                 max_length=max_length)
             return float(np.mean([len(one) for one in ids["input_ids"]]))
         lengths = [mean_tokens("query", data.query_max_length),
                    mean_tokens("document", data.document_max_length)]
@@ -599,13 +740,16 @@ class ContrastiveStage(Stage):
         return int(sum(int(features["attention_mask"].sum()) for features in batch.values()))
 
     def scale(self, model: nn.Module) -> float | Tensor:
-        "1/τ: the config's fixed value, or the model's learnable `LogitScale` (a tensor with a graph)."
+        """1/τ: the config's fixed value, or the model's learnable `LogitScale` (a tensor with a
+        graph)."""
         inner = getattr(model, "module", model)  # DDP-wrapped or not
-        return inner.logit_scale() if self.config.contrastive.learnable_scale else self.config.contrastive.logit_scale
+        c = self.config.contrastive
+        return inner.logit_scale() if c.learnable_scale else c.logit_scale
 
     def step_metrics(self, model: nn.Module) -> dict[str, float]:
         with torch.no_grad():
-            return {"logit_scale": float(self.scale(model))} if self.config.contrastive.learnable_scale else {}
+            learnable = self.config.contrastive.learnable_scale
+            return {"logit_scale": float(self.scale(model))} if learnable else {}
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         with torch.no_grad():
@@ -616,7 +760,8 @@ class ContrastiveStage(Stage):
         return HeldOutRetrieval.summarize(sums)
 
     def save_final(self, model: nn.Module, directory: Path) -> None:
-        "The bare encoder in the model chapter's format plus the tokenizer: what `Embedder.from_pretrained` loads."
+        """The bare encoder in the model chapter's format plus the tokenizer: what
+        `Embedder.from_pretrained` loads."""
         save_model(model.model, directory)
         self.tokenizer.save_pretrained(directory)
 
@@ -626,38 +771,53 @@ class ContrastiveStage(Stage):
 # %% ../nbs/09a_train.ipynb #98372ecd
 @register_stage
 class ContrastivePretrainStage(ContrastiveStage):
-    "Stage 2, weakly-supervised contrastive pretraining (report §4.2.1-4.2.2): eq. 1 over one-source batches, GradCache."
+    """Stage 2, weakly-supervised contrastive pretraining (report §4.2.1-4.2.2): eq. 1 over
+    one-source batches, GradCache."""
     name = "contrastive_pretrain"
 
-    def backward(self, model: nn.Module, batch: dict[str, Any], loss_scale: float, backprop: Backprop) -> Tensor:
-        "GradCache (or one plain pass): back-propagate eq. 1/2 (or its Matryoshka sum) `× loss_scale` of this rank's share through the trainer's `Backprop`."
+    def backward(self, model: nn.Module, batch: dict[str, Any], loss_scale: float,
+                 backprop: Backprop) -> Tensor:
+        """GradCache (or one plain pass): back-propagate eq. 1/2 (or its Matryoshka sum)
+        `× loss_scale` of this rank's share through the trainer's `Backprop`."""
         c, scale = self.config.contrastive, self.scale(model)
-        options = {"logit_scale": scale, "bidirectional": c.bidirectional, "shared_negatives": c.shared_negatives}
+        options = {"logit_scale": scale, "bidirectional": c.bidirectional,
+                   "shared_negatives": c.shared_negatives}
+
         def loss_fn(queries: Tensor, documents: Tensor, negatives: Tensor | None) -> Tensor:
-            if c.matryoshka_dims is None and not self.layer_norm:
-                return info_nce_loss(queries, documents, negatives, **options) * loss_scale  # eq. 1/2 at full size
-            dims = c.matryoshka_dims or [queries.shape[-1]]  # the layer norm alone: one prefix, the whole vector
-            return matryoshka_info_nce_loss(queries, documents, negatives, dims, c.matryoshka_weights, self.layer_norm, **options) * loss_scale
-        def encode(**features: Tensor) -> Tensor:  # forward passes under autocast, backward passes outside it
+            if c.matryoshka_dims is None and not self.layer_norm:  # eq. 1/2 at full size
+                return info_nce_loss(queries, documents, negatives, **options) * loss_scale
+            # the layer norm alone: one prefix, the whole vector
+            dims = c.matryoshka_dims or [queries.shape[-1]]
+            loss = matryoshka_info_nce_loss(queries, documents, negatives, dims,
+                                            c.matryoshka_weights, self.layer_norm, **options)
+            return loss * loss_scale
+
+        # forward passes under autocast, backward passes outside it
+        def encode(**features: Tensor) -> Tensor:
             with backprop.autocast():
                 return model(**features)
-        loss = gradcache_step(encode, batch, loss_fn, chunk_size=c.gradcache_chunk_size, no_sync=backprop.no_sync,
-                              backward=backprop.backward)
-        if c.learnable_scale and self.dist.distributed:  # DDP ignores it: average its gradient over ranks
+
+        loss = gradcache_step(encode, batch, loss_fn, chunk_size=c.gradcache_chunk_size,
+                              no_sync=backprop.no_sync, backward=backprop.backward)
+        # DDP ignores the learnable scale: average its gradient over ranks
+        if c.learnable_scale and self.dist.distributed:
             grad = getattr(model, "module", model).logit_scale.log_scale.grad
             torch.distributed.all_reduce(grad)
             grad /= self.dist.world_size
         return loss / loss_scale
 
+# %% ../nbs/09a_train.ipynb #6fea91da
 @register_stage
 class ContrastiveFinetuneStage(ContrastivePretrainStage):
-    "Stage 3, supervised contrastive fine-tuning (report §4.2.3-4.2.5): eq. 2 with hard negatives sampled from the mined pool."
+    """Stage 3, supervised contrastive fine-tuning (report §4.2.3-4.2.5): eq. 2 with hard negatives
+    sampled from the mined pool."""
     name = "contrastive_finetune"
 
     def __init__(self, config: TrainConfig, dist: DistInfo):
         if config.data.num_negatives < 1:
-            raise ValueError("stage contrastive_finetune needs hard negatives: set data.num_negatives (the report uses 7), "
-                             "or use stage contrastive_pretrain for in-batch negatives only")
+            raise ValueError("stage contrastive_finetune needs hard negatives: set "
+                             "data.num_negatives (the report uses 7), or use stage "
+                             "contrastive_pretrain for in-batch negatives only")
         super().__init__(config, dist)
 
 # %% ../nbs/09a_train.ipynb #75d2c700
@@ -703,12 +863,15 @@ class GPU:
     memory_gib: float
     bf16_tflops: float
 
-GPUS = {"h100-80gb": GPU("H100 SXM 80GB", 79.6, 989.0), "h200-141gb": GPU("H200 141GB", 140.4, 989.0),
-        "a100-80gb": GPU("A100 80GB", 80.0, 312.0), "a100-40gb": GPU("A100 40GB", 40.0, 312.0)}
+GPUS = {"h100-80gb": GPU("H100 SXM 80GB", 79.6, 989.0),
+        "h200-141gb": GPU("H200 141GB", 140.4, 989.0),
+        "a100-80gb": GPU("A100 80GB", 80.0, 312.0),
+        "a100-40gb": GPU("A100 40GB", 40.0, 312.0)}
 CUDA_CONTEXT_GIB = 1.5  # per process, outside PyTorch's allocator: CUDA context, cuBLAS, NCCL
 HEADROOM = 0.15  # share of the GPU a plan leaves free: fragmentation and the estimate's own error
 MEASURED_MFU = 0.23  # stage 1's step on one H100 (benchmarks/bench_gpu.py): 243k tokens/s in bf16
-REPORT_STEPS = {"contrastive_pretrain": (16_384, 14_316), "contrastive_finetune": (256, 6_612)}  # batch, steps
+# (global batch, steps) of one epoch in the report (Table 7, Table 3)
+REPORT_STEPS = {"contrastive_pretrain": (16_384, 14_316), "contrastive_finetune": (256, 6_612)}
 ASSUMED_MEAN_TOKENS = (64, 256)  # query, document: the caps of the measured GradCache throughput
 
 # %% ../nbs/09a_train.ipynb #f59fed71
@@ -723,6 +886,7 @@ def planned_model(config: TrainConfig) -> tuple[NomicBertConfig, int]:
         model = (NomicBertForPreTraining if config.stage == "mlm" else NomicBertModel)(encoder)
     return encoder, sum(p.numel() for p in model.parameters())  # tied weights once
 
+# %% ../nbs/09a_train.ipynb #1bcbd243
 def static_memory(config: TrainConfig, parameters: int, gpus: int) -> tuple[str, float]:
     "(what, bytes per GPU) of weights, gradients and AdamW state: DeepSpeed ZeRO-2 or DDP."
     if config.distributed.deepspeed:
@@ -777,6 +941,7 @@ def planned_steps(config: TrainConfig, prepared: dict | None = None) -> tuple[in
     raise ValueError("training.num_epochs needs the data's size: run nomic_embed_train "
                      "--config ... --prepare first")
 
+# %% ../nbs/09a_train.ipynb #f328e961
 def step_flops(config: TrainConfig, encoder: NomicBertConfig, prepared: dict | None = None) -> dict:
     "Tokens and FLOPs of one optimiser step over all GPUs, counting every forward pass executed."
     t = config.training
@@ -866,14 +1031,16 @@ def format_plan(plan: dict[str, Any], config: TrainConfig) -> str:
 
 # %% ../nbs/09a_train.ipynb #07232177
 def run_command(args: argparse.Namespace) -> None:
-    "Validate the config; print it, plan the run or prepare its data, or build the run and train (in `run_console`)."
+    """Validate the config; print it, plan the run or prepare its data, or build the run and train
+    (in `run_console`)."""
     config = resolve_resume_config(args.config, args.overrides, args.resume)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return
     if args.plan:
         mfu = MEASURED_MFU if args.mfu is None else args.mfu
-        print(format_plan(plan_run(config, args.plan, args.gpus, mfu, read_prepared(config)), config))
+        plan = plan_run(config, args.plan, args.gpus, mfu, read_prepared(config))
+        print(format_plan(plan, config))
         return
     if args.prepare:
         if args.resume:

@@ -33,13 +33,6 @@ WIDTH = 100  # the most columns a shown code line may have: wider lines are clip
 
 # Notebooks announced by the chapters' authors and listed in the sidebar before they exist.
 PENDING_NOTEBOOKS: dict[str, str] = {}
-# Chapters being rewritten in the second round of the book's redesign: their pages are rendered and linked, but the
-# page checks (clipped code, tracebacks, warning boxes, machine paths) skip them until they are done, and the chapters
-# that do not show their key definitions yet skip that check. Both lists go when the redesign is complete.
-PENDING_PAGES = {
-    "09a_train": "being rewritten (stage data, seeds); long lines (round two)",
-}
-PENDING_CODE: dict[str, str] = {}
 KEY_DEFINITIONS = {  # the cells that implement the paper: exported and shown on their page (`#| exports`)
     "00_rope": ["inv_frequencies", "rope_cos_sin", "apply_rope", "interpolation_scale", "ntk_base", "dynamic_ntk_base",
                 "RotaryEmbedding"],
@@ -58,7 +51,9 @@ KEY_DEFINITIONS = {  # the cells that implement the paper: exported and shown on
     "09_trainer": ["TrainConfig", "Stage", "build_optimizer", "build_scheduler", "build_backprop",
                    "accumulate_gradients", "gradient_norm", "apply_update", "save_checkpoint", "NonFiniteGuard",
                    "TrainingSetup", "TrainingStep", "Trainer"],
-    "09a_train": ["MLMStage", "ContrastiveStage"],
+    "09a_train": ["MLMStage", "PairDataConfig", "ContrastiveConfig", "with_built_negatives", "retrieval_metrics",
+                  "HeldOutRetrieval", "ContrastiveBatches", "ContrastiveStage", "ContrastivePretrainStage",
+                  "ContrastiveFinetuneStage", "plan_run"],
     "10_embed": ["Embedder", "add_prefix", "save_sentence_transformers", "quantize_embeddings", "MTEBEncoder"],
     "11_evaluate": ["score_task", "evaluate_offline"],
     "12_reproduce": ["Budget", "run_chain"],
@@ -66,11 +61,6 @@ KEY_DEFINITIONS = {  # the cells that implement the paper: exported and shown on
 ENTRIES = sidebar_entries(NBS)  # (part, notebook, text)
 PART_ONE = [Path(name).stem for part, name, _ in ENTRIES if part.split(" — ")[0] == "Part I"]
 PAGES = [name for _, name, _ in ENTRIES if (NBS / name).exists()]
-
-
-def skip_pending(notebook: str, pending: dict[str, str]) -> None:
-    if notebook in pending:
-        pytest.skip(f"{notebook}: {pending[notebook]}")
 
 
 @pytest.mark.parametrize("notebook", sorted(p.name for p in NBS.glob("*.ipynb")))
@@ -125,7 +115,6 @@ def test_github_workflows_test_on_push_and_publish_the_site():
 
 @pytest.mark.parametrize("notebook", sorted(KEY_DEFINITIONS))
 def test_the_paper_s_code_is_shown_on_its_page(notebook):
-    skip_pending(notebook, PENDING_CODE)
     cells = json.loads((NBS / f"{notebook}.ipynb").read_text())["cells"]
     shown = {name for cell in cells if "".join(cell["source"]).startswith("#| exports\n")
              for name in re.findall(r"^(?:def|class) (\w+)", "".join(cell["source"]), re.M)}
@@ -191,7 +180,6 @@ def test_links_stay_inside_the_preview_and_resolve(site):
 @pytest.mark.parametrize("notebook", PART_ONE)
 def test_part_one_pages_show_the_code_of_their_key_definitions(site, notebook):
     assert notebook in KEY_DEFINITIONS, f"name {notebook}'s key definitions in KEY_DEFINITIONS"
-    skip_pending(notebook, PENDING_CODE)
     code = "\n".join(shown_code(site / html_name(notebook)))
     missing = [name for name in KEY_DEFINITIONS[notebook] if not re.search(rf"^(?:def|class) {name}\b", code, re.M)]
     assert not missing, f"{notebook}: the page does not show the code of {missing}"
@@ -199,7 +187,6 @@ def test_part_one_pages_show_the_code_of_their_key_definitions(site, notebook):
 
 @pytest.mark.parametrize("notebook", [Path(name).stem for name in PAGES])
 def test_pages_have_no_clipped_code_traceback_warning_or_machine_path(site, notebook):
-    skip_pending(notebook, PENDING_PAGES)
     page = site / html_name(notebook)
     wide = [line for block in shown_code(page, markdown=True) for line in block.splitlines() if len(line) > WIDTH]
     assert not wide, f"{notebook}: {len(wide)} shown code lines over {WIDTH} columns, e.g. {wide[0]!r}"
@@ -235,7 +222,7 @@ def test_rendered_code_blocks_do_not_overflow_a_laptop_screen(site, tmp_path):
     dom = chromium("--window-size=1400,900", "--dump-dom", (tmp_path / "probe.html").as_uri()).stdout
     wide = json.loads(html.unescape(re.search(r'data-wide="([^"]*)"', dom)[1]))
     assert set(wide) == {html_name(name) for name in PAGES}
-    checked = {Path(name).stem: wide[html_name(name)] for name in PAGES if Path(name).stem not in PENDING_PAGES}
+    checked = {Path(name).stem: wide[html_name(name)] for name in PAGES}
     overflowing = {name: n for name, n in checked.items() if n}
     assert not overflowing, f"code blocks that scroll sideways at 1280 pixels: {overflowing}"
 
