@@ -256,12 +256,12 @@ def check_unlocked(directory: str | os.PathLike) -> None:
 
 # %% ../nbs/00a_utils.ipynb #dbac21b5
 def launch_rank() -> tuple[int, int, int]:
-    "This process's (rank, world size, local rank) as `torchrun` sets them; (0, 1, 0) when launched alone."
-    environ = os.environ
-    return int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1)), int(environ.get("LOCAL_RANK", 0))
+    "This process's (rank, world size, local rank) as `torchrun` sets them; (0, 1, 0) alone."
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return rank, world_size, int(os.environ.get("LOCAL_RANK", 0))
 
 def is_rank_zero() -> bool:
-    "Whether this process is rank 0 of its launch (or launched alone): the one that locks and writes shared files."
+    "Whether this process is rank 0 of its launch (or alone): the one that locks and writes."
     return launch_rank()[0] == 0
 
 # %% ../nbs/00a_utils.ipynb #f1e3a741
