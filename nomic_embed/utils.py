@@ -69,7 +69,9 @@ def ensure_free_space(directory: str | os.PathLike, needed_bytes: int, what: str
         raise DiskFullError(what, directory, needed_bytes, free)
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded", "os error 28", "errno 28")
+# torch.save's zip writer reports a short write as "unexpected pos N vs M" (the disk filled as it wrote)
+_DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded", "os error 28", "errno 28",
+                    "unexpected pos")
 
 def is_disk_full(error: BaseException, directory: str | os.PathLike) -> bool:
     """Whether `error`, raised writing into `directory`, comes from a full disk: ENOSPC/EDQUOT or
