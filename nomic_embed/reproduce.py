@@ -838,16 +838,15 @@ def endpoints(results: dict) -> dict[str, dict[str, str]]:
 def arm_scores(
     records: dict[str, dict], arm: dict[int, str], endpoint: dict[str, str], draws: dict
 ) -> SeedScores | None:
-    "The endpoint of the models `arm` (seed → label) on the item `draws` (None: a task is missing)."
+    "The endpoint of the seeds of `arm` (seed → label) scored on all its tasks (None: no seed was)."
     from nomic_embed.evaluate import task_score
 
     runs = {
-        seed: {task: records[label].get(key) for task, key in endpoint.items()}
+        seed: {task: records[label][key] for task, key in endpoint.items()}
         for seed, label in arm.items()
-    }
-    if any(record is None for run in runs.values() for record in run.values()):
-        return None  # e.g. BM25 has no classification
-    return seed_scores(runs, draws, task_score, scale=1.0)
+        if all(key in records[label] for key in endpoint.values())
+    }  # e.g. BM25 has no classification; ablation-only seeds have the primary endpoint alone
+    return seed_scores(runs, draws, task_score, scale=1.0) if runs else None
 
 
 def endpoint_draws(records: dict[str, dict], label: str, endpoint: dict[str, str]) -> dict:
@@ -876,10 +875,8 @@ def arm_estimates(records: dict[str, dict], arms: dict[str, dict[int, str]],
     estimates = {}
     for arm, labels in arms.items():
         estimates[arm] = {}
-        for name in names:  # the seeds scored on every task of the endpoint
-            scored = {s: label for s, label in labels.items()
-                      if all(key in records[label] for key in endpoints[name].values())}
-            found = scored and arm_scores(records, scored, endpoints[name], draws[name])
+        for name in names:
+            found = arm_scores(records, labels, endpoints[name], draws[name])
             estimates[arm][name] = compare(found) if found else None
     return estimates
 
@@ -1028,15 +1025,13 @@ def compare_claim(claim: Claim, records: dict, arms: dict, endpoints: dict) -> E
         if a is None:
             return None
         draws = endpoint_draws(records, next(iter(arms[claim.favoured].values())), a)
-        return compare(
-            arm_scores(records, arms[claim.favoured], a, draws),
-            arm_scores(records, arms[claim.other], b, draws),
-        )
-    endpoint = endpoints[claim.endpoint]
-    draws = endpoint_draws(records, next(iter(arms[claim.favoured].values())), endpoint)
-    favoured, other = (
-        arm_scores(records, arms[name], endpoint, draws) for name in (claim.favoured, claim.other)
-    )
+        favoured = arm_scores(records, arms[claim.favoured], a, draws)
+        other = arm_scores(records, arms[claim.other], b, draws)
+    else:
+        endpoint = endpoints[claim.endpoint]
+        draws = endpoint_draws(records, next(iter(arms[claim.favoured].values())), endpoint)
+        favoured, other = (arm_scores(records, arms[name], endpoint, draws)
+                           for name in (claim.favoured, claim.other))
     return compare(favoured, other) if favoured and other else None
 
 # %% ../nbs/12_reproduce.ipynb #c67ee9ba

@@ -6,6 +6,7 @@ Run: python -m pytest tests/test_reproduce.py  (add -m slow for the slow tests).
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,3 +124,29 @@ def test_a_scaling_sweep_fits_a_line(tmp_path):
     assert flops == sorted(flops) and len(set(flops)) == 3  # more pairs, more steps at the same passes
     assert payload["fit"]["df"] == 1 and (tmp_path / "scaling" / "scaling.png").exists()
     assert {"BM25", "TF-IDF", "random init"} <= set(payload["ladder"])
+
+
+def test_ablations_added_to_a_finished_run(micro_run, tmp_path):
+    """`--ablations first_7` on a finished run: the default arms gain the paired seed, which is scored on the
+    primary endpoint only; every claim is still computed on the seeds that have its records."""
+    out = tmp_path / "micro"
+    shutil.copytree(micro_run, out)
+    done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(out), "--ablations", "first_7"],
+                          capture_output=True, text=True, env=ENV, timeout=3600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    tables = json.loads((out / "results.json").read_text())["tables"]
+    claims = {row["comparison"]: row for row in tables["C"]}
+    assert claims["stage 3 − first_7"]["seeds"] == "2/2"  # the default arm at the ablation's paired seeds
+    assert claims["stage 3 − stage 2"]["seeds"] == "2/2"
+    assert tables["values"]["stage 3"]["suite mean"]["seeds"] == [1]  # the suite at the default seeds only
+    # the long-context claim reads the default seeds only: give seed 0 (alone) a long-document record
+    from nomic_embed.reproduce import CLAIMS, arms_of, compare_claim
+    records = {f"stage 3, seed {seed}": {path.name.removesuffix(".record.json"): json.loads(path.read_text())["result"]
+                                         for path in (out / "evaluation" / f"stage_3_seed_{seed}").glob("*.json")}
+               for seed in (0, 1)}
+    seed0 = records["stage 3, seed 0"]
+    seed0["long@512"], seed0["long@512-plain_rope"] = seed0["ManPageRetrieval@64"], seed0["ManPageRetrieval@512"]
+    endpoints = {"long, dynamic NTK": {"long": "long@512"}, "long, plain RoPE": {"long": "long@512-plain_rope"}}
+    long_claim = next(claim for claim in CLAIMS if claim.endpoint == "long")
+    estimate = compare_claim(long_claim, records, arms_of(list(records)), endpoints)
+    assert estimate.seeds == (1, 1) and estimate.low < estimate.estimate < estimate.high
