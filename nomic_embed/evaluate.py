@@ -655,7 +655,10 @@ def task_score(record: dict[str, Any], index: Sequence[int] | None = None) -> fl
     if metric == "mean":
         return float(np.mean(pick(record["values"])))
     if metric == "spearman":
-        return float(100 * spearmanr(pick(record["predicted"]), pick(record["gold"])).statistic)
+        predicted, gold = pick(record["predicted"]), pick(record["gold"])
+        if np.ptp(predicted) == 0 or np.ptp(gold) == 0:
+            return 0.0  # a constant ranking carries no information (Spearman's ρ is undefined)
+        return float(100 * spearmanr(predicted, gold).statistic)
     if metric == "v_measure":
         gold = pick(record["gold"])
         return float(
