@@ -31,11 +31,12 @@ __all__ = ['FORTUNE_CATEGORIES', 'FORTUNE_TOPICS', 'WORD_SIMILARITY_FILES', 'OFF
            'newsgroup_posts', 'newsgroup_classification', 'fortunes', 'fortune_clustering', 'review_plot_retrieval',
            'review_polarity', 'austen_paragraph_retrieval', 'fortune_topics', 'fortune_topic_clustering',
            'fortune_topic_classification', 'word_similarity', 'offline_tasks', 'model_kind', 'save_random_init',
-           'NomicEncoder', 'SentenceTransformerEncoder', 'BM25Search', 'BM25Encoder', 'load_encoder', 'task_score',
-           'primary_endpoint', 'ndcg_at_10', 'classification_predictions', 'classification_record', 'clustering_record',
-           'task_parts', 'model_inputs', 'embed_inputs', 'LexicalEncoder', 'bm25_scores', 'record_from_vectors',
-           'applies', 'task_records', 'score_task', 'default_lengths', 'reference_cache_file', 'evaluate_offline',
-           'markdown_table', 'offline_summary', 'plot_lengths', 'endpoint_standard_error', 'gap_closed']
+           'NomicEncoder', 'SentenceTransformerEncoder', 'BM25Search', 'BM25Encoder', 'load_encoder', 'v_measure',
+           'task_score', 'primary_endpoint', 'ndcg_at_10', 'classification_predictions', 'classification_record',
+           'clustering_record', 'task_parts', 'model_inputs', 'embed_inputs', 'LexicalEncoder', 'bm25_scores',
+           'record_from_vectors', 'applies', 'task_records', 'score_task', 'default_lengths', 'reference_cache_file',
+           'evaluate_offline', 'markdown_table', 'offline_summary', 'plot_lengths', 'endpoint_standard_error',
+           'gap_closed']
 
 # %% ../nbs/11_evaluate.ipynb #a0eee984
 @dataclass
@@ -640,11 +641,30 @@ def load_encoder(spec: str | os.PathLike, label: str | None = None, *, device: s
                         dtype=dtype)
     return NomicEncoder(embedder, label, prefixes)
 
+# %% ../nbs/11_evaluate.ipynb #5b0c1a02
+def v_measure(gold: Sequence, predicted: Sequence) -> float:
+    "The V-measure (β = 1) of the clustering `predicted` against the `gold` classes, in [0, 1]."
+    _, classes = np.unique(np.asarray(gold), return_inverse=True)
+    _, clusters = np.unique(np.asarray(predicted), return_inverse=True)
+    width = clusters.max() + 1
+    counts = np.bincount(classes * width + clusters, minlength=(classes.max() + 1) * width)
+    table = counts.reshape(-1, width) / len(classes)
+
+    def entropy(p: np.ndarray) -> float:
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
+    h_class, h_cluster = entropy(table.sum(1)), entropy(table.sum(0))
+    h_joint = entropy(table.ravel())
+    homogeneity = 1.0 if h_class == 0 else 1 - (h_joint - h_cluster) / h_class
+    completeness = 1.0 if h_cluster == 0 else 1 - (h_joint - h_class) / h_cluster
+    both = homogeneity + completeness
+    return 0.0 if both == 0 else 2 * homogeneity * completeness / both
+
 # %% ../nbs/11_evaluate.ipynb #e4feaace
 def task_score(record: dict[str, Any], index: Sequence[int] | None = None) -> float:
     "The task's score ×100 from its `record`, on the items `index` (repeats allowed; None: all)."
     from scipy.stats import spearmanr
-    from sklearn.metrics import v_measure_score
 
     pick = (
         (lambda values: np.asarray(values))
@@ -662,7 +682,7 @@ def task_score(record: dict[str, Any], index: Sequence[int] | None = None) -> fl
     if metric == "v_measure":
         gold = pick(record["gold"])
         return float(
-            100 * np.mean([v_measure_score(gold, pick(labels)) for labels in record["labels"]])
+            100 * np.mean([v_measure(gold, pick(labels)) for labels in record["labels"]])
         )
     raise ValueError(f"record metric must be 'mean', 'spearman' or 'v_measure'; got {metric!r}")
 
