@@ -844,7 +844,7 @@ def arm_scores(
     runs = {
         seed: {task: records[label][key] for task, key in endpoint.items()}
         for seed, label in arm.items()
-        if all(key in records[label] for key in endpoint.values())
+        if all(records[label].get(key) is not None for key in endpoint.values())
     }  # e.g. BM25 has no classification; ablation-only seeds have the primary endpoint alone
     return seed_scores(runs, draws, task_score, scale=1.0) if runs else None
 

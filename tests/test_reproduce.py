@@ -140,7 +140,7 @@ def test_ablations_added_to_a_finished_run(micro_run, tmp_path):
     assert claims["stage 3 − stage 2"]["seeds"] == "2/2"
     assert tables["values"]["stage 3"]["suite mean"]["seeds"] == [1]  # the suite at the default seeds only
     # the long-context claim reads the default seeds only: give seed 0 (alone) a long-document record
-    from nomic_embed.reproduce import CLAIMS, arms_of, compare_claim
+    from nomic_embed.reproduce import CLAIMS, arm_scores, arms_of, compare_claim, endpoint_draws
     records = {f"stage 3, seed {seed}": {path.name.removesuffix(".record.json"): json.loads(path.read_text())["result"]
                                          for path in (out / "evaluation" / f"stage_3_seed_{seed}").glob("*.json")}
                for seed in (0, 1)}
@@ -150,3 +150,6 @@ def test_ablations_added_to_a_finished_run(micro_run, tmp_path):
     long_claim = next(claim for claim in CLAIMS if claim.endpoint == "long")
     estimate = compare_claim(long_claim, records, arms_of(list(records)), endpoints)
     assert estimate.seeds == (1, 1) and estimate.low < estimate.estimate < estimate.high
+    records["BM25"] = {"long@512": None}  # a reference row with no record of a task: no score, no error
+    draws = endpoint_draws(records, "stage 3, seed 0", endpoints["long, dynamic NTK"])
+    assert arm_scores(records, {0: "BM25"}, endpoints["long, dynamic NTK"], draws) is None
