@@ -23,19 +23,20 @@ from .stats import (Estimate, SeedScores, compare, detectable, seed_scores, task
 from .utils import atomic_file
 
 # %% auto #0
-__all__ = ['BUDGETS', 'TEACHER_CHUNK', 'TEACHER_SETTINGS', 'NOISE_FRACTION', 'CHAIN', 'PROBE_LR', 'ABLATIONS', 'PARTNERS',
-           'MARGIN', 'DRAWS', 'STAGES', 'CLAIMS', 'REPORT_STAGE1_TOKENS', 'Budget', 'stage1_texts', 'stage_sources',
-           'hash_order', 'ordered_rows', 'pool_slices', 'write_pools', 'teacher_directory', 'teacher_vectors',
-           'teacher_encoder', 'shuffled_rows', 'stage2_pool', 'write_stage2', 'curate_config', 'run_curation',
-           'stage_config', 'run_stage', 'finished', 'Job', 'run_jobs', 'reference_models', 'evaluate_models',
-           'floor_cache', 'random_init', 'probe_data', 'probe_record', 'run_probe', 'count_models', 'bigram_log_probs',
-           'mlm_loss_records', 'chosen_ablations', 'prepare_ablations', 'arm_job', 'endpoints', 'arm_scores',
-           'endpoint_draws', 'arms_of', 'arm_estimates', 'table_a', 'Claim', 'compare_claim', 'claim_row', 'Phases',
-           'check_settings', 'cache_teacher', 'run_chain', 'parameters', 'training_flops', 'report_stage1_flops',
-           'payload_tables', 'results_markdown', 'write_results', 'plot_chain', 'plot_claims', 'reproduce',
-           'mlm_losses', 'scale_sentence', 'write_figures', 'run_scaling', 'scaling_payload', 'plot_scaling',
-           'write_scaling', 'run_command', 'cut_after', 'layer_scores', 'participation_ratio', 'token_spread',
-           'whitened_records']
+__all__ = ['BUDGETS', 'TEACHER_CHUNK', 'TEACHER_SETTINGS', 'NOISE_FRACTION', 'CHAIN', 'AFTER_STAGE1', 'PROBE_LR', 'ABLATIONS',
+           'PARTNERS', 'MARGIN', 'DRAWS', 'STAGES', 'CLAIMS', 'REPORT_STAGE1_TOKENS', 'Budget', 'stage1_texts',
+           'stage_sources', 'hash_order', 'ordered_rows', 'pool_slices', 'write_pools', 'teacher_directory',
+           'teacher_vectors', 'teacher_encoder', 'shuffled_rows', 'stage2_pool', 'write_stage2', 'curate_config',
+           'run_curation', 'stage_config', 'run_stage', 'finished', 'trained_stage1', 'stage1_phase', 'copy_run', 'Job',
+           'run_jobs', 'reference_models', 'evaluate_models', 'floor_cache', 'source_digest', 'random_init',
+           'probe_data', 'probe_record', 'probe_cache_file', 'copy_atomically', 'run_probe', 'count_models',
+           'bigram_log_probs', 'mlm_loss_records', 'chosen_ablations', 'prepare_ablations', 'arm_job', 'endpoints',
+           'arm_scores', 'endpoint_draws', 'arms_of', 'arm_estimates', 'table_a', 'Claim', 'compare_claim', 'claim_row',
+           'Phases', 'check_settings', 'cache_teacher', 'run_chain', 'parameters', 'training_flops',
+           'report_stage1_flops', 'payload_tables', 'results_markdown', 'write_results', 'plot_chain', 'plot_claims',
+           'reproduce', 'mlm_losses', 'scale_sentence', 'write_figures', 'run_scaling', 'scaling_payload',
+           'plot_scaling', 'write_scaling', 'run_command', 'cut_after', 'layer_scores', 'participation_ratio',
+           'token_spread', 'whitened_records']
 
 # %% ../nbs/12_reproduce.ipynb #326b4357
 @dataclass(frozen=True)
@@ -415,6 +416,44 @@ def finished(run_dir: Path) -> bool:
     "True when a training run has written its final model."
     return (run_dir / "final").exists() and not (run_dir / "final.tmp").exists()
 
+# %% ../nbs/12_reproduce.ipynb #c4c4e003
+def trained_stage1(raw: dict) -> tuple[Path, bool]:
+    """Stage 1 from its raw config: copied from the cache when the same config and code trained it
+    before, else trained and kept there. Its `final/`, and whether it came from the cache."""
+    import yaml
+    from nomic_embed.offline import default_cache_dir
+    from nomic_embed.train import load_config
+
+    run_dir = Path(raw["output_dir"])
+    settings = json.dumps({k: v for k, v in raw.items() if k != "output_dir"}, sort_keys=True)
+    key = hashlib.sha256((settings + source_digest(AFTER_STAGE1)).encode()).hexdigest()[:16]
+    cache = default_cache_dir() / "reproduce" / f"stage1-{key}"
+    if finished(run_dir) or not finished(cache):
+        final = run_stage(raw)
+        if not finished(cache):  # kept without its checkpoints; the rename makes it whole at once
+            copy_run(run_dir, cache, shutil.ignore_patterns("checkpoints", "config.yaml"))
+        return final, False
+    config = load_config(raw=raw).to_dict()
+    copy_run(cache, run_dir, config_yaml=yaml.safe_dump(config, sort_keys=False))
+    return run_dir / "final", True
+
+
+def stage1_phase(budget: Budget, runs: Path) -> dict:
+    "The `mlm` phase: stage 1 in `runs/mlm` (from the cache where it can be); the phase's summary."
+    final, cached = trained_stage1(stage_config("mlm", budget, runs / "mlm", None))
+    return {"model": str(final), "from cache": cached}
+
+
+def copy_run(source: Path, target: Path, ignore=None, config_yaml: str | None = None) -> None:
+    "Copy a run directory `source` to `target` through a temporary directory and one rename."
+    temporary = target.with_name(target.name + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    shutil.copytree(source, temporary, ignore=ignore)
+    if config_yaml is not None:
+        (temporary / "config.yaml").write_text(config_yaml)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(temporary, target)
+
 # %% ../nbs/12_reproduce.ipynb #d6dca092
 @dataclass(frozen=True)
 class Job:
@@ -514,6 +553,22 @@ def floor_cache(budget: Budget) -> Path:
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return default_cache_dir() / "reproduce" / f"floor-{digest}"
 
+# %% ../nbs/12_reproduce.ipynb #c4c4e002
+AFTER_STAGE1 = (  # the modules that stage 1 does not run
+    "reproduce", "evaluate", "stats", "cli", "benchmarks", "curate", "embed", "inference", "_modidx"
+)
+
+
+def source_digest(skip: Sequence[str] = ()) -> str:
+    "A hash of the library's source files, less the modules `skip`: the code a cached result was computed with."
+    import nomic_embed
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(nomic_embed.__file__).parent.glob("*.py")):
+        if path.stem not in skip:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
 # %% ../nbs/12_reproduce.ipynb #0f8cd271
 def random_init(out: Path, budget: Budget, seed: int) -> Path:
     "The budget's model randomly initialised with `seed`, saved once under `out/runs/random_init/`."
@@ -592,6 +647,24 @@ def probe_record(model_dir: str, seed: int, budget: Budget) -> dict:
     }
 
 # %% ../nbs/12_reproduce.ipynb #b10be004
+def probe_cache_file(model_dir: str, seed: int, budget: Budget) -> Path:
+    "Where the probe's record of the weights in `model_dir` at `seed` is kept: by weights, settings and code."
+    from nomic_embed.offline import default_cache_dir
+
+    settings = json.dumps([seed, budget.probe_sizes, PROBE_LR, source_digest()])
+    digest = hashlib.sha256(settings.encode())
+    for path in sorted(Path(model_dir).glob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return default_cache_dir() / "reproduce" / "probe" / f"{digest.hexdigest()[:16]}.json"
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    "Copy the file `source` to `target` through a temporary file and one rename."
+    with atomic_file(target) as written:
+        shutil.copyfile(source, written)
+
+
 def _probe_child(model_dir: str, seed: int, budget: Budget, path: str) -> None:
     "A probe process: one thread, dies with its parent, writes its record atomically."
     import ctypes
@@ -611,40 +684,43 @@ def _probe_child(model_dir: str, seed: int, budget: Budget, path: str) -> None:
 def run_probe(
     models: dict[str, str], budget: Budget, directory: Path
 ) -> dict[str, dict[int, dict]]:
-    "The probe's records of each model at each fine-tuning seed (kept in `directory`), in parallel."
+    "The probe's records of each model at each fine-tuning seed (kept in `directory` and the cache), in parallel."
     import multiprocessing
 
-    todo = [
-        (label, model, seed, directory / f"{label.replace(' ', '_')}-seed{seed}.json")
-        for label, model in models.items()
-        for seed in range(budget.probe_seeds)
-    ]
-    todo = [task for task in todo if not task[3].exists()]
-    context, running = multiprocessing.get_context("spawn"), []
+    def file(label: str, seed: int) -> Path:
+        return directory / f"{label.replace(' ', '_')}-seed{seed}.json"
+
     directory.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for label, model in models.items():
+        for seed in range(budget.probe_seeds):
+            path, cached = file(label, seed), probe_cache_file(model, seed, budget)
+            if not path.exists() and cached.exists():  # the same weights, settings and code
+                copy_atomically(cached, path)
+            if not path.exists():
+                todo.append((model, seed, path, cached))
+    context, running = multiprocessing.get_context("spawn"), []
     try:
         while todo or running:
             while todo and len(running) < budget.workers:
-                label, model, seed, path = todo.pop(0)
+                model, seed, path, cached = todo.pop(0)
                 child = context.Process(target=_probe_child, args=(model, seed, budget, str(path)))
                 child.start()
-                running.append((child, path))
+                running.append((child, path, cached))
             time.sleep(0.5)
-            for child, path in list(running):
+            for child, path, cached in list(running):
                 if child.exitcode is not None:
-                    running.remove((child, path))
+                    running.remove((child, path, cached))
                     if child.exitcode != 0:
                         raise RuntimeError(
                             f"the probe run for {path.name} failed (exit {child.exitcode})"
                         )
+                    copy_atomically(path, cached)
     finally:
-        for child, _ in running:
+        for child, *_ in running:
             child.kill()
     return {
-        label: {
-            seed: json.loads((directory / f"{label.replace(' ', '_')}-seed{seed}.json").read_text())
-            for seed in range(budget.probe_seeds)
-        }
+        label: {seed: json.loads(file(label, seed).read_text()) for seed in range(budget.probe_seeds)}
         for label in models
     }
 
@@ -1153,9 +1229,7 @@ def cache_teacher(budget: Budget) -> dict:
 def run_chain(out: Path, budget: Budget, phases: Phases) -> dict[str, str]:
     "The default chain's phases up to training at the budget's seeds; each trained model by label."
     runs, curated = out / "runs", out / "curated"
-    phases.run(
-        "mlm", lambda: {"model": str(run_stage(stage_config("mlm", budget, runs / "mlm", None)))}
-    )
+    phases.run("mlm", lambda: stage1_phase(budget, runs))
     phases.run("pairs", lambda: write_pools(out / "pools", budget))
     phases.run("teacher", lambda: cache_teacher(budget))
 
@@ -1513,9 +1587,7 @@ def run_scaling(out: Path, budget: Budget, report: Callable[[str], None] = print
     "The scaling curve: stage 1, then stage 2 at each of `budget.sweep` pairs per source and seed."
     names = ["mlm", "pairs", "teacher", "sweep pools", "sweep train", "evaluate"]
     phases, runs, curated = Phases(out, budget, names, report), out / "runs", out / "curated"
-    phases.run(
-        "mlm", lambda: {"model": str(run_stage(stage_config("mlm", budget, runs / "mlm", None)))}
-    )
+    phases.run("mlm", lambda: stage1_phase(budget, runs))
     phases.run("pairs", lambda: write_pools(out / "pools", budget))
     phases.run("teacher", lambda: cache_teacher(budget))
 

@@ -153,3 +153,21 @@ def test_ablations_added_to_a_finished_run(micro_run, tmp_path):
     records["BM25"] = {"long@512": None}  # a reference row with no record of a task: no score, no error
     draws = endpoint_draws(records, "stage 3, seed 0", endpoints["long, dynamic NTK"])
     assert arm_scores(records, {0: "BM25"}, endpoints["long, dynamic NTK"], draws) is None
+
+
+def test_a_second_run_takes_stage1_and_the_probe_from_the_cache(micro_run, tmp_path):
+    "A new --out with the same settings: stage 1 and the probe's records are copied from the cache; same results."
+    from nomic_embed.reproduce import BUDGETS, probe_cache_file
+    out = tmp_path / "again"
+    done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(out)], capture_output=True, text=True,
+                          env=ENV, timeout=3600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert json.loads((out / "phases" / "mlm.json").read_text())["from cache"] is True
+    assert sorted((out / "runs" / "mlm").iterdir()) == sorted(  # a whole run directory, without checkpoints
+        out / "runs" / "mlm" / name for name in ("baseline.json", "config.yaml", "final", "loss.png", "metrics.jsonl"))
+    starts = {"stage_1_(MLM)": out / "runs" / "mlm" / "final", "random_init": out / "runs" / "random_init" / "seed0"}
+    for label, model in starts.items():
+        for seed in range(BUDGETS["micro"].probe_seeds):
+            cached = probe_cache_file(str(model), seed, BUDGETS["micro"])
+            assert cached.read_text() == (out / "probe" / f"{label}-seed{seed}.json").read_text()
+    assert scores(out) == scores(micro_run)
