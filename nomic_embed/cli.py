@@ -182,7 +182,8 @@ def reproduce_parser() -> argparse.ArgumentParser:
                         help="output directory (default: ./reproduction)")
     parser.add_argument("--budget", default="small", choices=list(BUDGETS),
                         help="micro: about a minute (tests); small: the default, stages 2 and 3 "
-                             "at 3 seeds, about 20 minutes on 2 CPU cores once its caches exist; "
+                             "at 3 seeds, about 2 hours on 2 CPU cores the first time and about "
+                             "half an hour once its caches exist; "
                              "medium: 4 layers x 256, about 150 minutes on 2 CPU cores; "
                              "scaling: the scaling curve (stage-2 pairs per source from 500 to "
                              "16,000, 2 seeds each), about 65 minutes")
