@@ -23,16 +23,16 @@ from .stats import (Estimate, SeedScores, compare, detectable, seed_scores, task
 from .utils import atomic_file
 
 # %% auto #0
-__all__ = ['BUDGETS', 'TEACHER_CHUNK', 'TEACHER_SETTINGS', 'NOISE_FRACTION', 'CHAIN', 'AFTER_STAGE1', 'PROBE_LR', 'ABLATIONS',
-           'PARTNERS', 'MARGIN', 'DRAWS', 'STAGES', 'CLAIMS', 'REPORT_STAGE1_TOKENS', 'Budget', 'stage1_texts',
-           'stage_sources', 'hash_order', 'ordered_rows', 'pool_slices', 'write_pools', 'teacher_directory',
-           'teacher_vectors', 'teacher_encoder', 'shuffled_rows', 'stage2_pool', 'write_stage2', 'curate_config',
-           'run_curation', 'stage_config', 'run_stage', 'finished', 'trained_stage1', 'stage1_phase', 'copy_run', 'Job',
-           'run_jobs', 'reference_models', 'evaluate_models', 'floor_cache', 'source_digest', 'random_init',
-           'probe_data', 'probe_record', 'probe_cache_file', 'copy_atomically', 'run_probe', 'count_models',
-           'bigram_log_probs', 'mlm_loss_records', 'chosen_ablations', 'prepare_ablations', 'arm_job', 'endpoints',
-           'arm_scores', 'endpoint_draws', 'arms_of', 'arm_estimates', 'table_a', 'Claim', 'compare_claim', 'claim_row',
-           'Phases', 'check_settings', 'cache_teacher', 'run_chain', 'parameters', 'training_flops',
+__all__ = ['BUDGETS', 'TEACHER_CHUNK', 'TEACHER_SETTINGS', 'NOISE_FRACTION', 'EARLY_RUN_FILES', 'CHAIN', 'AFTER_STAGE1',
+           'PROBE_LR', 'ABLATIONS', 'PARTNERS', 'MARGIN', 'DRAWS', 'STAGES', 'CLAIMS', 'REPORT_STAGE1_TOKENS', 'Budget',
+           'stage1_texts', 'stage_sources', 'hash_order', 'ordered_rows', 'pool_slices', 'write_pools',
+           'teacher_directory', 'teacher_vectors', 'teacher_encoder', 'shuffled_rows', 'stage2_pool', 'write_stage2',
+           'curate_config', 'run_curation', 'stage_config', 'run_stage', 'finished', 'trained_stage1', 'stage1_phase',
+           'copy_run', 'Job', 'run_jobs', 'reference_models', 'evaluate_models', 'floor_cache', 'source_digest',
+           'random_init', 'probe_data', 'probe_record', 'probe_cache_file', 'copy_atomically', 'run_probe',
+           'count_models', 'bigram_log_probs', 'mlm_loss_records', 'chosen_ablations', 'prepare_ablations', 'arm_job',
+           'endpoints', 'arm_scores', 'endpoint_draws', 'arms_of', 'arm_estimates', 'table_a', 'Claim', 'compare_claim',
+           'claim_row', 'Phases', 'check_settings', 'cache_teacher', 'run_chain', 'parameters', 'training_flops',
            'report_stage1_flops', 'payload_tables', 'results_markdown', 'write_results', 'plot_chain', 'plot_claims',
            'reproduce', 'mlm_losses', 'scale_sentence', 'write_figures', 'run_scaling', 'scaling_payload',
            'plot_scaling', 'write_scaling', 'run_command', 'cut_after', 'layer_scores', 'participation_ratio',
@@ -397,6 +397,10 @@ def stage_config(
     }
 
 # %% ../nbs/12_reproduce.ipynb #d6dca091
+EARLY_RUN_FILES = {"config.yaml", "metrics.jsonl", "baseline.json", "loss.png", "tensorboard",
+                   "wandb_id.txt", "checkpoints", "final.tmp"}  # what a run writes before a checkpoint
+
+
 def run_stage(raw: dict) -> Path:
     "Train one stage from its raw config, or resume it from its last checkpoint; its `final/`."
     from nomic_embed.train import Trainer, load_config
@@ -407,6 +411,12 @@ def run_stage(raw: dict) -> Path:
         return run_dir / "final"
     resume = run_dir if list_checkpoints(run_dir) else None
     if resume is None and run_dir.exists():  # killed before its first checkpoint: nothing to keep
+        stray = sorted(set(os.listdir(run_dir)) - EARLY_RUN_FILES)
+        if stray:  # not a run's own files: never delete them
+            raise ValueError(
+                f"{run_dir} holds {', '.join(stray[:3])}{', …' if len(stray) > 3 else ''}, not a "
+                "run stopped before its first checkpoint; choose an empty output_dir"
+            )
         shutil.rmtree(run_dir)
     Trainer(config, resume).train()
     return run_dir / "final"
