@@ -113,7 +113,8 @@ BUDGETS: dict[str, Budget] = {
                      expected_seconds=dict(mlm=1185, pairs=30, teacher=40, filter=60, mine=110,
                                            train=6700, evaluate=900, probe=900, mlm_loss=60)),
     "scaling": Budget("scaling", sweep=(500, 1000, 2000, 4000, 8000, 16000), eval_tasks="primary",
-                      expected_seconds={**_SMALL_TIMES, "train": 3300, "evaluate": 300}),
+                      expected_seconds={"mlm": 190, "pairs": 30, "teacher": 40, "sweep pools": 15,
+                                        "sweep train": 2550, "evaluate": 120}),
 }
 
 # %% ../nbs/12_reproduce.ipynb #76e92c99
