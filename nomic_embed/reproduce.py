@@ -398,8 +398,10 @@ def stage_config(
     }
 
 # %% ../nbs/12_reproduce.ipynb #d6dca091
-EARLY_RUN_FILES = {"config.yaml", "metrics.jsonl", "baseline.json", "loss.png", "tensorboard",
-                   "wandb_id.txt", "checkpoints", "final.tmp"}  # what a run writes before a checkpoint
+EARLY_RUN_FILES = {  # what a run writes before its first checkpoint
+    "config.yaml", "metrics.jsonl", "baseline.json", "loss.png", "tensorboard", "wandb_id.txt",
+    "checkpoints", "final.tmp",
+}
 
 
 def run_stage(raw: dict) -> Path:
