@@ -1165,17 +1165,22 @@ class Phases:
         path = self.out / "phases" / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def run(self, name: str, work: Callable[[], dict]) -> dict:
-        "Run phase `name` unless it is finished, write its marker; the progress line; its summary."
-        summary, ran = self.done(name), False
+    def run(self, name: str, work: Callable[[], dict], arms: Sequence[str] = ()) -> dict:
+        """Run phase `name` unless it is finished for every arm of `arms`, write its marker; the
+        progress line; its summary. A phase asked for arms it has not run runs again (its work keeps
+        what is done), and its marker adds them and the seconds spent."""
+        summary, ran, earlier = self.done(name), False, ([], 0.0)
+        if summary is not None and not set(arms) <= set(summary.get("arms", ())):
+            earlier, summary = (summary.get("arms", []), summary["seconds"]), None
         if summary is None:
             ran, started = True, time.monotonic()
             summary = work()
             seconds = time.monotonic() - started
+            if arms:
+                summary["arms"] = sorted({*earlier[0], *arms})
             with atomic_file(self.out / "phases" / f"{name}.json") as marker:
-                marker.write_text(
-                    json.dumps({**summary, "seconds": round(seconds, 1)}, indent=1, default=str)
-                )
+                total = round(earlier[1] + seconds, 1)
+                marker.write_text(json.dumps({**summary, "seconds": total}, indent=1, default=str))
             self.spent += seconds
             self.expected_done += self.expected(name)
             summary = self.done(name)
@@ -1527,14 +1532,14 @@ def reproduce(out: str | os.PathLike = "reproduction", budget: str = "small",
     phases.run("probe", lambda: {"models": len(run_probe(starts, chosen, out / "probe"))})
     phases.run("mlm_loss", lambda: mlm_losses(out, chosen))
     if names:
-        phases.run("ablation data", lambda: prepare_ablations(names, out, chosen))
+        phases.run("ablation data", lambda: prepare_ablations(names, out, chosen), names)
         jobs = [arm_job(arm, seed, out, chosen) for seed in range(chosen.ablation_seeds)
                 for arm in ("stage 2", "stage 3", *names)]
         trained = lambda: {"runs": len(run_jobs(jobs, chosen.workers, out / "logs"))}
-        phases.run("ablation train", trained)
+        phases.run("ablation train", trained, names)
         arms.update({job.name: str(Path(job.raw["output_dir"]) / "final") for job in jobs
                      if job.name not in models})
-        phases.run("ablation evaluate", lambda: {"models": len(evaluated()["models"])})
+        phases.run("ablation evaluate", lambda: {"models": len(evaluated()["models"])}, names)
     results, probe = evaluated(), run_probe(starts, chosen, out / "probe")
     losses = json.loads((out / "mlm_loss.json").read_text())
     seconds = {part: sum((phases.done(n) or {}).get("seconds", 0) for n in parts)
