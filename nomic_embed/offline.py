@@ -512,22 +512,61 @@ def _stdlib_modules() -> Iterator[tuple[str, Any]]:
             except ImportError:
                 continue
 
+@lru_cache(maxsize=None)
+def _defined_in_source(module_name: str) -> frozenset[str]:
+    "The functions and classes (and `Class.method`s) that the source of the loaded module `module_name` defines."
+    import ast
+    try:
+        tree = ast.parse(inspect.getsource(sys.modules[module_name]))
+    except (OSError, TypeError, SyntaxError):
+        return frozenset()
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        if isinstance(node, ast.ClassDef):
+            names.update(f"{node.name}.{n.name}" for n in node.body
+                         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    return frozenset(names)
+
+@lru_cache(maxsize=None)
+def _fresh_copy(module_name: str) -> Any:
+    "A private copy of the module `module_name`, executed anew from its source: nothing patched into it."
+    import importlib.util
+    spec = importlib.util.find_spec(module_name)
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    return copy
+
+def _own(module: Any, path: str, obj: Any) -> Any | None:
+    """`obj` (the attribute `path` of `module`) as the module's own source defines it, or None when
+    the module took it from elsewhere or another library added it. Libraries patch the standard
+    library when imported (torch replaces `inspect.getfile`): a definition so replaced is read from
+    a fresh copy of the module."""
+    if inspect.isbuiltin(obj) or getattr(obj, "__module__", None) in (None, module.__name__):
+        return obj
+    if path not in _defined_in_source(module.__name__):
+        return None  # re-exported, or added by another library (transformers' Logger.warning_once)
+    original = _fresh_copy(module.__name__)
+    for part in path.split("."):
+        original = getattr(original, part, None)
+    return original if getattr(original, "__module__", None) == module.__name__ else None
+
 def _stdlib_objects() -> Iterator[tuple[str, Any]]:
     "(qualified name, object) for the public functions, classes and methods defined in `STDLIB_MODULES`, in a fixed order."
     for module_name, module in _stdlib_modules():
         for name, obj in sorted(vars(module).items()):
             if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj)):
                 continue
-            if not inspect.isbuiltin(obj) and getattr(obj, "__module__", None) != module.__name__:
-                continue  # re-exported from elsewhere
+            if (obj := _own(module, name, obj)) is None:
+                continue
             yield f"{module_name}.{name}", obj
             if inspect.isclass(obj):
                 for method_name, method in sorted(vars(obj).items()):
                     if method_name.startswith("_") or not (inspect.isfunction(method) or inspect.ismethoddescriptor(method)):
                         continue
-                    if getattr(method, "__module__", None) not in (None, module.__name__):
-                        continue  # patched in by another library at import time (e.g. logging.Logger.warning_once)
-                    yield f"{module_name}.{name}.{method_name}", method
+                    if (method := _own(module, f"{name}.{method_name}", method)) is not None:
+                        yield f"{module_name}.{name}.{method_name}", method
 
 # %% ../nbs/01a_offline.ipynb #cb7ff670
 def python_docstring_pairs(min_chars: int = 80) -> list[dict[str, str]]:
