@@ -128,7 +128,8 @@ def test_a_scaling_sweep_fits_a_line(tmp_path):
 
 def test_ablations_added_to_a_finished_run(micro_run, tmp_path):
     """`--ablations first_7` on a finished run: the default arms gain the paired seed, which is scored on the
-    primary endpoint only; every claim is still computed on the seeds that have its records."""
+    primary endpoint only; every claim is still computed on the seeds that have its records. Another arm asked
+    for later is trained and joins the tables, the first arm's row unchanged."""
     out = tmp_path / "micro"
     shutil.copytree(micro_run, out)
     done = subprocess.run(REPRODUCE + ["--budget", "micro", "--out", str(out), "--ablations", "first_7"],
@@ -137,6 +138,7 @@ def test_ablations_added_to_a_finished_run(micro_run, tmp_path):
     tables = json.loads((out / "results.json").read_text())["tables"]
     claims = {row["comparison"]: row for row in tables["C"]}
     assert claims["stage 3 − first_7"]["seeds"] == "2/2"  # the default arm at the ablation's paired seeds
+    before_first_7 = claims["stage 3 − first_7"]
     assert claims["stage 3 − stage 2"]["seeds"] == "2/2"
     assert tables["values"]["stage 3"]["suite mean"]["seeds"] == [1]  # the suite at the default seeds only
     # the long-context claim reads the default seeds only: give seed 0 (alone) a long-document record
@@ -153,6 +155,17 @@ def test_ablations_added_to_a_finished_run(micro_run, tmp_path):
     records["BM25"] = {"long@512": None}  # a reference row with no record of a task: no score, no error
     draws = endpoint_draws(records, "stage 3, seed 0", endpoints["long, dynamic NTK"])
     assert arm_scores(records, {0: "BM25"}, endpoints["long, dynamic NTK"], draws) is None
+    # a later arm on the same run: the ablation phases run again for it, and keep what is done
+    trained = json.loads((out / "phases" / "ablation train.json").read_text())
+    assert trained["arms"] == ["first_7"]
+    more = ["--budget", "micro", "--out", str(out), "--ablations", "first_7,random_negatives"]
+    done = subprocess.run(REPRODUCE + more, capture_output=True, text=True, env=ENV, timeout=3600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    again = json.loads((out / "phases" / "ablation train.json").read_text())
+    assert again["arms"] == ["first_7", "random_negatives"] and again["seconds"] > trained["seconds"]
+    claims = {row["comparison"]: row for row in json.loads((out / "results.json").read_text())["tables"]["C"]}
+    assert claims["stage 3 − random_negatives"]["seeds"] == "2/2"
+    assert claims["stage 3 − first_7"] == before_first_7
 
 
 def test_a_second_run_takes_stage1_and_the_probe_from_the_cache(micro_run, tmp_path):
